@@ -1,0 +1,31 @@
+//! `convers8-campaign`: send one WhatsApp message to each recipient of a
+//! campaign through the Convers8 API — paced, checkpointed in SQLite, and
+//! resumable after anything breaks.
+//!
+//! # Layout
+//!
+//! - [`api`]: the Convers8 client — wire types, the HTTP client, and the
+//!   classification of every failure into what the engine should do next.
+//! - [`sandbox`]: a local Convers8 server (axum) with the API's rules, rate
+//!   limits and injectable faults, for tests, benchmarks and rehearsals.
+//! - [`campaign`]: the campaign TOML model and its validation.
+//! - [`recipients`]: streaming the recipient CSV and normalising phone numbers.
+//! - [`render`]: handlebars templates (strict, no HTML escaping) into request content.
+//! - [`plan`]: turns a campaign and its CSV into planned rows in the state.
+//! - [`state`]: the SQLite state file — schema, claims, batched result writes, counts.
+//! - [`engine`]: the run loop — pacing, retries, circuit breaker, shutdown, progress.
+//! - [`report`]: status and per-recipient export.
+//! - [`cli`]: the command line; the only module that knows about flags.
+//!
+//! The command-line binary is a thin wrapper over [`cli::main`].
+
+pub mod api;
+pub mod campaign;
+pub mod cli;
+pub mod engine;
+pub mod plan;
+pub mod recipients;
+pub mod render;
+pub mod report;
+pub mod sandbox;
+pub mod state;

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    convers8_campaign::cli::main()
+}
