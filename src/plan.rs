@@ -1,1 +1,349 @@
-//! TODO(skeleton): plan
+//! Planning: the campaign file and its CSV become planned rows in the state,
+//! each with its final state (`pending`, `invalid`, `duplicate`) and, when it
+//! will be sent, the exact JSON body — all in one transaction, before a single
+//! message leaves.
+//!
+//! What is sent is fixed here: a resumed run sends the stored bodies, never a
+//! re-rendering. So this module also detects inputs that changed since the
+//! plan and refuses to mix them in silently. It streams the CSV once and
+//! holds only the current row, so memory stays flat whatever the row count.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+
+use crate::api::model::{MessageContent, build_body};
+use crate::api::rules;
+use crate::campaign::Campaign;
+use crate::recipients::{RawRow, RecipientReader, normalize_phone};
+use crate::render::{Renderer, RowContext};
+use crate::state::{
+    Inserted, PlanInfo, PlanProblem, PlannedRow, RecipientState, StateDb, timestamp,
+};
+
+/// How many row problems a summary keeps to show (all are in the state).
+pub const PROBLEMS_KEPT: usize = 20;
+
+/// Whether this plan starts from nothing or adds new phones to an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanMode {
+    Fresh,
+    AddNewRecipients,
+}
+
+/// One row that will not be sent, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RowProblem {
+    pub row: u64,
+    pub line: u64,
+    pub state: RecipientState,
+    pub code: String,
+    pub details: String,
+}
+
+/// What a plan did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PlanSummary {
+    /// Data rows read from the CSV.
+    pub rows: u64,
+    pub pending: u64,
+    pub invalid: u64,
+    pub duplicate: u64,
+    /// `--add-new-recipients` only: rows whose phone the state already had.
+    pub already_planned: u64,
+    pub csv_sha256: String,
+    /// The first [`PROBLEMS_KEPT`] invalid or duplicate rows.
+    pub problems: Vec<RowProblem>,
+}
+
+/// How the campaign's inputs compare with what was planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputCheck {
+    NotPlanned,
+    Unchanged,
+    /// The CSV's bytes differ; the message did not change.
+    CsvChanged {
+        planned: PlanInfo,
+    },
+    /// The message, `[vars]` or how the CSV is read changed.
+    MessageChanged {
+        planned: PlanInfo,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "template {place} uses {{{{{column}}}}}, but {csv} has no column '{column}' (its columns: {columns}): add the column or fix the template"
+    )]
+    MissingColumn {
+        place: String,
+        column: String,
+        csv: String,
+        columns: String,
+    },
+    #[error("cannot read {path}: {reason}")]
+    Hash { path: String, reason: String },
+}
+
+/// A fingerprint of everything that decides what each recipient is sent:
+/// the message, `[vars]`, and how the CSV is read. Pacing keys are left out
+/// on purpose, so an operator can change `concurrency` between runs.
+pub fn message_fingerprint(campaign: &Campaign) -> String {
+    let r = &campaign.recipients;
+    let material = serde_json::json!({
+        "type": campaign.message.kind.as_str(),
+        "content": campaign.message.content,
+        "vars": campaign.vars,
+        "phone_column": r.phone_column,
+        "name_column": r.name_column,
+        "default_country": r.default_country.map(|c| format!("{c:?}")),
+        "delimiter": r.delimiter,
+    });
+    hex(&Sha256::digest(material.to_string().as_bytes()))
+}
+
+/// The SHA-256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> Result<String, PlanError> {
+    let err = |e: std::io::Error| PlanError::Hash {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut file = File::open(path).map_err(err)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Compares the campaign's inputs with the stored plan.
+pub fn check_inputs(db: &StateDb, campaign: &Campaign) -> anyhow::Result<InputCheck> {
+    let Some(planned) = db.plan_info()? else {
+        return Ok(InputCheck::NotPlanned);
+    };
+    if planned.message_fingerprint != message_fingerprint(campaign) {
+        return Ok(InputCheck::MessageChanged { planned });
+    }
+    if planned.csv_sha256 != file_sha256(&campaign.recipients.csv)? {
+        return Ok(InputCheck::CsvChanged { planned });
+    }
+    Ok(InputCheck::Unchanged)
+}
+
+/// Turns one CSV row into a planned row: phone, name, rendered body or the
+/// reason it cannot be sent.
+pub struct RowPlanner<'c> {
+    campaign: &'c Campaign,
+    renderer: Renderer,
+    headers: Vec<String>,
+    phone_index: usize,
+    name_index: Option<usize>,
+}
+
+impl<'c> RowPlanner<'c> {
+    /// Compiles the templates and checks that every column they use exists.
+    pub fn new(campaign: &'c Campaign, reader: &RecipientReader) -> anyhow::Result<Self> {
+        let renderer = Renderer::compile(&campaign.message, &campaign.vars)?;
+        let headers = reader.headers().to_vec();
+        for column in renderer.referenced_columns() {
+            if !headers.iter().any(|h| *h == column) {
+                return Err(PlanError::MissingColumn {
+                    place: "message.content".to_owned(),
+                    column,
+                    csv: campaign.recipients.csv.display().to_string(),
+                    columns: headers.join(", "),
+                }
+                .into());
+            }
+        }
+        Ok(RowPlanner {
+            campaign,
+            renderer,
+            headers,
+            phone_index: reader.phone_index(),
+            name_index: reader.name_index(),
+        })
+    }
+
+    pub fn plan_row(&self, raw: &RawRow) -> PlannedRow {
+        let record = match &raw.outcome {
+            Ok(record) => record,
+            Err(why) => {
+                return PlannedRow {
+                    row: raw.row,
+                    phone: None,
+                    name: None,
+                    outcome: Err(PlanProblem {
+                        code: "bad_row",
+                        details: format!("line {}: {why}", raw.line),
+                    }),
+                };
+            }
+        };
+        let raw_phone = record.get(self.phone_index).unwrap_or("");
+        let name = self
+            .name_index
+            .and_then(|i| record.get(i))
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
+        let phone = match normalize_phone(raw_phone, self.campaign.recipients.default_country) {
+            Ok(phone) => phone,
+            Err(why) => {
+                return PlannedRow {
+                    row: raw.row,
+                    phone: Some(raw_phone.trim().to_owned()).filter(|p| !p.is_empty()),
+                    name,
+                    outcome: Err(PlanProblem {
+                        code: "invalid_phone",
+                        details: why,
+                    }),
+                };
+            }
+        };
+        let outcome = self.render_body(record, &phone, name.as_deref(), raw.row);
+        PlannedRow {
+            row: raw.row,
+            phone: Some(phone),
+            name,
+            outcome,
+        }
+    }
+
+    fn render_body(
+        &self,
+        record: &csv::StringRecord,
+        phone: &str,
+        name: Option<&str>,
+        row: u64,
+    ) -> Result<String, PlanProblem> {
+        let ctx = RowContext {
+            headers: &self.headers,
+            record,
+            phone,
+            row,
+        };
+        let content = self.renderer.render(&ctx).map_err(|e| PlanProblem {
+            code: "missing_variable",
+            details: e.to_string(),
+        })?;
+        let kind = self.campaign.message.kind;
+        // The same rules the API applies, checked now so a title that renders
+        // too long fails here, not as thousands of validation errors mid-run.
+        let typed = MessageContent::from_json(kind, content.clone()).map_err(|e| PlanProblem {
+            code: "content_rule",
+            details: format!("rendered content does not fit a {kind} message: {e}"),
+        })?;
+        rules::check_content(&typed).map_err(|details| PlanProblem {
+            code: "content_rule",
+            details,
+        })?;
+        Ok(build_body(kind, phone, name, content).to_string())
+    }
+}
+
+/// Plans the campaign into the state: every CSV row, in one transaction.
+/// `on_problem` sees every row that will not be sent, as it is found.
+pub fn plan_campaign(
+    db: &mut StateDb,
+    campaign: &Campaign,
+    mode: PlanMode,
+    mut on_problem: impl FnMut(&RowProblem),
+) -> anyhow::Result<PlanSummary> {
+    let mut reader = RecipientReader::open(&campaign.recipients)?;
+    let planner = RowPlanner::new(campaign, &reader)?;
+    // `move`: the reader is consumed at the end, to read the hash of every byte it saw.
+    let fill = move |sink: &mut crate::state::PlanSink<'_>| {
+        let mut summary = PlanSummary::default();
+        while let Some(raw) = reader.next_row() {
+            let raw = raw?;
+            summary.rows += 1;
+            let planned = planner.plan_row(&raw);
+            let inserted = sink.insert(&planned)?;
+            let problem = match (inserted, &planned.outcome) {
+                (Inserted::Pending, _) => {
+                    summary.pending += 1;
+                    None
+                }
+                (Inserted::AlreadyPlanned, _) => {
+                    summary.already_planned += 1;
+                    None
+                }
+                (Inserted::Duplicate { of_row }, _) => {
+                    summary.duplicate += 1;
+                    Some((
+                        RecipientState::Duplicate,
+                        "duplicate".to_owned(),
+                        format!("same phone as row {of_row}"),
+                    ))
+                }
+                (Inserted::Invalid, Err(p)) => {
+                    summary.invalid += 1;
+                    Some((
+                        RecipientState::Invalid,
+                        p.code.to_owned(),
+                        p.details.clone(),
+                    ))
+                }
+                (Inserted::Invalid, Ok(_)) => {
+                    summary.invalid += 1;
+                    Some((
+                        RecipientState::Invalid,
+                        "invalid_phone".into(),
+                        "no phone".into(),
+                    ))
+                }
+            };
+            if let Some((state, code, details)) = problem {
+                let problem = RowProblem {
+                    row: raw.row,
+                    line: raw.line,
+                    state,
+                    code,
+                    details,
+                };
+                on_problem(&problem);
+                if summary.problems.len() < PROBLEMS_KEPT {
+                    summary.problems.push(problem);
+                }
+            }
+        }
+        let csv_sha256 = reader.sha256_hex();
+        summary.csv_sha256 = csv_sha256.clone();
+        let now = timestamp(Utc::now());
+        let info = PlanInfo {
+            campaign_name: campaign.name.clone(),
+            message_type: campaign.message.kind.as_str().to_owned(),
+            campaign_file: campaign.file.display().to_string(),
+            csv_file: campaign.recipients.csv.display().to_string(),
+            message_fingerprint: message_fingerprint(campaign),
+            csv_sha256,
+            csv_rows: summary.rows,
+            planned_at: now.clone(),
+            updated_at: now,
+        };
+        Ok((summary, info))
+    };
+    match mode {
+        PlanMode::Fresh => db.write_plan(fill),
+        PlanMode::AddNewRecipients => db.add_to_plan(fill),
+    }
+}

@@ -157,7 +157,11 @@ impl Client {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         let http = reqwest::Client::builder()
-            .user_agent(concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                env!("CARGO_PKG_NAME"),
+                "/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .default_headers(headers)
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
@@ -422,7 +426,10 @@ mod tests {
         let err = ApiKey::new("two words", "CONVERS8_API_KEY").unwrap_err();
         assert!(err.to_string().contains("CONVERS8_API_KEY"));
         assert!(!err.to_string().contains("two words"));
-        assert!(matches!(ApiKey::new("  ", "x"), Err(KeyError::Empty { .. })));
+        assert!(matches!(
+            ApiKey::new("  ", "x"),
+            Err(KeyError::Empty { .. })
+        ));
         assert!(ApiKey::new(" padded\n", "x").is_ok());
     }
 

@@ -25,9 +25,7 @@ pub enum ApiError {
         message: String,
     },
     /// `unauthorized`: the key is missing, wrong or expired. Stops a run.
-    #[error(
-        "the API rejected the key ({message}): check CONVERS8_API_KEY or --api-key-file"
-    )]
+    #[error("the API rejected the key ({message}): check CONVERS8_API_KEY or --api-key-file")]
     Unauthorized { message: String },
     /// `validation_error`: this request will never succeed as written.
     #[error("the API rejected the request: {message}{}", details_text(.details))]
@@ -54,7 +52,9 @@ pub enum ApiError {
     NeverSent { url: String, reason: String },
     /// The request was (or may have been) written but no answer came back:
     /// a timeout or a reset after sending. The message may have been delivered.
-    #[error("no answer from the API at {url} after sending ({reason}); the message may have been delivered")]
+    #[error(
+        "no answer from the API at {url} after sending ({reason}); the message may have been delivered"
+    )]
     MaybeDelivered { url: String, reason: String },
     /// An answer the documents do not describe.
     #[error("unexpected answer from the API (HTTP {status}): {excerpt}")]
@@ -255,11 +255,17 @@ pub fn excerpt(body: &[u8]) -> String {
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)));
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(3600.0)));
     }
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(delta.to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(3600)))
+    Some(
+        delta
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(3600)),
+    )
 }
 
 #[cfg(test)]
@@ -293,9 +299,17 @@ mod tests {
     fn documented_codes_classify() {
         let cases = [
             ("not_found", Disposition::Permanent, "not_found"),
-            ("validation_error", Disposition::Permanent, "validation_error"),
+            (
+                "validation_error",
+                Disposition::Permanent,
+                "validation_error",
+            ),
             ("unauthorized", Disposition::StopRun, "unauthorized"),
-            ("rate_limit_exceeded", Disposition::RateLimited, "rate_limit_exceeded"),
+            (
+                "rate_limit_exceeded",
+                Disposition::RateLimited,
+                "rate_limit_exceeded",
+            ),
         ];
         for (code, disposition, stored) in cases {
             let e = ApiError::from_response(StatusCode::BAD_REQUEST, None, &envelope(code, "d"));

@@ -248,9 +248,7 @@ impl MessageContent {
         Ok(match kind {
             MessageKind::Text => MessageContent::Text(serde_json::from_value(value)?),
             MessageKind::Media => MessageContent::Media(serde_json::from_value(value)?),
-            MessageKind::Interactive => {
-                MessageContent::Interactive(serde_json::from_value(value)?)
-            }
+            MessageKind::Interactive => MessageContent::Interactive(serde_json::from_value(value)?),
             MessageKind::Template => MessageContent::Template(serde_json::from_value(value)?),
             MessageKind::Location => MessageContent::Location(serde_json::from_value(value)?),
         })

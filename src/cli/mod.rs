@@ -7,11 +7,22 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod common;
+pub mod exit;
+mod run;
 mod sandbox;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 done (also: nothing left to do), 1 error (bad input, key rejected,
+circuit breaker), 2 usage, 75 try later (lock held, outside the send window,
+daily limit reached), 130 interrupted.
+
+Environment: CONVERS8_API_KEY (the API key), CONVERS8_BASE_URL (overrides the
+campaign's [api] base_url), RUST_LOG (log detail, e.g. RUST_LOG=debug).";
 
 /// Send WhatsApp campaigns through the Convers8 API: paced, checkpointed, resumable.
 #[derive(Debug, Parser)]
-#[command(name = "convers8-campaign", version, about, long_about = None)]
+#[command(name = "convers8-campaign", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,7 +30,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a local Convers8 server (the sandbox) for tests and rehearsals.
+    Run(run::RunArgs),
     Sandbox(sandbox::SandboxArgs),
 }
 
@@ -33,21 +44,55 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
+            return ExitCode::from(exit::ERROR);
         }
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => run::run(args).await,
             Command::Sandbox(args) => sandbox::run(args).await,
         }
     });
+    // Requests cut off at shutdown must not hold the process open.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::from(1)
+            eprintln!("error: {}", one_line(&err));
+            ExitCode::from(exit_code_for(&err))
         }
     }
+}
+
+/// The error and its causes on one line, without repeating a cause that the
+/// message already contains.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text.replace('\n', " ")
+}
+
+fn exit_code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause
+            .downcast_ref::<crate::state::LockError>()
+            .is_some_and(|e| matches!(e, crate::state::LockError::Held { .. }))
+        {
+            return exit::TRY_LATER;
+        }
+        if let Some(crate::engine::RunError::Locked(crate::state::LockError::Held { .. })) =
+            cause.downcast_ref::<crate::engine::RunError>()
+        {
+            return exit::TRY_LATER;
+        }
+    }
+    exit::ERROR
 }
 
 fn init_tracing() {

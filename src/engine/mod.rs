@@ -1,1 +1,702 @@
-//! engine
+//! The run: plan if needed, then drain the planned rows — claim a batch,
+//! pace, send with bounded concurrency, classify, record — until nothing is
+//! left or something says stop.
+//!
+//! Layout: [`pace`] (the shared adaptive rate), [`retry`] (backoff delays),
+//! [`breaker`] (systemic failures), [`worker`] (one row from claim to final
+//! state), [`writer`] (the single thread that writes the state), [`shutdown`]
+//! (the one stop signal), [`progress`] (what the operator sees).
+//!
+//! The engine takes a checked [`Campaign`] and [`RunOptions`]; it never sees a
+//! command-line flag, and it prints nothing itself (see [`progress`]).
+
+pub mod breaker;
+pub mod pace;
+pub mod progress;
+pub mod retry;
+pub mod shutdown;
+pub mod worker;
+pub mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::api::{Client, ClientConfig};
+use crate::campaign::{Campaign, SendWindow};
+use crate::plan::{self, InputCheck, PlanMode, PlanSummary, RowProblem};
+use crate::state::{Claimed, Counts, LockError, Outcome, RecipientState, RunLock, StateDb};
+use breaker::Breaker;
+use pace::Pace;
+pub use progress::{Progress, Snapshot};
+use retry::BackoffPolicy;
+pub use shutdown::{Stop, StopReason};
+use worker::{Delivery, RunStats};
+use writer::StateWriter;
+
+/// Everything a run needs besides the campaign, already checked.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub state_path: PathBuf,
+    /// How to reach the API; `None` is only allowed for a dry run.
+    pub api: Option<ClientConfig>,
+    pub concurrency: usize,
+    pub rate_per_second: Option<f64>,
+    pub max_attempts: u32,
+    /// Send at most this many messages in this run (a canary), then stop.
+    pub limit: Option<u64>,
+    /// Plan and stop before the network.
+    pub dry_run: bool,
+    /// Put `uncertain` rows back to pending first (`run --resend-uncertain`).
+    pub resend_uncertain: bool,
+    /// Plan rows of a changed CSV whose phone is not in the state yet.
+    pub add_new_recipients: bool,
+    pub max_runtime: Option<Duration>,
+    pub window: Option<SendWindow>,
+    /// Outside the window, wait for it to open instead of exiting "try later".
+    pub wait_for_window: bool,
+    /// At most this many messages sent in any rolling 24 hours.
+    pub daily_limit: Option<u32>,
+    /// Rows claimed per state transaction; bounds the rows a crash leaves uncertain.
+    pub claim_batch: usize,
+    /// Systemic failures in a row that stop the run.
+    pub breaker_threshold: u32,
+    pub backoff: BackoffPolicy,
+    /// Listen for SIGINT/SIGTERM (the CLI does; a library caller may not want to).
+    pub handle_signals: bool,
+    /// How long in-flight requests may take to finish once the run stops.
+    pub drain_grace: Duration,
+}
+
+impl RunOptions {
+    /// The campaign's `[send]` settings, with the engine's defaults for the rest.
+    pub fn from_campaign(
+        campaign: &Campaign,
+        state_path: PathBuf,
+        api: Option<ClientConfig>,
+    ) -> Self {
+        let send = &campaign.send;
+        RunOptions {
+            state_path,
+            api,
+            concurrency: send.concurrency,
+            rate_per_second: send.rate_per_second,
+            max_attempts: send.max_attempts,
+            limit: None,
+            dry_run: false,
+            resend_uncertain: false,
+            add_new_recipients: false,
+            max_runtime: None,
+            window: send.window,
+            wait_for_window: false,
+            daily_limit: send.daily_limit,
+            claim_batch: default_claim_batch(send.concurrency),
+            breaker_threshold: 20,
+            backoff: BackoffPolicy::default(),
+            handle_signals: false,
+            drain_grace: send.timeout + Duration::from_secs(1),
+        }
+    }
+}
+
+/// Small enough that a crash leaves few rows uncertain, large enough that
+/// claiming is a small share of the work.
+pub fn default_claim_batch(concurrency: usize) -> usize {
+    concurrency.clamp(16, 256)
+}
+
+/// How a run ended, when it ended in an orderly way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every planned row has a final state.
+    Completed,
+    /// There was nothing left to send when the run started.
+    NothingToDo,
+    /// `--dry-run`: planned, nothing sent.
+    DryRun,
+    /// `--limit` messages were sent.
+    LimitReached,
+    /// Outside the send window (and not waiting).
+    OutsideWindow { opens_at: DateTime<Utc> },
+    /// The rolling 24-hour limit is used up.
+    DailyLimitReached { next_at: Option<DateTime<Utc>> },
+    /// Something asked the run to stop.
+    Stopped(StopReason),
+}
+
+/// What this run did, and where the campaign stands now.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub end: RunEnd,
+    /// Set when this run planned (or added to the plan).
+    pub plan: Option<PlanSummary>,
+    /// Rows a previous run left mid-send, now `uncertain`.
+    pub recovered_uncertain: u64,
+    /// Rows put back to pending by `--resend-uncertain`.
+    pub resent_uncertain: u64,
+    pub snapshot: Snapshot,
+    pub requests: u64,
+    pub retries: u64,
+    /// Counts of every state in the file after the run.
+    pub counts: Counts,
+    pub state_path: PathBuf,
+}
+
+/// Why a run could not be carried out at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error(
+        "{csv} changed since the campaign was planned ({planned_at}, {rows} rows): rerun with --add-new-recipients to plan only phones not yet in the state, or start over with a new --state file"
+    )]
+    CsvChanged {
+        csv: String,
+        planned_at: String,
+        rows: u64,
+    },
+    #[error(
+        "the message, [vars] or [recipients] settings in {campaign} changed since it was planned ({planned_at}): planned rows keep the message they were planned with. Undo the change, or start a new campaign with a new --state file (anyone already messaged would be messaged again)"
+    )]
+    MessageChanged {
+        campaign: String,
+        planned_at: String,
+    },
+    #[error(
+        "no API key: set CONVERS8_API_KEY or pass --api-key-file FILE (a --dry-run needs none)"
+    )]
+    NoApiKey,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Plans (if needed) and sends the campaign. Rows settle in the state file
+/// as they go; the report says how the run ended.
+pub async fn run(
+    campaign: &Campaign,
+    options: &RunOptions,
+    progress: &dyn Progress,
+    stop: Stop,
+) -> Result<RunReport, RunError> {
+    let mut db = StateDb::open_or_create(&options.state_path).map_err(anyhow::Error::from)?;
+    // Lock before planning: two runs must not plan or send the same file at once.
+    let lock = RunLock::acquire(&options.state_path)?;
+
+    let plan = prepare_plan(&mut db, campaign, options, progress)?;
+    let recovered_uncertain = db
+        .mark_interrupted_uncertain()
+        .map_err(anyhow::Error::from)?;
+    if recovered_uncertain > 0 {
+        progress.note(&format!(
+            "{recovered_uncertain} rows were being sent when the last run stopped: they are now uncertain and will not be resent automatically (`retry --uncertain` resends them)"
+        ));
+    }
+    let resent_uncertain = if options.resend_uncertain {
+        db.reset_for_retry(&crate::state::RetrySelection::Uncertain)
+            .map_err(anyhow::Error::from)?
+    } else {
+        0
+    };
+    let counts = db.counts().map_err(anyhow::Error::from)?;
+    let mut report = RunReport {
+        end: RunEnd::Completed,
+        plan,
+        recovered_uncertain,
+        resent_uncertain,
+        snapshot: Snapshot::default(),
+        requests: 0,
+        retries: 0,
+        counts,
+        state_path: options.state_path.clone(),
+    };
+    if options.dry_run {
+        report.end = RunEnd::DryRun;
+        return Ok(report);
+    }
+    if counts.pending == 0 {
+        report.end = RunEnd::NothingToDo;
+        return Ok(report);
+    }
+    let Some(api) = options.api.clone() else {
+        return Err(RunError::NoApiKey);
+    };
+
+    if let Some(window) = &options.window
+        && !window.contains(Utc::now())
+    {
+        let opens_at = window.next_open(Utc::now());
+        if !options.wait_for_window {
+            report.end = RunEnd::OutsideWindow { opens_at };
+            return Ok(report);
+        }
+        progress.note(&format!(
+            "outside the send window: waiting until {} ({})",
+            opens_at
+                .with_timezone(&window.timezone)
+                .format("%Y-%m-%d %H:%M %Z"),
+            opens_at.format("%H:%M UTC")
+        ));
+        if !wait_until(opens_at, &stop, options.handle_signals).await {
+            report.end = RunEnd::Stopped(StopReason::Interrupted);
+            return Ok(report);
+        }
+    }
+
+    if let Some(daily) = options.daily_limit {
+        let used = db
+            .sent_since(Utc::now() - chrono::Duration::hours(24))
+            .map_err(anyhow::Error::from)?;
+        if used >= u64::from(daily) {
+            report.end = RunEnd::DailyLimitReached {
+                next_at: next_daily_slot(&db, daily)?,
+            };
+            return Ok(report);
+        }
+    }
+
+    let client = Client::new(api).map_err(anyhow::Error::from)?;
+    let run_id = db.start_run().map_err(anyhow::Error::from)?;
+    let to_send = options
+        .limit
+        .map_or(counts.pending, |l| l.min(counts.pending));
+    let (mut db, sending) =
+        send_rows(db, campaign, options, client, progress, stop, to_send).await?;
+
+    let stats = &sending.stats;
+    let (sent, failed, uncertain) = (
+        stats.sent.load(Ordering::Relaxed),
+        stats.failed.load(Ordering::Relaxed),
+        stats.uncertain.load(Ordering::Relaxed),
+    );
+    report.end = sending.end.clone();
+    if let RunEnd::DailyLimitReached { next_at } = &mut report.end
+        && let Some(daily) = options.daily_limit
+    {
+        *next_at = next_daily_slot(&db, daily)?;
+    }
+    db.finish_run(run_id, &end_label(&report.end), sent, failed, uncertain)
+        .map_err(anyhow::Error::from)?;
+    report.snapshot = sending.snapshot;
+    report.requests = stats.requests.load(Ordering::Relaxed);
+    report.retries = stats.retries.load(Ordering::Relaxed);
+    report.counts = db.counts().map_err(anyhow::Error::from)?;
+    drop(lock);
+    Ok(report)
+}
+
+/// Plans on the first run; on later runs checks that the inputs did not change.
+fn prepare_plan(
+    db: &mut StateDb,
+    campaign: &Campaign,
+    options: &RunOptions,
+    progress: &dyn Progress,
+) -> Result<Option<PlanSummary>, RunError> {
+    let mode = match plan::check_inputs(db, campaign)? {
+        InputCheck::Unchanged => return Ok(None),
+        InputCheck::NotPlanned => PlanMode::Fresh,
+        InputCheck::CsvChanged { .. } if options.add_new_recipients => PlanMode::AddNewRecipients,
+        InputCheck::CsvChanged { planned } => {
+            return Err(RunError::CsvChanged {
+                csv: campaign.recipients.csv.display().to_string(),
+                planned_at: planned.planned_at,
+                rows: planned.csv_rows,
+            });
+        }
+        InputCheck::MessageChanged { planned } => {
+            return Err(RunError::MessageChanged {
+                campaign: campaign.file.display().to_string(),
+                planned_at: planned.planned_at,
+            });
+        }
+    };
+    progress.note(&format!(
+        "planning {} from {}",
+        campaign.name,
+        campaign.recipients.csv.display()
+    ));
+    let summary = plan::plan_campaign(db, campaign, mode, |_: &RowProblem| {})?;
+    progress.note(&format!(
+        "planned {} rows: {} to send, {} invalid, {} duplicate{}",
+        summary.rows,
+        summary.pending,
+        summary.invalid,
+        summary.duplicate,
+        if mode == PlanMode::AddNewRecipients {
+            format!(", {} already planned", summary.already_planned)
+        } else {
+            String::new()
+        }
+    ));
+    Ok(Some(summary))
+}
+
+/// When the rolling 24-hour window frees its next slot.
+fn next_daily_slot(db: &StateDb, daily: u32) -> Result<Option<DateTime<Utc>>, RunError> {
+    let since = Utc::now() - chrono::Duration::hours(24);
+    let used = db.sent_since(since).map_err(anyhow::Error::from)?;
+    // The oldest send that must leave the window before one more fits.
+    let k = used.saturating_sub(u64::from(daily)) + 1;
+    let oldest = db.nth_sent_since(since, k).map_err(anyhow::Error::from)?;
+    Ok(oldest.map(|t| t + chrono::Duration::hours(24)))
+}
+
+/// Sleeps until `at`; false when stopped first.
+async fn wait_until(at: DateTime<Utc>, stop: &Stop, handle_signals: bool) -> bool {
+    let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    let signals = async {
+        if handle_signals {
+            wait_for_signal().await
+        } else {
+            std::future::pending().await
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = stop.stopped() => false,
+        _ = signals => false,
+    }
+}
+
+fn end_label(end: &RunEnd) -> String {
+    match end {
+        RunEnd::Completed => "completed".into(),
+        RunEnd::NothingToDo => "nothing to do".into(),
+        RunEnd::DryRun => "dry run".into(),
+        RunEnd::LimitReached => "limit reached".into(),
+        RunEnd::OutsideWindow { .. } => "outside the send window".into(),
+        RunEnd::DailyLimitReached { .. } => "daily limit reached".into(),
+        RunEnd::Stopped(reason) => match reason {
+            StopReason::Interrupted => "interrupted".into(),
+            StopReason::MaxRuntime => "max runtime reached".into(),
+            StopReason::WindowClosed => "send window closed".into(),
+            StopReason::Unauthorized(_) => "unauthorized".into(),
+            StopReason::Breaker(_) => "circuit breaker".into(),
+            StopReason::StateFailed(_) => "state file error".into(),
+        },
+    }
+}
+
+struct Sending {
+    end: RunEnd,
+    stats: Arc<RunStats>,
+    snapshot: Snapshot,
+}
+
+/// The send loop proper: the feeder claims, workers deliver, the writer records.
+async fn send_rows(
+    db: StateDb,
+    campaign: &Campaign,
+    options: &RunOptions,
+    client: Client,
+    progress: &dyn Progress,
+    stop: Stop,
+    to_send: u64,
+) -> Result<(StateDb, Sending), RunError> {
+    let stats = Arc::new(RunStats::default());
+    let delivery = Arc::new(Delivery {
+        client,
+        kind: campaign.message.kind,
+        pace: Pace::new(options.rate_per_second),
+        breaker: Breaker::new(options.breaker_threshold),
+        backoff: options.backoff,
+        max_attempts: options.max_attempts,
+        stop: stop.clone(),
+        stats: stats.clone(),
+    });
+    let writer = StateWriter::spawn(db)
+        .map_err(|e| anyhow::anyhow!("cannot start the state writer: {e}"))?;
+    let started = Instant::now();
+    let mut guards = JoinSet::new();
+    if options.handle_signals {
+        let stop = stop.clone();
+        guards.spawn(async move {
+            wait_for_signal().await;
+            stop.trigger(StopReason::Interrupted);
+            eprintln!(
+                "stopping: letting requests in flight finish (press Ctrl-C again to quit at once; those rows become uncertain)"
+            );
+            wait_for_signal().await;
+            eprintln!("quitting at once");
+            std::process::exit(130);
+        });
+    }
+    if let Some(max) = options.max_runtime {
+        let stop = stop.clone();
+        guards.spawn(async move {
+            tokio::time::sleep(max).await;
+            stop.trigger(StopReason::MaxRuntime);
+        });
+    }
+    if let Some(window) = options.window
+        && let Some(closes) = window.closes_at(Utc::now())
+    {
+        let stop = stop.clone();
+        guards.spawn(async move {
+            let wait = (closes - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::time::sleep(wait).await;
+            stop.trigger(StopReason::WindowClosed);
+        });
+    }
+
+    progress.begin(to_send);
+    let ticker_stats = stats.clone();
+    let ticker_delivery = delivery.clone();
+    let ticker = async {
+        let mut last_settled = 0u64;
+        let mut per_second = 0.0f64;
+        let mut last_tick = Instant::now();
+        let mut interval = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            interval.tick().await;
+            let mut s = snapshot(
+                &ticker_stats,
+                ticker_delivery.pace.current_rate(),
+                to_send,
+                started,
+            );
+            let dt = last_tick.elapsed().as_secs_f64();
+            last_tick = Instant::now();
+            if dt > 0.0 {
+                let instant = (s.settled() - last_settled) as f64 / dt;
+                // Smoothed over a few seconds, so the figure and the ETA don't jitter.
+                per_second = if per_second == 0.0 {
+                    instant
+                } else {
+                    0.8 * per_second + 0.2 * instant
+                };
+            }
+            last_settled = s.settled();
+            s.per_second = per_second;
+            progress.tick(&s);
+        }
+    };
+    let feeding = feed(&writer, delivery.clone(), options, &stop, to_send);
+    let end = tokio::select! {
+        end = feeding => end,
+        _ = ticker => unreachable_ticker(),
+    };
+    guards.abort_all();
+
+    let handle_for_flush = writer.handle();
+    let flushed = handle_for_flush.flush().await;
+    drop(handle_for_flush);
+    drop(delivery);
+    let mut db = match writer.close().await {
+        Ok(db) => db,
+        Err((_db, e)) => return Err(anyhow::anyhow!("cannot record results: {e}").into()),
+    };
+    if let Err(e) = flushed {
+        return Err(anyhow::anyhow!("cannot record results: {e}").into());
+    }
+    // Requests cut off by the drain deadline may have been delivered.
+    db.mark_interrupted_uncertain()
+        .map_err(anyhow::Error::from)?;
+    let mut final_snapshot = snapshot(&stats, None, to_send, started);
+    let elapsed = started.elapsed().as_secs_f64();
+    if elapsed > 0.0 {
+        final_snapshot.per_second = final_snapshot.settled() as f64 / elapsed;
+    }
+    progress.end(&final_snapshot);
+    Ok((
+        db,
+        Sending {
+            end,
+            stats,
+            snapshot: final_snapshot,
+        },
+    ))
+}
+
+fn unreachable_ticker() -> RunEnd {
+    // The ticker loops forever; select! needs a value of the arm's type.
+    RunEnd::Completed
+}
+
+fn snapshot(stats: &RunStats, pace: Option<f64>, to_send: u64, started: Instant) -> Snapshot {
+    Snapshot {
+        to_send,
+        sent: stats.sent.load(Ordering::Relaxed),
+        failed: stats.failed.load(Ordering::Relaxed),
+        uncertain: stats.uncertain.load(Ordering::Relaxed),
+        released: stats.released.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        per_second: 0.0,
+        pace,
+        rate_limited: stats.rate_limited.load(Ordering::Relaxed),
+    }
+}
+
+/// Claims batches and hands each row to a worker task, at most `concurrency`
+/// at once, until the plan is drained, the limit is reached, or a stop.
+async fn feed(
+    writer: &StateWriter,
+    delivery: Arc<Delivery>,
+    options: &RunOptions,
+    stop: &Stop,
+    to_send: u64,
+) -> RunEnd {
+    let handle = writer.handle();
+    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut claimed_total = 0u64;
+    let mut end = RunEnd::Completed;
+    'claiming: loop {
+        if stop.is_stopping() {
+            break;
+        }
+        let mut want = options.claim_batch.max(1) as u64;
+        if options.limit.is_some() {
+            want = want.min(to_send.saturating_sub(claimed_total));
+            if want == 0 {
+                end = RunEnd::LimitReached;
+                break;
+            }
+        }
+        if let Some(daily) = options.daily_limit {
+            match daily_budget(&handle, daily, &delivery.stats, claimed_total).await {
+                Ok(0) => {
+                    // Rows still in flight may fail and free budget: wait for them first.
+                    if tasks.is_empty() {
+                        end = RunEnd::DailyLimitReached { next_at: None };
+                        break;
+                    }
+                    tasks.join_next().await;
+                    continue;
+                }
+                Ok(budget) => want = want.min(budget),
+                Err(e) => {
+                    stop.trigger(StopReason::StateFailed(e.to_string()));
+                    break;
+                }
+            }
+        }
+        let rows = match handle.claim(want as usize).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                stop.trigger(StopReason::StateFailed(e.to_string()));
+                break;
+            }
+        };
+        if rows.is_empty() {
+            break;
+        }
+        claimed_total += rows.len() as u64;
+        let mut rows = rows.into_iter();
+        while let Some(row) = rows.next() {
+            let permit = tokio::select! {
+                biased;
+                _ = stop.stopped() => None,
+                permit = permits.clone().acquire_owned() => permit.ok(),
+            };
+            let Some(permit) = permit else {
+                // Stopping: these rows never left, so they go back to pending.
+                give_back(&handle, &delivery.stats, std::iter::once(row).chain(rows));
+                break 'claiming;
+            };
+            let delivery = delivery.clone();
+            let handle = handle.clone();
+            tasks.spawn(async move {
+                let outcome = delivery.deliver(row).await;
+                if let Err(e) = handle.record(outcome) {
+                    delivery
+                        .stop
+                        .trigger(StopReason::StateFailed(e.to_string()));
+                }
+                drop(permit);
+            });
+            // Reap finished tasks so the set does not grow with the plan.
+            while tasks.try_join_next().is_some() {}
+        }
+    }
+    drain(&mut tasks, stop, options.drain_grace).await;
+    match stop.reason() {
+        Some(reason) => RunEnd::Stopped(reason),
+        None => end,
+    }
+}
+
+/// Waits for in-flight deliveries; once stopping, for at most `grace`. Rows of
+/// tasks cut off stay `sending` and are made `uncertain` by the caller.
+async fn drain(tasks: &mut JoinSet<()>, stop: &Stop, grace: Duration) {
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => if next.is_none() { return },
+            _ = stop.stopped() => break,
+        }
+    }
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => if next.is_none() { return },
+            _ = &mut deadline => {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                return;
+            }
+        }
+    }
+}
+
+fn give_back(handle: &writer::WriterHandle, stats: &RunStats, rows: impl Iterator<Item = Claimed>) {
+    for row in rows {
+        stats.released.fetch_add(1, Ordering::Relaxed);
+        let _ = handle.record(Outcome {
+            id: row.id,
+            state: RecipientState::Pending,
+            attempts: 0,
+            message_id: None,
+            error_code: None,
+            error_details: None,
+            at: Utc::now(),
+        });
+    }
+}
+
+/// Messages that may still be sent within the rolling 24 hours, counting rows
+/// claimed in this run but not settled yet as if they will be sent.
+async fn daily_budget(
+    handle: &writer::WriterHandle,
+    daily: u32,
+    stats: &RunStats,
+    claimed_total: u64,
+) -> Result<u64, writer::WriterError> {
+    let sent_24h = handle
+        .sent_since(Utc::now() - chrono::Duration::hours(24))
+        .await?;
+    let settled = stats.sent.load(Ordering::Relaxed)
+        + stats.failed.load(Ordering::Relaxed)
+        + stats.uncertain.load(Ordering::Relaxed)
+        + stats.released.load(Ordering::Relaxed);
+    let outstanding = claimed_total.saturating_sub(settled);
+    Ok(u64::from(daily).saturating_sub(sent_24h + outstanding))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

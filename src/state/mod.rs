@@ -1,0 +1,1005 @@
+//! The state file: one SQLite database per campaign that records the plan and
+//! every recipient's outcome, so a run can stop anywhere and resume exactly.
+//!
+//! This module owns the schema ([`schema`]), the run lock ([`lock`]), and every
+//! statement the rest of the program runs. It knows nothing about HTTP or
+//! templates: it stores bodies it is given and states it is told. Writes are
+//! batched in transactions by the callers' design (one plan transaction, one
+//! transaction per claim, results committed in groups).
+
+pub mod lock;
+pub mod schema;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+pub use lock::{LockError, RunLock};
+
+/// Where a recipient is in its life (see DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientState {
+    Pending,
+    Sending,
+    Sent,
+    Failed,
+    Uncertain,
+    Invalid,
+    Duplicate,
+}
+
+impl RecipientState {
+    pub const ALL: [RecipientState; 7] = [
+        RecipientState::Pending,
+        RecipientState::Sending,
+        RecipientState::Sent,
+        RecipientState::Failed,
+        RecipientState::Uncertain,
+        RecipientState::Invalid,
+        RecipientState::Duplicate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipientState::Pending => "pending",
+            RecipientState::Sending => "sending",
+            RecipientState::Sent => "sent",
+            RecipientState::Failed => "failed",
+            RecipientState::Uncertain => "uncertain",
+            RecipientState::Invalid => "invalid",
+            RecipientState::Duplicate => "duplicate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RecipientState> {
+        RecipientState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for RecipientState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "no state file at {path}: run `convers8-campaign run` (or `run --dry-run`) on the campaign first"
+    )]
+    Missing { path: String },
+    #[error("cannot create the state file {path}: {reason}")]
+    Create { path: String, reason: String },
+    #[error("state file {path}: {operation}: {source}")]
+    Sql {
+        path: String,
+        operation: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "state file {path} was written by a newer convers8-campaign (schema {found}, this build knows {known}): upgrade the tool"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("state file {path} holds no plan yet: run the campaign (or `run --dry-run`) first")]
+    NotPlanned { path: String },
+}
+
+/// What the plan was made from, to detect a changed input later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanInfo {
+    pub campaign_name: String,
+    pub message_type: String,
+    pub campaign_file: String,
+    pub csv_file: String,
+    pub message_fingerprint: String,
+    pub csv_sha256: String,
+    pub csv_rows: u64,
+    pub planned_at: String,
+    pub updated_at: String,
+}
+
+/// One row on its way into the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedRow {
+    pub row: u64,
+    /// E.164 when the phone parsed; the raw cell otherwise.
+    pub phone: Option<String>,
+    pub name: Option<String>,
+    /// `Pending` with a body, or `Invalid` with a reason. Duplicates are
+    /// decided by [`PlanSink::insert`], which sees every earlier row.
+    pub outcome: Result<String, PlanProblem>,
+}
+
+/// Why a row will not be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanProblem {
+    /// `invalid_phone`, `missing_variable`, `bad_row`, `content_rule`.
+    pub code: &'static str,
+    pub details: String,
+}
+
+/// What happened to a row when it went into the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Pending,
+    Invalid,
+    /// The same phone as an earlier row (its CSV row number).
+    Duplicate {
+        of_row: u64,
+    },
+    /// `--add-new-recipients`: the phone is already in the state; not added.
+    AlreadyPlanned,
+}
+
+/// Inserts rows inside the plan's single transaction.
+pub struct PlanSink<'tx> {
+    tx: &'tx rusqlite::Transaction<'tx>,
+    generation: i64,
+    /// In add mode, rows whose phone the state already has are skipped.
+    add_mode: bool,
+    now: String,
+    path: &'tx str,
+}
+
+impl PlanSink<'_> {
+    pub fn insert(&mut self, row: &PlannedRow) -> Result<Inserted, StateError> {
+        let sql_err = |source| StateError::Sql {
+            path: self.path.to_owned(),
+            operation: "planning a row",
+            source,
+        };
+        let existing_first = |phone: &str| -> Result<Option<(u64, i64)>, rusqlite::Error> {
+            self.tx
+                .prepare_cached(
+                    "SELECT row, generation FROM recipients
+                     WHERE phone = ?1 AND state NOT IN ('invalid', 'duplicate')
+                     ORDER BY id LIMIT 1",
+                )?
+                .query_row([phone], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        };
+        let (state, body, code, details, inserted) = match (&row.outcome, &row.phone) {
+            (Ok(body), Some(phone)) => match existing_first(phone).map_err(sql_err)? {
+                Some((_, generation)) if self.add_mode && generation < self.generation => {
+                    return Ok(Inserted::AlreadyPlanned);
+                }
+                Some((of_row, _)) => (
+                    RecipientState::Duplicate,
+                    None,
+                    Some("duplicate"),
+                    Some(format!("same phone as row {of_row}")),
+                    Inserted::Duplicate { of_row },
+                ),
+                None => (
+                    RecipientState::Pending,
+                    Some(body.as_str()),
+                    None,
+                    None,
+                    Inserted::Pending,
+                ),
+            },
+            (Ok(_), None) => (
+                RecipientState::Invalid,
+                None,
+                Some("invalid_phone"),
+                Some("no phone".to_owned()),
+                Inserted::Invalid,
+            ),
+            (Err(problem), _) => {
+                if self.add_mode
+                    && let Some(phone) = &row.phone
+                    && self
+                        .tx
+                        .prepare_cached("SELECT 1 FROM recipients WHERE phone = ?1 LIMIT 1")
+                        .and_then(|mut s| s.exists([phone]))
+                        .map_err(sql_err)?
+                {
+                    return Ok(Inserted::AlreadyPlanned);
+                }
+                (
+                    RecipientState::Invalid,
+                    None,
+                    Some(problem.code),
+                    Some(problem.details.clone()),
+                    Inserted::Invalid,
+                )
+            }
+        };
+        self.tx
+            .prepare_cached(
+                "INSERT INTO recipients
+                   (row, generation, phone, name, state, body, error_code, error_details, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.row as i64,
+                    self.generation,
+                    row.phone,
+                    row.name,
+                    state.as_str(),
+                    body,
+                    code,
+                    details,
+                    self.now,
+                ])
+            })
+            .map_err(sql_err)?;
+        Ok(inserted)
+    }
+}
+
+/// A row claimed for sending: its state is `sending` and committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub id: i64,
+    pub row: u64,
+    pub phone: String,
+    pub body: String,
+    /// Attempts made in earlier runs.
+    pub attempts: u32,
+}
+
+/// The final word on a claimed row, from the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub id: i64,
+    /// `Sent`, `Failed`, `Uncertain`, or `Pending` to give the row back unsent.
+    pub state: RecipientState,
+    /// Attempts made in this run.
+    pub attempts: u32,
+    pub message_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_details: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// How many rows are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub pending: u64,
+    pub sending: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub uncertain: u64,
+    pub invalid: u64,
+    pub duplicate: u64,
+}
+
+impl Counts {
+    pub fn total(&self) -> u64 {
+        self.pending
+            + self.sending
+            + self.sent
+            + self.failed
+            + self.uncertain
+            + self.invalid
+            + self.duplicate
+    }
+
+    pub fn get(&self, state: RecipientState) -> u64 {
+        match state {
+            RecipientState::Pending => self.pending,
+            RecipientState::Sending => self.sending,
+            RecipientState::Sent => self.sent,
+            RecipientState::Failed => self.failed,
+            RecipientState::Uncertain => self.uncertain,
+            RecipientState::Invalid => self.invalid,
+            RecipientState::Duplicate => self.duplicate,
+        }
+    }
+
+    fn slot(&mut self, state: RecipientState) -> &mut u64 {
+        match state {
+            RecipientState::Pending => &mut self.pending,
+            RecipientState::Sending => &mut self.sending,
+            RecipientState::Sent => &mut self.sent,
+            RecipientState::Failed => &mut self.failed,
+            RecipientState::Uncertain => &mut self.uncertain,
+            RecipientState::Invalid => &mut self.invalid,
+            RecipientState::Duplicate => &mut self.duplicate,
+        }
+    }
+
+    pub fn add(&mut self, state: RecipientState, n: u64) {
+        *self.slot(state) += n;
+    }
+
+    pub fn move_one(&mut self, from: RecipientState, to: RecipientState) {
+        let from_slot = self.slot(from);
+        *from_slot = from_slot.saturating_sub(1);
+        *self.slot(to) += 1;
+    }
+}
+
+/// One recipient as the report shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RecipientRecord {
+    pub row: u64,
+    pub phone: Option<String>,
+    pub name: Option<String>,
+    pub state: RecipientState,
+    pub attempts: u32,
+    pub message_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_details: Option<String>,
+    pub updated_at: Option<String>,
+    pub sent_at: Option<String>,
+}
+
+/// One run of `run`, for `status`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub pid: u32,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub outcome: Option<String>,
+    pub sent: u64,
+    pub failed: u64,
+    pub uncertain: u64,
+}
+
+/// Which rows `retry` puts back to pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetrySelection {
+    /// Failed rows, optionally only those with one of these error codes.
+    Failed {
+        codes: Vec<String>,
+    },
+    Uncertain,
+}
+
+/// Timestamps are stored as fixed-width RFC 3339 UTC text, so they sort as text.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// An open state file.
+pub struct StateDb {
+    conn: Connection,
+    path: String,
+}
+
+impl fmt::Debug for StateDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateDb").field("path", &self.path).finish()
+    }
+}
+
+impl StateDb {
+    /// Opens the state file, creating it owner-only (0600) if it does not exist.
+    pub fn open_or_create(path: &Path) -> Result<StateDb, StateError> {
+        if !path.exists() {
+            create_private_file(path)?;
+        }
+        Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+    }
+
+    /// Opens an existing state file for writing; a missing file is an error.
+    pub fn open_existing(path: &Path) -> Result<StateDb, StateError> {
+        if !path.exists() {
+            return Err(StateError::Missing {
+                path: path.display().to_string(),
+            });
+        }
+        Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+    }
+
+    /// Opens an existing state file without writing to it: `status` and
+    /// `report` read while a run is sending.
+    pub fn open_read_only(path: &Path) -> Result<StateDb, StateError> {
+        if !path.exists() {
+            return Err(StateError::Missing {
+                path: path.display().to_string(),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StateError::Sql {
+            path: path.display().to_string(),
+            operation: "opening",
+            source,
+        })?;
+        let db = StateDb {
+            conn,
+            path: path.display().to_string(),
+        };
+        db.conn
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| db.sql("configuring", e))?;
+        let version: i64 = db
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| db.sql("reading the schema version", e))?;
+        if version > schema::latest_version() {
+            return Err(StateError::TooNew {
+                path: db.path.clone(),
+                found: version,
+                known: schema::latest_version(),
+            });
+        }
+        if version < schema::latest_version() {
+            return Err(StateError::NotPlanned {
+                path: db.path.clone(),
+            });
+        }
+        Ok(db)
+    }
+
+    /// An in-memory state, for tests.
+    pub fn in_memory() -> Result<StateDb, StateError> {
+        let conn = Connection::open_in_memory().map_err(|source| StateError::Sql {
+            path: ":memory:".into(),
+            operation: "opening",
+            source,
+        })?;
+        Self::prepare(conn, ":memory:".into())
+    }
+
+    fn open_with(path: &Path, flags: OpenFlags) -> Result<StateDb, StateError> {
+        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|source| StateError::Sql {
+                path: path.display().to_string(),
+                operation: "opening",
+                source,
+            })?;
+        Self::prepare(conn, path.display().to_string())
+    }
+
+    fn prepare(mut conn: Connection, path: String) -> Result<StateDb, StateError> {
+        let sql = |operation, source| StateError::Sql {
+            path: path.clone(),
+            operation,
+            source,
+        };
+        // Per-connection settings. WAL lets `status` read while a run writes;
+        // FULL makes every claim durable before its requests leave, so a power
+        // cut can never turn a sent row back into a pending one.
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| sql("configuring", e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| sql("enabling WAL", e))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| sql("configuring", e))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| sql("configuring", e))?;
+        // A fixed page cache keeps memory flat however many rows the plan has.
+        conn.pragma_update(None, "cache_size", -16_384)
+            .map_err(|e| sql("configuring", e))?;
+        conn.set_prepared_statement_cache_capacity(32);
+        match schema::migrate(&mut conn).map_err(|e| sql("migrating the schema", e))? {
+            Ok(()) => {}
+            Err(found) => {
+                return Err(StateError::TooNew {
+                    path,
+                    found,
+                    known: schema::latest_version(),
+                });
+            }
+        }
+        Ok(StateDb { conn, path })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn sql(&self, operation: &'static str, source: rusqlite::Error) -> StateError {
+        StateError::Sql {
+            path: self.path.clone(),
+            operation,
+            source,
+        }
+    }
+
+    /// The stored plan, if the campaign has been planned.
+    pub fn plan_info(&self) -> Result<Option<PlanInfo>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT campaign_name, message_type, campaign_file, csv_file, message_fingerprint,
+                        csv_sha256, csv_rows, planned_at, updated_at FROM plan WHERE id = 1",
+                [],
+                |r| {
+                    Ok(PlanInfo {
+                        campaign_name: r.get(0)?,
+                        message_type: r.get(1)?,
+                        campaign_file: r.get(2)?,
+                        csv_file: r.get(3)?,
+                        message_fingerprint: r.get(4)?,
+                        csv_sha256: r.get(5)?,
+                        csv_rows: r.get::<_, i64>(6)? as u64,
+                        planned_at: r.get(7)?,
+                        updated_at: r.get(8)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.sql("reading the plan", e))
+    }
+
+    /// Writes a whole plan in one transaction: either every row is planned or
+    /// none is. `fill` inserts the rows; `info` is written after it with the
+    /// counts `fill` returns (the CSV hash is only known after the last row).
+    pub fn write_plan<T>(
+        &mut self,
+        fill: impl FnOnce(&mut PlanSink<'_>) -> Result<(T, PlanInfo), anyhow::Error>,
+    ) -> Result<T, anyhow::Error> {
+        self.write_rows(false, fill)
+    }
+
+    /// `--add-new-recipients`: inserts rows whose phone is not planned yet, as a
+    /// new generation, and updates the stored CSV hash, in one transaction.
+    pub fn add_to_plan<T>(
+        &mut self,
+        fill: impl FnOnce(&mut PlanSink<'_>) -> Result<(T, PlanInfo), anyhow::Error>,
+    ) -> Result<T, anyhow::Error> {
+        self.write_rows(true, fill)
+    }
+
+    fn write_rows<T>(
+        &mut self,
+        add_mode: bool,
+        fill: impl FnOnce(&mut PlanSink<'_>) -> Result<(T, PlanInfo), anyhow::Error>,
+    ) -> Result<T, anyhow::Error> {
+        let path = self.path.clone();
+        let sql = |operation, source| StateError::Sql {
+            path: path.clone(),
+            operation,
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| sql("starting the plan", e))?;
+        let generation: i64 = tx
+            .query_row(
+                "SELECT coalesce(max(generation), 0) + 1 FROM recipients",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| sql("starting the plan", e))?;
+        let (value, info) = {
+            let mut sink = PlanSink {
+                tx: &tx,
+                generation,
+                add_mode,
+                now: timestamp(Utc::now()),
+                path: &path,
+            };
+            fill(&mut sink)?
+        };
+        tx.execute(
+            "INSERT INTO plan (id, campaign_name, message_type, campaign_file, csv_file,
+                               message_fingerprint, csv_sha256, csv_rows, planned_at, updated_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT(id) DO UPDATE SET
+               campaign_name = excluded.campaign_name, campaign_file = excluded.campaign_file,
+               csv_file = excluded.csv_file, csv_sha256 = excluded.csv_sha256,
+               csv_rows = excluded.csv_rows, updated_at = excluded.updated_at",
+            params![
+                info.campaign_name,
+                info.message_type,
+                info.campaign_file,
+                info.csv_file,
+                info.message_fingerprint,
+                info.csv_sha256,
+                info.csv_rows as i64,
+                info.planned_at,
+                info.updated_at,
+            ],
+        )
+        .map_err(|e| sql("recording the plan", e))?;
+        tx.commit().map_err(|e| sql("committing the plan", e))?;
+        Ok(value)
+    }
+
+    /// Rows left `sending` by a run that died mid-flight may have been
+    /// delivered: they become `uncertain`. Returns how many.
+    pub fn mark_interrupted_uncertain(&mut self) -> Result<u64, StateError> {
+        let now = timestamp(Utc::now());
+        let n = self
+            .conn
+            .execute(
+                "UPDATE recipients SET state = 'uncertain', error_code = 'interrupted',
+                   error_details = 'the run stopped while this message was being sent; it may have been delivered',
+                   updated_at = ?1
+                 WHERE state = 'sending'",
+                [now],
+            )
+            .map_err(|e| self.sql("recovering interrupted rows", e))?;
+        Ok(n as u64)
+    }
+
+    /// Marks up to `n` pending rows `sending` and commits, in row order.
+    pub fn claim(&mut self, n: usize) -> Result<Vec<Claimed>, StateError> {
+        let now = timestamp(Utc::now());
+        let path = self.path.clone();
+        let sql = |source| StateError::Sql {
+            path: path.clone(),
+            operation: "claiming rows",
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "UPDATE recipients SET state = 'sending', updated_at = ?1
+                 WHERE id IN (SELECT id FROM recipients WHERE state = 'pending' ORDER BY id LIMIT ?2)
+                 RETURNING id, row, phone, body, attempts",
+            )
+            .map_err(sql)?;
+        let mut claimed = stmt
+            .query_map(params![now, n as i64], |r| {
+                Ok(Claimed {
+                    id: r.get(0)?,
+                    row: r.get::<_, i64>(1)? as u64,
+                    phone: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    body: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    attempts: r.get::<_, i64>(4)? as u32,
+                })
+            })
+            .map_err(sql)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql)?;
+        claimed.sort_by_key(|c| c.id);
+        Ok(claimed)
+    }
+
+    /// Writes a batch of outcomes in one transaction.
+    pub fn record(&mut self, outcomes: &[Outcome]) -> Result<(), StateError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let sql = |source| StateError::Sql {
+            path: path.clone(),
+            operation: "recording results",
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE recipients SET state = ?2, attempts = attempts + ?3,
+                       message_id = coalesce(?4, message_id), error_code = ?5, error_details = ?6,
+                       updated_at = ?7,
+                       sent_at = CASE WHEN ?2 = 'sent' THEN ?7 ELSE sent_at END
+                     WHERE id = ?1 AND state = 'sending'",
+                )
+                .map_err(sql)?;
+            for o in outcomes {
+                let at = timestamp(o.at);
+                stmt.execute(params![
+                    o.id,
+                    o.state.as_str(),
+                    o.attempts as i64,
+                    o.message_id,
+                    o.error_code,
+                    o.error_details,
+                    at,
+                ])
+                .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    pub fn counts(&self) -> Result<Counts, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, count(*) FROM recipients GROUP BY state")
+            .map_err(|e| self.sql("counting rows", e))?;
+        let mut counts = Counts::default();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.sql("counting rows", e))?;
+        for row in rows {
+            let (state, n) = row.map_err(|e| self.sql("counting rows", e))?;
+            if let Some(state) = RecipientState::parse(&state) {
+                counts.add(state, n as u64);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Messages sent at or after `since` (the daily limit's rolling window).
+    pub fn sent_since(&self, since: DateTime<Utc>) -> Result<u64, StateError> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM recipients WHERE sent_at >= ?1",
+                [timestamp(since)],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.sql("counting recent sends", e))
+    }
+
+    /// The `k`-th oldest send time at or after `since` (1-based): when the
+    /// rolling window frees its next slot.
+    pub fn nth_sent_since(
+        &self,
+        since: DateTime<Utc>,
+        k: u64,
+    ) -> Result<Option<DateTime<Utc>>, StateError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT sent_at FROM recipients WHERE sent_at >= ?1 ORDER BY sent_at LIMIT 1 OFFSET ?2",
+                params![timestamp(since), k.saturating_sub(1) as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql("reading recent sends", e))?;
+        Ok(text
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc)))
+    }
+
+    /// Error codes of failed and uncertain rows, most frequent first.
+    pub fn error_counts(&self) -> Result<Vec<(String, u64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT error_code, count(*) AS n FROM recipients
+                 WHERE error_code IS NOT NULL AND state IN ('failed', 'uncertain', 'invalid')
+                 GROUP BY error_code ORDER BY n DESC, error_code",
+            )
+            .map_err(|e| self.sql("counting errors", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.sql("counting errors", e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql("counting errors", e))
+    }
+
+    /// Puts the selected rows back to `pending`; returns how many.
+    pub fn reset_for_retry(&mut self, selection: &RetrySelection) -> Result<u64, StateError> {
+        let now = timestamp(Utc::now());
+        let n = match selection {
+            RetrySelection::Uncertain => self.conn.execute(
+                "UPDATE recipients SET state = 'pending', updated_at = ?1 WHERE state = 'uncertain'",
+                [&now],
+            ),
+            RetrySelection::Failed { codes } if codes.is_empty() => self.conn.execute(
+                "UPDATE recipients SET state = 'pending', updated_at = ?1 WHERE state = 'failed'",
+                [&now],
+            ),
+            RetrySelection::Failed { codes } => {
+                let tx = self
+                    .conn
+                    .transaction()
+                    .map_err(|e| StateError::Sql {
+                        path: self.path.clone(),
+                        operation: "resetting rows",
+                        source: e,
+                    })?;
+                let mut total = 0;
+                for code in codes {
+                    total += tx
+                        .execute(
+                            "UPDATE recipients SET state = 'pending', updated_at = ?1
+                             WHERE state = 'failed' AND error_code = ?2",
+                            params![now, code],
+                        )
+                        .map_err(|e| StateError::Sql {
+                            path: self.path.clone(),
+                            operation: "resetting rows",
+                            source: e,
+                        })?;
+                }
+                tx.commit().map(|()| total)
+            }
+        };
+        n.map(|n| n as u64)
+            .map_err(|e| self.sql("resetting rows for retry", e))
+    }
+
+    /// How many rows a retry selection would reset.
+    pub fn count_for_retry(&self, selection: &RetrySelection) -> Result<u64, StateError> {
+        let n: i64 = match selection {
+            RetrySelection::Uncertain => self.conn.query_row(
+                "SELECT count(*) FROM recipients WHERE state = 'uncertain'",
+                [],
+                |r| r.get(0),
+            ),
+            RetrySelection::Failed { codes } if codes.is_empty() => self.conn.query_row(
+                "SELECT count(*) FROM recipients WHERE state = 'failed'",
+                [],
+                |r| r.get(0),
+            ),
+            RetrySelection::Failed { codes } => {
+                let mut total = 0;
+                for code in codes {
+                    total += self
+                        .conn
+                        .query_row(
+                            "SELECT count(*) FROM recipients WHERE state = 'failed' AND error_code = ?1",
+                            [code],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .map_err(|e| self.sql("counting rows", e))?;
+                }
+                Ok(total)
+            }
+        }
+        .map_err(|e| self.sql("counting rows", e))?;
+        Ok(n as u64)
+    }
+
+    /// Every recipient in row order, optionally only some states; `visit` is
+    /// called per row so a report of a million rows is never held in memory.
+    pub fn for_each_recipient(
+        &self,
+        states: &[RecipientState],
+        mut visit: impl FnMut(RecipientRecord) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT row, phone, name, state, attempts, message_id, error_code, error_details,
+                        updated_at, sent_at
+                 FROM recipients ORDER BY id",
+            )
+            .map_err(|e| self.sql("reading recipients", e))?;
+        let mut rows = stmt
+            .query([])
+            .map_err(|e| self.sql("reading recipients", e))?;
+        while let Some(r) = rows.next().map_err(|e| self.sql("reading recipients", e))? {
+            let state_text: String = r.get(3).map_err(|e| self.sql("reading recipients", e))?;
+            let Some(state) = RecipientState::parse(&state_text) else {
+                continue;
+            };
+            if !states.is_empty() && !states.contains(&state) {
+                continue;
+            }
+            let record = (|| {
+                Ok::<_, rusqlite::Error>(RecipientRecord {
+                    row: r.get::<_, i64>(0)? as u64,
+                    phone: r.get(1)?,
+                    name: r.get(2)?,
+                    state,
+                    attempts: r.get::<_, i64>(4)? as u32,
+                    message_id: r.get(5)?,
+                    error_code: r.get(6)?,
+                    error_details: r.get(7)?,
+                    updated_at: r.get(8)?,
+                    sent_at: r.get(9)?,
+                })
+            })()
+            .map_err(|e| self.sql("reading recipients", e))?;
+            visit(record)?;
+        }
+        Ok(())
+    }
+
+    /// The planned body of the first pending-or-later row at a CSV row number.
+    pub fn body_for_row(&self, row: u64) -> Result<Option<(String, String)>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT phone, body FROM recipients WHERE row = ?1 AND body IS NOT NULL
+                 ORDER BY id DESC LIMIT 1",
+                [row as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql("reading a planned body", e))
+    }
+
+    /// Records the start of a run; returns its id.
+    pub fn start_run(&mut self) -> Result<i64, StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (pid, started_at) VALUES (?1, ?2)",
+                params![std::process::id(), timestamp(Utc::now())],
+            )
+            .map_err(|e| self.sql("recording the run", e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_run(
+        &mut self,
+        run_id: i64,
+        outcome: &str,
+        sent: u64,
+        failed: u64,
+        uncertain: u64,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = ?2, outcome = ?3, sent = ?4, failed = ?5, uncertain = ?6
+                 WHERE id = ?1",
+                params![
+                    run_id,
+                    timestamp(Utc::now()),
+                    outcome,
+                    sent as i64,
+                    failed as i64,
+                    uncertain as i64
+                ],
+            )
+            .map_err(|e| self.sql("recording the run", e))?;
+        Ok(())
+    }
+
+    /// The most recent runs, newest first.
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, pid, started_at, finished_at, outcome, sent, failed, uncertain
+                 FROM runs ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.sql("reading runs", e))?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(RunRecord {
+                    id: r.get(0)?,
+                    pid: r.get::<_, i64>(1)? as u32,
+                    started_at: r.get(2)?,
+                    finished_at: r.get(3)?,
+                    outcome: r.get(4)?,
+                    sent: r.get::<_, i64>(5)? as u64,
+                    failed: r.get::<_, i64>(6)? as u64,
+                    uncertain: r.get::<_, i64>(7)? as u64,
+                })
+            })
+            .map_err(|e| self.sql("reading runs", e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql("reading runs", e))
+    }
+}
+
+/// Creates an empty file readable and writable by its owner only. SQLite
+/// gives its `-wal` and `-shm` files the same mode as the database file.
+pub fn create_private_file(path: &Path) -> Result<(), StateError> {
+    let err = |e: std::io::Error| StateError::Create {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the folder {} does not exist", parent.display()),
+        )));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// The default state path: `<campaign file stem>.state.db` beside the campaign file.
+pub fn default_state_path(campaign_file: &Path) -> PathBuf {
+    let stem = campaign_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "campaign".to_owned());
+    campaign_file.with_file_name(format!("{stem}.state.db"))
+}
+
+#[cfg(test)]
+mod tests;

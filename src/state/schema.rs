@@ -1,0 +1,114 @@
+//! The state file's schema as an ordered, add-only list of migrations, applied
+//! atomically and tracked with `PRAGMA user_version`.
+//!
+//! Never edit a migration that has shipped: add a new one at the end. PRAGMAs
+//! that belong to a connection (WAL, synchronous, busy timeout) are set in
+//! [`super::StateDb`], not here, because migrations run once per file.
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the campaign as planned, one row per CSV data row, and a log of runs.
+    r#"
+    CREATE TABLE plan (
+        id              INTEGER PRIMARY KEY CHECK (id = 1),
+        campaign_name   TEXT NOT NULL,
+        message_type    TEXT NOT NULL,
+        campaign_file   TEXT NOT NULL,
+        csv_file        TEXT NOT NULL,
+        -- what decides the messages: content, vars, columns, country
+        message_fingerprint TEXT NOT NULL,
+        csv_sha256      TEXT NOT NULL,
+        csv_rows        INTEGER NOT NULL,
+        planned_at      TEXT NOT NULL,
+        updated_at      TEXT NOT NULL
+    );
+
+    CREATE TABLE recipients (
+        id              INTEGER PRIMARY KEY,
+        -- 1-based CSV data row in the file as it was when this row was planned
+        row             INTEGER NOT NULL,
+        -- which plan or --add-new-recipients pass added it (1 = the first plan)
+        generation      INTEGER NOT NULL,
+        phone           TEXT,
+        name            TEXT,
+        state           TEXT NOT NULL CHECK (state IN
+                            ('pending','sending','sent','failed','uncertain','invalid','duplicate')),
+        body            TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        message_id      TEXT,
+        error_code      TEXT,
+        error_details   TEXT,
+        updated_at      TEXT,
+        sent_at         TEXT
+    );
+    CREATE INDEX recipients_by_state ON recipients(state, id);
+    CREATE INDEX recipients_by_phone ON recipients(phone);
+    CREATE INDEX recipients_by_sent_at ON recipients(sent_at) WHERE sent_at IS NOT NULL;
+
+    CREATE TABLE runs (
+        id              INTEGER PRIMARY KEY,
+        pid             INTEGER NOT NULL,
+        started_at      TEXT NOT NULL,
+        finished_at     TEXT,
+        outcome         TEXT,
+        sent            INTEGER NOT NULL DEFAULT 0,
+        failed          INTEGER NOT NULL DEFAULT 0,
+        uncertain       INTEGER NOT NULL DEFAULT 0
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Brings the file up to [`latest_version`]. A file from a newer build is refused
+/// rather than guessed at.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), i64>> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > latest_version() {
+        return Ok(Err(current));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_in_order_and_are_idempotent() {
+        let mut conn = Connection::open_in_memory().expect("memory db");
+        migrate(&mut conn).expect("sql").expect("version");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, latest_version());
+        // A second pass over an up-to-date file changes nothing.
+        migrate(&mut conn).expect("sql").expect("version");
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(tables, 3);
+    }
+
+    #[test]
+    fn a_newer_file_is_refused() {
+        let mut conn = Connection::open_in_memory().expect("memory db");
+        conn.pragma_update(None, "user_version", 99).expect("set");
+        assert_eq!(migrate(&mut conn).expect("sql"), Err(99));
+    }
+}

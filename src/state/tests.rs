@@ -1,0 +1,255 @@
+//! Unit tests of the state file on `:memory:` (and one real file for permissions).
+
+use super::*;
+
+fn info(rows: u64) -> PlanInfo {
+    PlanInfo {
+        campaign_name: "t".into(),
+        message_type: "text".into(),
+        campaign_file: "c.toml".into(),
+        csv_file: "r.csv".into(),
+        message_fingerprint: "fp".into(),
+        csv_sha256: "abc".into(),
+        csv_rows: rows,
+        planned_at: timestamp(Utc::now()),
+        updated_at: timestamp(Utc::now()),
+    }
+}
+
+fn pending(row: u64, phone: &str) -> PlannedRow {
+    PlannedRow {
+        row,
+        phone: Some(phone.into()),
+        name: Some(format!("n{row}")),
+        outcome: Ok(format!("{{\"to\":\"{phone}\"}}")),
+    }
+}
+
+fn plan(db: &mut StateDb, rows: Vec<PlannedRow>) -> Vec<Inserted> {
+    let n = rows.len() as u64;
+    db.write_plan(|sink| {
+        let mut out = Vec::new();
+        for r in &rows {
+            out.push(sink.insert(r)?);
+        }
+        Ok((out, info(n)))
+    })
+    .expect("plan")
+}
+
+#[test]
+fn plan_decides_duplicates_and_counts_add_up() {
+    let mut db = StateDb::in_memory().expect("db");
+    let inserted = plan(
+        &mut db,
+        vec![
+            pending(1, "+254700000001"),
+            pending(2, "+254700000002"),
+            pending(3, "+254700000001"),
+            PlannedRow {
+                row: 4,
+                phone: Some("0712".into()),
+                name: None,
+                outcome: Err(PlanProblem {
+                    code: "invalid_phone",
+                    details: "bad".into(),
+                }),
+            },
+        ],
+    );
+    assert_eq!(
+        inserted,
+        vec![
+            Inserted::Pending,
+            Inserted::Pending,
+            Inserted::Duplicate { of_row: 1 },
+            Inserted::Invalid
+        ]
+    );
+    let counts = db.counts().expect("counts");
+    assert_eq!(
+        (counts.pending, counts.duplicate, counts.invalid),
+        (2, 1, 1)
+    );
+    assert_eq!(counts.total(), 4);
+    assert_eq!(db.plan_info().expect("info").map(|i| i.csv_rows), Some(4));
+}
+
+#[test]
+fn a_failed_plan_leaves_nothing_behind() {
+    let mut db = StateDb::in_memory().expect("db");
+    let result: anyhow::Result<()> = db.write_plan(|sink| {
+        sink.insert(&pending(1, "+254700000001"))?;
+        anyhow::bail!("row 2 broke the plan")
+    });
+    assert!(result.is_err());
+    assert_eq!(db.counts().expect("counts").total(), 0);
+    assert!(db.plan_info().expect("info").is_none());
+}
+
+#[test]
+fn claim_record_and_recover() {
+    let mut db = StateDb::in_memory().expect("db");
+    plan(
+        &mut db,
+        (1..=5)
+            .map(|i| pending(i, &format!("+25470000000{i}")))
+            .collect(),
+    );
+    let claimed = db.claim(3).expect("claim");
+    assert_eq!(claimed.iter().map(|c| c.row).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(db.counts().expect("counts").sending, 3);
+    let now = Utc::now();
+    db.record(&[
+        Outcome {
+            id: claimed[0].id,
+            state: RecipientState::Sent,
+            attempts: 1,
+            message_id: Some("wamid.1".into()),
+            error_code: None,
+            error_details: None,
+            at: now,
+        },
+        Outcome {
+            id: claimed[1].id,
+            state: RecipientState::Pending,
+            attempts: 0,
+            message_id: None,
+            error_code: None,
+            error_details: None,
+            at: now,
+        },
+    ])
+    .expect("record");
+    // Row 3 is still `sending`: the run "died". Recovery makes it uncertain.
+    assert_eq!(db.mark_interrupted_uncertain().expect("recover"), 1);
+    let counts = db.counts().expect("counts");
+    assert_eq!(
+        (
+            counts.sent,
+            counts.pending,
+            counts.uncertain,
+            counts.sending
+        ),
+        (1, 3, 1, 0)
+    );
+    assert_eq!(
+        db.sent_since(now - chrono::Duration::seconds(1))
+            .expect("n"),
+        1
+    );
+    // The released row comes back first.
+    assert_eq!(db.claim(1).expect("claim")[0].row, 2);
+}
+
+#[test]
+fn record_ignores_rows_not_sending() {
+    // A late outcome must never overwrite a row someone already settled.
+    let mut db = StateDb::in_memory().expect("db");
+    plan(&mut db, vec![pending(1, "+254700000001")]);
+    let claimed = db.claim(1).expect("claim");
+    let sent = Outcome {
+        id: claimed[0].id,
+        state: RecipientState::Sent,
+        attempts: 1,
+        message_id: Some("m".into()),
+        error_code: None,
+        error_details: None,
+        at: Utc::now(),
+    };
+    db.record(std::slice::from_ref(&sent)).expect("record");
+    db.record(&[Outcome {
+        state: RecipientState::Failed,
+        ..sent
+    }])
+    .expect("record");
+    assert_eq!(db.counts().expect("counts").sent, 1);
+}
+
+#[test]
+fn retry_resets_only_the_selection() {
+    let mut db = StateDb::in_memory().expect("db");
+    plan(
+        &mut db,
+        (1..=3)
+            .map(|i| pending(i, &format!("+25470000000{i}")))
+            .collect(),
+    );
+    let claimed = db.claim(3).expect("claim");
+    let outcome = |id, state, code: &str| Outcome {
+        id,
+        state,
+        attempts: 1,
+        message_id: None,
+        error_code: Some(code.into()),
+        error_details: None,
+        at: Utc::now(),
+    };
+    db.record(&[
+        outcome(claimed[0].id, RecipientState::Failed, "validation_error"),
+        outcome(claimed[1].id, RecipientState::Failed, "internal_error"),
+        outcome(claimed[2].id, RecipientState::Uncertain, "no_answer"),
+    ])
+    .expect("record");
+    let only_500 = RetrySelection::Failed {
+        codes: vec!["internal_error".into()],
+    };
+    assert_eq!(db.count_for_retry(&only_500).expect("count"), 1);
+    assert_eq!(db.reset_for_retry(&only_500).expect("reset"), 1);
+    assert_eq!(
+        db.reset_for_retry(&RetrySelection::Uncertain)
+            .expect("reset"),
+        1
+    );
+    let counts = db.counts().expect("counts");
+    assert_eq!((counts.pending, counts.failed), (2, 1));
+    assert_eq!(
+        db.error_counts().expect("errors"),
+        vec![("validation_error".to_owned(), 1)]
+    );
+}
+
+#[test]
+fn add_mode_skips_planned_phones() {
+    let mut db = StateDb::in_memory().expect("db");
+    plan(&mut db, vec![pending(1, "+254700000001")]);
+    let inserted = db
+        .add_to_plan(|sink| {
+            let a = sink.insert(&pending(1, "+254700000001"))?;
+            let b = sink.insert(&pending(2, "+254700000002"))?;
+            let c = sink.insert(&pending(3, "+254700000002"))?;
+            Ok((vec![a, b, c], info(3)))
+        })
+        .expect("add");
+    assert_eq!(
+        inserted,
+        vec![
+            Inserted::AlreadyPlanned,
+            Inserted::Pending,
+            Inserted::Duplicate { of_row: 2 }
+        ]
+    );
+    assert_eq!(db.counts().expect("counts").pending, 2);
+}
+
+#[cfg(unix)]
+#[test]
+fn state_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.state.db");
+    let mut db = StateDb::open_or_create(&path).expect("create");
+    plan(&mut db, vec![pending(1, "+254700000001")]);
+    for file in [path.clone(), dir.path().join("c.state.db-wal")] {
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    }
+}
+
+#[test]
+fn default_state_path_sits_beside_the_campaign() {
+    assert_eq!(
+        default_state_path(Path::new("campaigns/bf/campaign.toml")),
+        PathBuf::from("campaigns/bf/campaign.state.db")
+    );
+}

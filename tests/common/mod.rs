@@ -1,0 +1,187 @@
+//! Shared test harness: a sandbox running on its own runtime, campaign folders
+//! in temporary directories, and the real binary pointed at the sandbox.
+//! Every address is 127.0.0.1.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use convers8_campaign::sandbox::{RecordedMessage, Sandbox, SandboxConfig, SandboxStats};
+use convers8_campaign::state::{Counts, StateDb};
+
+pub const KEY: &str = "test-key-7f3a";
+
+/// A sandbox served from a private runtime, so tests can stay synchronous and
+/// drive the binary with `std::process::Command`.
+pub struct TestSandbox {
+    runtime: tokio::runtime::Runtime,
+    sandbox: Option<Sandbox>,
+}
+
+impl TestSandbox {
+    pub fn start(config: SandboxConfig) -> TestSandbox {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime");
+        let sandbox = runtime
+            .block_on(Sandbox::start(
+                SandboxConfig {
+                    api_key: KEY.into(),
+                    ..config
+                },
+                "127.0.0.1:0".parse().expect("addr"),
+            ))
+            .expect("sandbox starts");
+        TestSandbox {
+            runtime,
+            sandbox: Some(sandbox),
+        }
+    }
+
+    /// A fast, unlimited, fault-free sandbox.
+    pub fn unlimited() -> TestSandbox {
+        TestSandbox::start(SandboxConfig {
+            rate: 0.0,
+            ..SandboxConfig::default()
+        })
+    }
+
+    fn inner(&self) -> &Sandbox {
+        self.sandbox.as_ref().expect("sandbox running")
+    }
+
+    pub fn base_url(&self) -> String {
+        self.inner().base_url()
+    }
+
+    pub fn messages(&self) -> Vec<RecordedMessage> {
+        self.inner().messages()
+    }
+
+    pub fn stats(&self) -> SandboxStats {
+        self.inner().stats()
+    }
+
+    /// How many messages each phone received.
+    pub fn per_phone(&self) -> std::collections::HashMap<String, usize> {
+        let mut map = std::collections::HashMap::new();
+        for m in self.messages() {
+            *map.entry(m.to).or_insert(0) += 1;
+        }
+        map
+    }
+}
+
+impl Drop for TestSandbox {
+    fn drop(&mut self) {
+        if let Some(sandbox) = self.sandbox.take() {
+            self.runtime.block_on(sandbox.shutdown());
+        }
+    }
+}
+
+/// A campaign folder: `campaign.toml` and `recipients.csv` in a temp dir.
+pub struct CampaignDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl CampaignDir {
+    pub fn new(toml: &str, csv: &str) -> CampaignDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("campaign.toml"), toml).expect("write toml");
+        std::fs::write(dir.path().join("recipients.csv"), csv).expect("write csv");
+        CampaignDir { dir }
+    }
+
+    pub fn toml(&self) -> PathBuf {
+        self.dir.path().join("campaign.toml")
+    }
+
+    pub fn csv(&self) -> PathBuf {
+        self.dir.path().join("recipients.csv")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("campaign.state.db")
+    }
+
+    pub fn counts(&self) -> Counts {
+        StateDb::open_read_only(&self.state())
+            .expect("state opens")
+            .counts()
+            .expect("counts")
+    }
+}
+
+/// A text campaign with the given `[send]` lines.
+pub fn text_campaign(send: &str, text: &str) -> String {
+    format!(
+        r#"[campaign]
+name = "test"
+
+[recipients]
+csv = "recipients.csv"
+default_country = "KE"
+
+[send]
+{send}
+
+[message]
+type = "text"
+[message.content]
+text = "{text}"
+"#
+    )
+}
+
+/// `n` distinct valid Kenyan numbers with names.
+pub fn kenyan_csv(n: usize) -> String {
+    let mut csv = String::from("phone,name\n");
+    for i in 0..n {
+        csv.push_str(&format!("+2547{:08},Person {i}\n", 10_000_000 + i));
+    }
+    csv
+}
+
+/// The real binary, aimed at the sandbox with the test key.
+pub fn bin(sandbox: &TestSandbox) -> Command {
+    let mut cmd = bare_bin();
+    cmd.env("CONVERS8_API_KEY", KEY)
+        .env("CONVERS8_BASE_URL", sandbox.base_url());
+    cmd
+}
+
+/// The real binary with no key or base URL from this environment.
+pub fn bare_bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_convers8-campaign"));
+    cmd.env_remove("CONVERS8_API_KEY")
+        .env_remove("CONVERS8_BASE_URL")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("binary runs");
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn path_arg(p: &Path) -> &std::ffi::OsStr {
+    p.as_os_str()
+}

@@ -1,0 +1,145 @@
+//! The crash drill: SIGKILL the runner at random moments, restart it each
+//! time, and let the sandbox's own record judge. Nobody may be messaged twice,
+//! nobody may be lost, and every row must end in exactly one state.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use convers8_campaign::sandbox::SandboxConfig;
+use convers8_campaign::state::{RecipientState, StateDb};
+use rand::Rng;
+
+const RECIPIENTS: usize = 20_000;
+const KILLS: usize = 10;
+const CONCURRENCY: usize = 32;
+
+#[test]
+fn sigkill_at_random_moments_loses_nobody_and_messages_nobody_twice() {
+    let log_dir = tempfile::tempdir().expect("tempdir");
+    let sandbox = TestSandbox::start(SandboxConfig {
+        rate: 0.0,
+        latency: Duration::from_millis(2),
+        log: Some(log_dir.path().join("messages.jsonl")),
+        ..SandboxConfig::default()
+    });
+    // Two rows that never send, so the counts must add up across all states.
+    let mut csv = kenyan_csv(RECIPIENTS);
+    csv.push_str("12345,Invalid\n+254710000000,Duplicate of row 1\n");
+    let dir = CampaignDir::new(
+        &text_campaign(&format!("concurrency = {CONCURRENCY}"), "Hi {{name}}"),
+        &csv,
+    );
+    let claim_batch = convers8_campaign::engine::default_claim_batch(CONCURRENCY) as u64;
+
+    let mut rng = rand::rng();
+    let mut uncertain_before = 0;
+    let mut kills_done = 0;
+    for _ in 0..KILLS {
+        let mut child = bin(&sandbox)
+            .arg("run")
+            .arg(dir.toml())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("runner starts");
+        let wait = Duration::from_millis(rng.random_range(150..900));
+        let started = Instant::now();
+        let mut finished = false;
+        while started.elapsed() < wait {
+            if child.try_wait().expect("poll").is_some() {
+                finished = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if finished {
+            break;
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        kills_done += 1;
+        // The next start turns rows left `sending` into `uncertain`: at most
+        // one claim batch plus the requests in flight per crash.
+        let recovered = {
+            let mut db = StateDb::open_existing(&dir.state()).expect("state");
+            db.mark_interrupted_uncertain().expect("recover");
+            db.counts().expect("counts").uncertain
+        };
+        assert!(
+            recovered - uncertain_before <= claim_batch + CONCURRENCY as u64,
+            "a crash left {} rows uncertain",
+            recovered - uncertain_before
+        );
+        uncertain_before = recovered;
+    }
+    assert!(kills_done >= 3, "the drill must actually crash the runner");
+
+    // Finish without interference.
+    run_ok(bin(&sandbox).arg("run").arg(dir.toml()));
+    let counts = dir.counts();
+    assert_eq!(
+        counts.total(),
+        RECIPIENTS as u64 + 2,
+        "every CSV row has a state"
+    );
+    assert_eq!((counts.invalid, counts.duplicate), (1, 1));
+    assert_eq!(
+        counts.pending + counts.sending + counts.failed,
+        0,
+        "{counts:?}"
+    );
+    assert_eq!(counts.sent + counts.uncertain, RECIPIENTS as u64);
+
+    let per_phone = sandbox.per_phone();
+    let twice: Vec<_> = per_phone.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "messaged twice: {twice:?}");
+
+    // Every `sent` row is in the sandbox's record with its message id.
+    let db = StateDb::open_read_only(&dir.state()).expect("state");
+    let ids: HashSet<String> = sandbox
+        .messages()
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    let mut uncertain_phones = Vec::new();
+    db.for_each_recipient(&[], |r| {
+        match r.state {
+            RecipientState::Sent => {
+                let id = r.message_id.clone().unwrap_or_default();
+                assert!(
+                    ids.contains(&id),
+                    "row {} sent as {id} but unknown to the server",
+                    r.row
+                );
+            }
+            RecipientState::Uncertain => uncertain_phones.push(r.phone.clone().unwrap_or_default()),
+            _ => {}
+        }
+        Ok(())
+    })
+    .expect("walk");
+    // The JSON-lines log agrees with the in-memory record.
+    let logged = std::fs::read_to_string(log_dir.path().join("messages.jsonl")).expect("log");
+    assert_eq!(logged.lines().count(), sandbox.messages().len());
+
+    // The operator resends the uncertain rows; now everyone has the message.
+    run_ok(
+        bin(&sandbox)
+            .args(["run", "--resend-uncertain"])
+            .arg(dir.toml()),
+    );
+    let counts = dir.counts();
+    assert_eq!(counts.sent, RECIPIENTS as u64, "{counts:?}");
+    let per_phone = sandbox.per_phone();
+    assert_eq!(per_phone.len(), RECIPIENTS, "nobody lost");
+    for (phone, n) in per_phone {
+        assert!(
+            n == 1 || uncertain_phones.contains(&phone),
+            "{phone} got {n}"
+        );
+    }
+}
