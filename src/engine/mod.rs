@@ -546,6 +546,7 @@ async fn feed(
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut claimed_total = 0u64;
     let mut end = RunEnd::Completed;
+    let mut sent_before_run = None;
     'claiming: loop {
         if stop.is_stopping() {
             break;
@@ -559,7 +560,15 @@ async fn feed(
             }
         }
         if let Some(daily) = options.daily_limit {
-            match daily_budget(&handle, daily, &delivery.stats, claimed_total).await {
+            match daily_budget(
+                &handle,
+                daily,
+                &delivery.stats,
+                claimed_total,
+                &mut sent_before_run,
+            )
+            .await
+            {
                 Ok(0) => {
                     // Rows still in flight may fail and free budget: wait for them first.
                     if tasks.is_empty() {
@@ -659,23 +668,32 @@ fn give_back(handle: &writer::WriterHandle, stats: &RunStats, rows: impl Iterato
     }
 }
 
-/// Messages that may still be sent within the rolling 24 hours, counting rows
-/// claimed in this run but not settled yet as if they will be sent.
+/// Messages that may still be sent within the rolling 24 hours. Sends before
+/// this run are read from the state once; this run's claims count as sends
+/// until they settle otherwise, so results not yet committed cannot let the
+/// run overshoot. (Sends that age out of the window during a long run are not
+/// credited back: the next run recounts.)
 async fn daily_budget(
     handle: &writer::WriterHandle,
     daily: u32,
     stats: &RunStats,
     claimed_total: u64,
+    sent_before_run: &mut Option<u64>,
 ) -> Result<u64, writer::WriterError> {
-    let sent_24h = handle
-        .sent_since(Utc::now() - chrono::Duration::hours(24))
-        .await?;
-    let settled = stats.sent.load(Ordering::Relaxed)
-        + stats.failed.load(Ordering::Relaxed)
-        + stats.uncertain.load(Ordering::Relaxed)
-        + stats.released.load(Ordering::Relaxed);
-    let outstanding = claimed_total.saturating_sub(settled);
-    Ok(u64::from(daily).saturating_sub(sent_24h + outstanding))
+    let before = match *sent_before_run {
+        Some(n) => n,
+        None => {
+            let n = handle
+                .sent_since(Utc::now() - chrono::Duration::hours(24))
+                .await?;
+            *sent_before_run = Some(n);
+            n
+        }
+    };
+    // Uncertain rows may have been delivered, so they keep their place.
+    let not_sent = stats.failed.load(Ordering::Relaxed) + stats.released.load(Ordering::Relaxed);
+    let this_run = claimed_total.saturating_sub(not_sent);
+    Ok(u64::from(daily).saturating_sub(before + this_run))
 }
 
 /// Resolves on SIGINT or SIGTERM.

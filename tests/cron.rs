@@ -1,0 +1,158 @@
+//! Cron-ready behaviour: idempotent reruns, the send window, the daily limit,
+//! `--max-runtime`, and a graceful stop on SIGINT — each with its exit code.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::{Timelike, Utc};
+use common::*;
+use convers8_campaign::sandbox::SandboxConfig;
+
+#[test]
+fn a_finished_campaign_does_nothing_and_exits_0() {
+    let sandbox = TestSandbox::unlimited();
+    let dir = CampaignDir::new(&text_campaign("", "Hi"), &kenyan_csv(3));
+    run_ok(bin(&sandbox).arg("run").arg(dir.toml()));
+    let out = run_ok(bin(&sandbox).arg("run").arg(dir.toml()));
+    assert!(
+        stdout(&out).contains("nothing left to send"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(sandbox.messages().len(), 3);
+}
+
+#[test]
+fn outside_the_send_window_run_exits_75_and_sends_nothing() {
+    // A one-hour window that opens two hours from now (UTC), whatever the time.
+    let now = Utc::now();
+    let start = (now.hour() + 2) % 24;
+    let end = (now.hour() + 3) % 24;
+    let send = format!(
+        "window = {{ start = \"{start:02}:{m:02}\", end = \"{end:02}:{m:02}\", timezone = \"UTC\" }}",
+        m = now.minute()
+    );
+    let sandbox = TestSandbox::unlimited();
+    let dir = CampaignDir::new(&text_campaign(&send, "Hi"), &kenyan_csv(3));
+    let out = bin(&sandbox)
+        .arg("run")
+        .arg(dir.toml())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("outside the send window"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(sandbox.messages().is_empty());
+    // The plan is kept: rows are pending, ready for when the window opens.
+    assert_eq!(dir.counts().pending, 3);
+}
+
+#[test]
+fn the_daily_limit_spreads_a_list_over_days() {
+    let sandbox = TestSandbox::unlimited();
+    let dir = CampaignDir::new(
+        &text_campaign("daily_limit = 5\nconcurrency = 4", "Hi"),
+        &kenyan_csv(12),
+    );
+    let out = bin(&sandbox)
+        .arg("run")
+        .arg(dir.toml())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(75), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("next message may go at"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(sandbox.messages().len(), 5);
+    assert_eq!(dir.counts().pending, 7);
+    // The next cron slot the same day sends nothing and says so again.
+    let out = bin(&sandbox)
+        .arg("run")
+        .arg(dir.toml())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(75));
+    assert_eq!(sandbox.messages().len(), 5);
+}
+
+#[test]
+fn max_runtime_stops_gracefully_and_a_rerun_continues() {
+    let sandbox = TestSandbox::start(SandboxConfig {
+        rate: 0.0,
+        latency: Duration::from_millis(100),
+        ..SandboxConfig::default()
+    });
+    let dir = CampaignDir::new(&text_campaign("concurrency = 1", "Hi"), &kenyan_csv(60));
+    let started = Instant::now();
+    let out = run_ok(
+        bin(&sandbox)
+            .args(["run", "--max-runtime", "1s"])
+            .arg(dir.toml()),
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let text = stdout(&out);
+    assert!(text.contains("--max-runtime"), "{text}");
+    assert!(
+        text.contains("to continue: convers8-campaign run"),
+        "{text}"
+    );
+    let counts = dir.counts();
+    assert!(counts.sent > 0 && counts.pending > 0, "{counts:?}");
+    assert_eq!(
+        counts.sending + counts.uncertain,
+        0,
+        "a graceful stop leaves nothing in doubt"
+    );
+    assert_eq!(counts.total(), 60);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigint_stops_claiming_finishes_in_flight_and_says_how_to_resume() {
+    let sandbox = TestSandbox::start(SandboxConfig {
+        rate: 0.0,
+        latency: Duration::from_millis(50),
+        ..SandboxConfig::default()
+    });
+    let dir = CampaignDir::new(&text_campaign("concurrency = 4", "Hi"), &kenyan_csv(400));
+    let child = bin(&sandbox)
+        .arg("run")
+        .arg(dir.toml())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sandbox.messages().len() < 10 {
+        assert!(Instant::now() < deadline, "the run never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("exits");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("interrupted"), "{text}");
+    assert!(text.contains("to continue:"), "{text}");
+    let counts = dir.counts();
+    assert_eq!(counts.sending + counts.uncertain, 0, "{counts:?}");
+    assert_eq!(
+        counts.sent,
+        sandbox.messages().len() as u64,
+        "every delivered message is recorded"
+    );
+    assert!(counts.pending > 0);
+    // The resume command finishes the job, nobody twice.
+    run_ok(bin(&sandbox).arg("run").arg(dir.toml()));
+    assert_eq!(dir.counts().sent, 400);
+    assert!(sandbox.per_phone().values().all(|&n| n == 1));
+}
