@@ -164,7 +164,7 @@ impl<'c> RowPlanner<'c> {
         let renderer = Renderer::compile(&campaign.message, &campaign.vars)?;
         let headers = reader.headers().to_vec();
         for column in renderer.referenced_columns() {
-            if !headers.iter().any(|h| *h == column) {
+            if !headers.contains(&column) {
                 return Err(PlanError::MissingColumn {
                     place: "message.content".to_owned(),
                     column,

@@ -159,6 +159,7 @@ impl SandboxArgs {
 pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let addr = args.addr;
     let (config, key_source) = args.into_config(std::env::var(API_KEY_ENV).ok())?;
+    let stop = shutdown_signal()?;
     let sandbox = match Sandbox::start(config, addr).await {
         Ok(sandbox) => sandbox,
         // The io error already names the address (and a log file, if that failed).
@@ -172,29 +173,37 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         "sandbox listening on {} (api key: {key_source})",
         sandbox.base_url()
     );
-    let signal = shutdown_signal().await;
+    stop.await;
     sandbox.shutdown().await;
-    signal?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for Ctrl-C, or SIGTERM on Unix (what `kill` and service managers send).
-async fn shutdown_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+/// Registers for Ctrl-C and, on Unix, SIGTERM (what `kill` and service
+/// managers send) right away, and returns the wait. Registration must come
+/// before the start-up line: a parent that reads the line and signals at once
+/// would otherwise kill the process with the default action, mid-answer.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+    Ok(async move {
         tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C"),
-            _ = term.recv() => Ok(()),
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot listen for Ctrl-C")
-    }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    Ok(async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            // Without a way to hear Ctrl-C, serve until the process is killed.
+            tracing::warn!("cannot listen for Ctrl-C: {err}");
+            std::future::pending::<()>().await;
+        }
+    })
 }
 
 fn probability(value: &str) -> Result<f64, String> {
