@@ -260,8 +260,17 @@ impl<'c> RowPlanner<'c> {
     }
 }
 
+/// Rows handed from the reading thread to the writing thread at a time.
+const PIPELINE_BATCH: usize = 512;
+/// Batches in flight between the two: bounds memory whatever the file size.
+const PIPELINE_DEPTH: usize = 8;
+
 /// Plans the campaign into the state: every CSV row, in one transaction.
 /// `on_problem` sees every row that will not be sent, as it is found.
+///
+/// Reading, phone parsing and rendering run on one thread and the SQLite
+/// inserts on another, so planning uses both cores; a bounded channel between
+/// them keeps memory flat.
 pub fn plan_campaign(
     db: &mut StateDb,
     campaign: &Campaign,
@@ -270,80 +279,138 @@ pub fn plan_campaign(
 ) -> anyhow::Result<PlanSummary> {
     let mut reader = RecipientReader::open(&campaign.recipients)?;
     let planner = RowPlanner::new(campaign, &reader)?;
-    // `move`: the reader is consumed at the end, to read the hash of every byte it saw.
     let fill = move |sink: &mut crate::state::PlanSink<'_>| {
-        let mut summary = PlanSummary::default();
-        while let Some(raw) = reader.next_row() {
-            let raw = raw?;
-            summary.rows += 1;
-            let planned = planner.plan_row(&raw);
-            let inserted = sink.insert(&planned)?;
-            let problem = match (inserted, &planned.outcome) {
-                (Inserted::Pending, _) => {
-                    summary.pending += 1;
-                    None
+        std::thread::scope(|scope| {
+            let (batches, received) =
+                std::sync::mpsc::sync_channel::<Vec<(RawRowPlace, PlannedRow)>>(PIPELINE_DEPTH);
+            let producer = scope.spawn(move || -> anyhow::Result<String> {
+                let mut batch = Vec::with_capacity(PIPELINE_BATCH);
+                while let Some(raw) = reader.next_row() {
+                    let raw = raw?;
+                    let planned = planner.plan_row(&raw);
+                    batch.push((
+                        RawRowPlace {
+                            row: raw.row,
+                            line: raw.line,
+                        },
+                        planned,
+                    ));
+                    if batch.len() == PIPELINE_BATCH
+                        && batches.send(std::mem::take(&mut batch)).is_err()
+                    {
+                        // The writer stopped on an error of its own; it reports it.
+                        return Ok(String::new());
+                    }
                 }
-                (Inserted::AlreadyPlanned, _) => {
-                    summary.already_planned += 1;
-                    None
+                if !batch.is_empty() {
+                    let _ = batches.send(batch);
                 }
-                (Inserted::Duplicate { of_row }, _) => {
-                    summary.duplicate += 1;
-                    Some((
-                        RecipientState::Duplicate,
-                        "duplicate".to_owned(),
-                        format!("same phone as row {of_row}"),
-                    ))
-                }
-                (Inserted::Invalid, Err(p)) => {
-                    summary.invalid += 1;
-                    Some((
-                        RecipientState::Invalid,
-                        p.code.to_owned(),
-                        p.details.clone(),
-                    ))
-                }
-                (Inserted::Invalid, Ok(_)) => {
-                    summary.invalid += 1;
-                    Some((
-                        RecipientState::Invalid,
-                        "invalid_phone".into(),
-                        "no phone".into(),
-                    ))
-                }
-            };
-            if let Some((state, code, details)) = problem {
-                let problem = RowProblem {
-                    row: raw.row,
-                    line: raw.line,
-                    state,
-                    code,
-                    details,
-                };
-                on_problem(&problem);
-                if summary.problems.len() < PROBLEMS_KEPT {
-                    summary.problems.push(problem);
+                Ok(reader.sha256_hex())
+            });
+            let mut summary = PlanSummary::default();
+            let mut failure = None;
+            'batches: for batch in received.iter() {
+                for (place, planned) in batch {
+                    match record_row(sink, &mut summary, place, &planned) {
+                        Ok(Some(problem)) => {
+                            on_problem(&problem);
+                            if summary.problems.len() < PROBLEMS_KEPT {
+                                summary.problems.push(problem);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            failure = Some(e);
+                            break 'batches;
+                        }
+                    }
                 }
             }
-        }
-        let csv_sha256 = reader.sha256_hex();
-        summary.csv_sha256 = csv_sha256.clone();
-        let now = timestamp(Utc::now());
-        let info = PlanInfo {
-            campaign_name: campaign.name.clone(),
-            message_type: campaign.message.kind.as_str().to_owned(),
-            campaign_file: campaign.file.display().to_string(),
-            csv_file: campaign.recipients.csv.display().to_string(),
-            message_fingerprint: message_fingerprint(campaign),
-            csv_sha256,
-            csv_rows: summary.rows,
-            planned_at: now.clone(),
-            updated_at: now,
-        };
-        Ok((summary, info))
+            // Unblocks the reader if the writer stopped early.
+            drop(received);
+            let read = producer
+                .join()
+                .map_err(|_| anyhow::anyhow!("the CSV reading thread stopped unexpectedly"))?;
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+            summary.csv_sha256 = read?;
+            let now = timestamp(Utc::now());
+            let info = PlanInfo {
+                campaign_name: campaign.name.clone(),
+                message_type: campaign.message.kind.as_str().to_owned(),
+                campaign_file: campaign.file.display().to_string(),
+                csv_file: campaign.recipients.csv.display().to_string(),
+                message_fingerprint: message_fingerprint(campaign),
+                csv_sha256: summary.csv_sha256.clone(),
+                csv_rows: summary.rows,
+                planned_at: now.clone(),
+                updated_at: now,
+            };
+            Ok((summary, info))
+        })
     };
     match mode {
         PlanMode::Fresh => db.write_plan(fill),
         PlanMode::AddNewRecipients => db.add_to_plan(fill),
     }
+}
+
+/// Where a row was in the CSV.
+#[derive(Debug, Clone, Copy)]
+struct RawRowPlace {
+    row: u64,
+    line: u64,
+}
+
+/// Inserts one planned row and counts it; returns the problem if it will not be sent.
+fn record_row(
+    sink: &mut crate::state::PlanSink<'_>,
+    summary: &mut PlanSummary,
+    place: RawRowPlace,
+    planned: &PlannedRow,
+) -> Result<Option<RowProblem>, crate::state::StateError> {
+    summary.rows += 1;
+    let inserted = sink.insert(planned)?;
+    let (state, code, details) = match (inserted, &planned.outcome) {
+        (Inserted::Pending, _) => {
+            summary.pending += 1;
+            return Ok(None);
+        }
+        (Inserted::AlreadyPlanned, _) => {
+            summary.already_planned += 1;
+            return Ok(None);
+        }
+        (Inserted::Duplicate { of_row }, _) => {
+            summary.duplicate += 1;
+            (
+                RecipientState::Duplicate,
+                "duplicate".to_owned(),
+                format!("same phone as row {of_row}"),
+            )
+        }
+        (Inserted::Invalid, Err(p)) => {
+            summary.invalid += 1;
+            (
+                RecipientState::Invalid,
+                p.code.to_owned(),
+                p.details.clone(),
+            )
+        }
+        (Inserted::Invalid, Ok(_)) => {
+            summary.invalid += 1;
+            (
+                RecipientState::Invalid,
+                "invalid_phone".into(),
+                "no phone".into(),
+            )
+        }
+    };
+    Ok(Some(RowProblem {
+        row: place.row,
+        line: place.line,
+        state,
+        code,
+        details,
+    }))
 }

@@ -140,9 +140,14 @@ pub enum Inserted {
     AlreadyPlanned,
 }
 
-/// Inserts rows inside the plan's single transaction.
+/// Inserts rows inside the plan's single transaction. Its statements are
+/// prepared once: planning a million rows runs them a million times each.
 pub struct PlanSink<'tx> {
-    tx: &'tx rusqlite::Transaction<'tx>,
+    /// The first sendable row with a phone: decides duplicates.
+    find_first: rusqlite::Statement<'tx>,
+    /// Any row with a phone: decides "already planned" in add mode.
+    find_any: rusqlite::Statement<'tx>,
+    insert: rusqlite::Statement<'tx>,
     generation: i64,
     /// In add mode, rows whose phone the state already has are skipped.
     add_mode: bool,
@@ -150,43 +155,66 @@ pub struct PlanSink<'tx> {
     path: &'tx str,
 }
 
-impl PlanSink<'_> {
+impl<'tx> PlanSink<'tx> {
+    fn new(
+        tx: &'tx rusqlite::Transaction<'tx>,
+        generation: i64,
+        add_mode: bool,
+        path: &'tx str,
+    ) -> rusqlite::Result<PlanSink<'tx>> {
+        Ok(PlanSink {
+            find_first: tx.prepare(
+                "SELECT row, generation FROM recipients
+                 WHERE phone = ?1 AND state NOT IN ('invalid', 'duplicate')
+                 ORDER BY id LIMIT 1",
+            )?,
+            find_any: tx.prepare("SELECT 1 FROM recipients WHERE phone = ?1 LIMIT 1")?,
+            insert: tx.prepare(
+                "INSERT INTO recipients
+                   (row, generation, phone, name, state, body, error_code, error_details, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?,
+            generation,
+            add_mode,
+            now: timestamp(Utc::now()),
+            path,
+        })
+    }
+
     pub fn insert(&mut self, row: &PlannedRow) -> Result<Inserted, StateError> {
+        let path = self.path;
         let sql_err = |source| StateError::Sql {
-            path: self.path.to_owned(),
+            path: path.to_owned(),
             operation: "planning a row",
             source,
         };
-        let existing_first = |phone: &str| -> Result<Option<(u64, i64)>, rusqlite::Error> {
-            self.tx
-                .prepare_cached(
-                    "SELECT row, generation FROM recipients
-                     WHERE phone = ?1 AND state NOT IN ('invalid', 'duplicate')
-                     ORDER BY id LIMIT 1",
-                )?
-                .query_row([phone], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        };
         let (state, body, code, details, inserted) = match (&row.outcome, &row.phone) {
-            (Ok(body), Some(phone)) => match existing_first(phone).map_err(sql_err)? {
-                Some((_, generation)) if self.add_mode && generation < self.generation => {
-                    return Ok(Inserted::AlreadyPlanned);
+            (Ok(body), Some(phone)) => {
+                let first: Option<(u64, i64)> = self
+                    .find_first
+                    .query_row([phone], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(sql_err)?;
+                match first {
+                    Some((_, generation)) if self.add_mode && generation < self.generation => {
+                        return Ok(Inserted::AlreadyPlanned);
+                    }
+                    Some((of_row, _)) => (
+                        RecipientState::Duplicate,
+                        None,
+                        Some("duplicate"),
+                        Some(format!("same phone as row {of_row}")),
+                        Inserted::Duplicate { of_row },
+                    ),
+                    None => (
+                        RecipientState::Pending,
+                        Some(body.as_str()),
+                        None,
+                        None,
+                        Inserted::Pending,
+                    ),
                 }
-                Some((of_row, _)) => (
-                    RecipientState::Duplicate,
-                    None,
-                    Some("duplicate"),
-                    Some(format!("same phone as row {of_row}")),
-                    Inserted::Duplicate { of_row },
-                ),
-                None => (
-                    RecipientState::Pending,
-                    Some(body.as_str()),
-                    None,
-                    None,
-                    Inserted::Pending,
-                ),
-            },
+            }
             (Ok(_), None) => (
                 RecipientState::Invalid,
                 None,
@@ -197,11 +225,7 @@ impl PlanSink<'_> {
             (Err(problem), _) => {
                 if self.add_mode
                     && let Some(phone) = &row.phone
-                    && self
-                        .tx
-                        .prepare_cached("SELECT 1 FROM recipients WHERE phone = ?1 LIMIT 1")
-                        .and_then(|mut s| s.exists([phone]))
-                        .map_err(sql_err)?
+                    && self.find_any.exists([phone]).map_err(sql_err)?
                 {
                     return Ok(Inserted::AlreadyPlanned);
                 }
@@ -214,25 +238,18 @@ impl PlanSink<'_> {
                 )
             }
         };
-        self.tx
-            .prepare_cached(
-                "INSERT INTO recipients
-                   (row, generation, phone, name, state, body, error_code, error_details, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    row.row as i64,
-                    self.generation,
-                    row.phone,
-                    row.name,
-                    state.as_str(),
-                    body,
-                    code,
-                    details,
-                    self.now,
-                ])
-            })
+        self.insert
+            .execute(params![
+                row.row as i64,
+                self.generation,
+                row.phone,
+                row.name,
+                state.as_str(),
+                body,
+                code,
+                details,
+                self.now,
+            ])
             .map_err(sql_err)?;
         Ok(inserted)
     }
@@ -571,13 +588,8 @@ impl StateDb {
             )
             .map_err(|e| sql("starting the plan", e))?;
         let (value, info) = {
-            let mut sink = PlanSink {
-                tx: &tx,
-                generation,
-                add_mode,
-                now: timestamp(Utc::now()),
-                path: &path,
-            };
+            let mut sink = PlanSink::new(&tx, generation, add_mode, &path)
+                .map_err(|e| sql("starting the plan", e))?;
             fill(&mut sink)?
         };
         tx.execute(
@@ -896,6 +908,71 @@ impl StateDb {
             )
             .optional()
             .map_err(|e| self.sql("reading a planned body", e))
+    }
+
+    /// Up to `limit` rows in `state` with their planned bodies, in the order a
+    /// run claims them: `(row, phone, body)`. For `preview`.
+    pub fn planned_bodies(
+        &self,
+        state: RecipientState,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, String)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT row, phone, body FROM recipients
+                 WHERE state = ?1 AND body IS NOT NULL ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| self.sql("reading planned bodies", e))?;
+        let rows = stmt
+            .query_map(params![state.as_str(), limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    r.get(2)?,
+                ))
+            })
+            .map_err(|e| self.sql("reading planned bodies", e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql("reading planned bodies", e))
+    }
+
+    /// The recipient most recently planned at a CSV row number, with its
+    /// planned body when it has one (invalid and duplicate rows have none).
+    pub fn recipient_at_row(
+        &self,
+        row: u64,
+    ) -> Result<Option<(RecipientRecord, Option<String>)>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT row, phone, name, state, attempts, message_id, error_code, error_details,
+                        updated_at, sent_at, body
+                 FROM recipients WHERE row = ?1 ORDER BY id DESC LIMIT 1",
+                [row as i64],
+                |r| {
+                    let state_text: String = r.get(3)?;
+                    // The schema's CHECK constraint keeps unknown states out.
+                    let state =
+                        RecipientState::parse(&state_text).unwrap_or(RecipientState::Invalid);
+                    Ok((
+                        RecipientRecord {
+                            row: r.get::<_, i64>(0)? as u64,
+                            phone: r.get(1)?,
+                            name: r.get(2)?,
+                            state,
+                            attempts: r.get::<_, i64>(4)? as u32,
+                            message_id: r.get(5)?,
+                            error_code: r.get(6)?,
+                            error_details: r.get(7)?,
+                            updated_at: r.get(8)?,
+                            sent_at: r.get(9)?,
+                        },
+                        r.get(10)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.sql("reading a recipient", e))
     }
 
     /// Records the start of a run; returns its id.
