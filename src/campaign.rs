@@ -25,7 +25,7 @@ use crate::api::model::{
 };
 
 /// Where messages go when neither the command line, the environment nor the file says otherwise.
-pub const DEFAULT_BASE_URL: &str = "https://waba-v1.convers8.africa";
+pub use crate::api::client::DEFAULT_BASE_URL;
 
 const DEFAULT_PHONE_COLUMN: &str = "phone";
 const DEFAULT_NAME_COLUMN: &str = "name";

@@ -53,7 +53,7 @@ pub enum ApiError {
     /// The request was (or may have been) written but no answer came back:
     /// a timeout or a reset after sending. The message may have been delivered.
     #[error(
-        "no answer from the API at {url} after sending ({reason}); the message may have been delivered"
+        "no answer from the API at {url} after sending ({reason}): the request may have taken effect (a message may have been delivered)"
     )]
     MaybeDelivered { url: String, reason: String },
     /// An answer the documents do not describe.
