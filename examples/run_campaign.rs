@@ -24,7 +24,8 @@ async fn main() -> anyhow::Result<()> {
     // A throwaway state file: rerunning the example starts over.
     let dir = tempfile::tempdir()?;
     let api = ClientConfig::new(sandbox.base_url(), key);
-    let options = RunOptions::from_campaign(&campaign, dir.path().join("example.state.db"), Some(api));
+    let options =
+        RunOptions::from_campaign(&campaign, dir.path().join("example.state.db"), Some(api));
 
     // Called a few times a second; print only when something changed.
     let last = AtomicU64::new(u64::MAX);

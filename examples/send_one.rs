@@ -28,7 +28,10 @@ async fn main() -> anyhow::Result<()> {
         None => {
             let sandbox = Sandbox::start(SandboxConfig::default(), "127.0.0.1:0".parse()?).await?;
             let key = ApiKey::new(SandboxConfig::default().api_key, "the sandbox")?;
-            println!("no CONVERS8_API_KEY: using a local sandbox at {}", sandbox.base_url());
+            println!(
+                "no CONVERS8_API_KEY: using a local sandbox at {}",
+                sandbox.base_url()
+            );
             (ClientConfig::new(sandbox.base_url(), key), Some(sandbox))
         }
     };

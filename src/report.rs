@@ -1,1 +1,423 @@
-//! TODO(skeleton): report
+//! Status and per-recipient export: what `status` and `report` show, read
+//! from a state file that a run may be writing at the same moment.
+//!
+//! This module owns gathering a campaign's status (counts, the run in
+//! progress, throughput, errors), writing it as text or JSON, and exporting
+//! one line per recipient as CSV or JSON Lines — streamed row by row, so a
+//! million-row campaign never sits in memory. It also owns how a report file
+//! reaches the disk: owner-only, written whole or not at all. It must not
+//! write to the state file or take the run lock: `status` has to work while
+//! another process is sending.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use crate::engine::progress::format_duration;
+use crate::state::{Counts, RecipientRecord, RecipientState, RunRecord, StateDb};
+
+/// How far back `status` looks to measure the pace of a run in progress.
+pub const THROUGHPUT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Where a campaign stands, as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub state_file: String,
+    pub campaign: Option<String>,
+    pub message_type: Option<String>,
+    pub csv_file: Option<String>,
+    /// When the campaign was first planned.
+    pub planned_at: Option<String>,
+    /// Data rows in the CSV at the last plan.
+    pub csv_rows: Option<u64>,
+    /// Rows in the state: every state added up.
+    pub total: u64,
+    pub counts: Counts,
+    /// The run sending right now, if any.
+    pub running: Option<RunRecord>,
+    /// The latest run did not finish and its process is gone (killed, crashed).
+    pub last_run_died: bool,
+    /// Messages per second over the last minute, while a run is in progress.
+    pub per_second: Option<f64>,
+    /// Seconds until the pending rows are sent at that pace.
+    pub eta_seconds: Option<u64>,
+    /// The most recent run, finished or not.
+    pub last_run: Option<RunRecord>,
+    /// Error codes of failed, uncertain and invalid rows, most frequent first.
+    pub errors: Vec<ErrorCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ErrorCount {
+    pub code: String,
+    pub count: u64,
+}
+
+/// Reads the campaign's status from an open state file, as of `now`.
+pub fn gather_status(db: &StateDb, now: DateTime<Utc>) -> anyhow::Result<Status> {
+    let plan = db.plan_info()?;
+    let counts = db.counts()?;
+    let last_run = db.runs(1)?.into_iter().next();
+    let unfinished = last_run.as_ref().filter(|r| r.finished_at.is_none());
+    // A run that never recorded its end is only "in progress" while its
+    // process lives; otherwise it was killed or crashed.
+    let running = unfinished
+        .filter(|r| process_alive(r.pid).unwrap_or(true))
+        .cloned();
+    let last_run_died = unfinished.is_some() && running.is_none();
+    let (per_second, eta_seconds) = if running.is_some() {
+        let window = chrono::Duration::from_std(THROUGHPUT_WINDOW).unwrap_or_default();
+        let recent = db.sent_since(now - window)?;
+        let per_second = recent as f64 / THROUGHPUT_WINDOW.as_secs_f64();
+        let eta = (per_second > 0.0).then(|| (counts.pending as f64 / per_second).ceil() as u64);
+        (Some(per_second), eta)
+    } else {
+        (None, None)
+    };
+    let errors = db
+        .error_counts()?
+        .into_iter()
+        .map(|(code, count)| ErrorCount { code, count })
+        .collect();
+    Ok(Status {
+        state_file: db.path().to_owned(),
+        campaign: plan.as_ref().map(|p| p.campaign_name.clone()),
+        message_type: plan.as_ref().map(|p| p.message_type.clone()),
+        csv_file: plan.as_ref().map(|p| p.csv_file.clone()),
+        planned_at: plan.as_ref().map(|p| p.planned_at.clone()),
+        csv_rows: plan.as_ref().map(|p| p.csv_rows),
+        total: counts.total(),
+        counts,
+        running,
+        last_run_died,
+        per_second,
+        eta_seconds,
+        last_run,
+        errors,
+    })
+}
+
+/// Whether a process with this id exists; `None` where that cannot be told.
+/// A reused pid can make a dead run look alive, never the reverse.
+pub fn process_alive(pid: u32) -> Option<bool> {
+    if cfg!(target_os = "linux") {
+        Some(Path::new("/proc").join(pid.to_string()).exists())
+    } else {
+        None
+    }
+}
+
+impl Status {
+    /// The human-readable status, a few aligned lines.
+    pub fn write_text(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let c = &self.counts;
+        match (&self.campaign, &self.message_type) {
+            (Some(name), Some(kind)) => writeln!(out, "campaign   {name} ({kind} message)")?,
+            _ => writeln!(out, "campaign   not planned yet")?,
+        }
+        writeln!(out, "state      {}", self.state_file)?;
+        if let (Some(at), Some(csv)) = (&self.planned_at, &self.csv_file) {
+            writeln!(out, "planned    {at} from {csv}")?;
+        }
+        let csv_note = match self.csv_rows {
+            Some(rows) if rows == self.total => format!(" = {rows} CSV rows"),
+            Some(rows) => format!(" (the CSV had {rows} data rows at the last plan)"),
+            None => String::new(),
+        };
+        writeln!(out, "rows       {}{csv_note}", self.total)?;
+        for (state, n) in [
+            (RecipientState::Sent, c.sent),
+            (RecipientState::Failed, c.failed),
+            (RecipientState::Uncertain, c.uncertain),
+            (RecipientState::Pending, c.pending),
+            (RecipientState::Sending, c.sending),
+            (RecipientState::Invalid, c.invalid),
+            (RecipientState::Duplicate, c.duplicate),
+        ] {
+            writeln!(out, "  {:<10} {n}", state.as_str())?;
+        }
+        match &self.running {
+            Some(run) => {
+                let pace = match (self.per_second, self.eta_seconds) {
+                    (Some(rate), Some(eta)) => format!(
+                        "; {rate:.1} msg/s over the last minute, about {} left for {} pending",
+                        format_duration(Duration::from_secs(eta)),
+                        c.pending
+                    ),
+                    (Some(rate), None) => format!("; {rate:.1} msg/s over the last minute"),
+                    _ => String::new(),
+                };
+                writeln!(
+                    out,
+                    "running    yes: run #{} (pid {}) since {}{pace}",
+                    run.id, run.pid, run.started_at
+                )?;
+            }
+            None => writeln!(out, "running    no")?,
+        }
+        if let Some(run) = &self.last_run {
+            let end = match (&run.finished_at, &run.outcome) {
+                (Some(at), outcome) => format!(
+                    ", finished {at}: {} (sent {}, failed {}, uncertain {})",
+                    outcome.as_deref().unwrap_or("no outcome recorded"),
+                    run.sent,
+                    run.failed,
+                    run.uncertain
+                ),
+                (None, _) if self.last_run_died => ", never finished: its process is gone (killed or crashed); rows it was sending become uncertain at the next run".to_owned(),
+                (None, _) => ", still sending".to_owned(),
+            };
+            writeln!(
+                out,
+                "last run   #{} started {}{end}",
+                run.id, run.started_at
+            )?;
+        }
+        if !self.errors.is_empty() {
+            let list = self
+                .errors
+                .iter()
+                .map(|e| format!("{} {}", e.code, e.count))
+                .collect::<Vec<_>>()
+                .join(", ");
+            writeln!(out, "errors     {list}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The formats `report` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// A header and one row per recipient; cells a spreadsheet would run are neutralised.
+    Csv,
+    /// JSON Lines: one object per recipient per line, so the export streams
+    /// and `jq`/`grep` read it line by line.
+    Json,
+}
+
+/// The columns of a CSV export, in order; JSON objects use the same names.
+pub const EXPORT_COLUMNS: [&str; 10] = [
+    "row",
+    "phone",
+    "name",
+    "state",
+    "attempts",
+    "message_id",
+    "error_code",
+    "error_details",
+    "updated_at",
+    "sent_at",
+];
+
+/// Parses `failed,uncertain,...`; an unknown name is an error listing the valid ones.
+pub fn parse_state_filter(text: &str) -> anyhow::Result<Vec<RecipientState>> {
+    let mut states = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some(state) = RecipientState::parse(&name.to_ascii_lowercase()) else {
+            let valid: Vec<_> = RecipientState::ALL.iter().map(|s| s.as_str()).collect();
+            anyhow::bail!(
+                "unknown state '{name}' in --state-filter: use any of {}",
+                valid.join(", ")
+            );
+        };
+        if !states.contains(&state) {
+            states.push(state);
+        }
+    }
+    Ok(states)
+}
+
+/// Writes one line per recipient in `states` (all when empty) to `out`;
+/// returns how many recipients were written.
+pub fn export(
+    db: &StateDb,
+    states: &[RecipientState],
+    format: ExportFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    let mut written = 0u64;
+    match format {
+        ExportFormat::Csv => {
+            let mut csv = csv::Writer::from_writer(out);
+            csv.write_record(EXPORT_COLUMNS)
+                .context("writing the report")?;
+            db.for_each_recipient(states, |r| {
+                csv.write_record(csv_cells(&r).iter().map(|c| c.as_bytes()))
+                    .context("writing the report")?;
+                written += 1;
+                Ok(())
+            })?;
+            csv.flush().context("writing the report")?;
+        }
+        ExportFormat::Json => {
+            db.for_each_recipient(states, |r| {
+                serde_json::to_writer(&mut *out, &r).context("writing the report")?;
+                out.write_all(b"\n").context("writing the report")?;
+                written += 1;
+                Ok(())
+            })?;
+            out.flush().context("writing the report")?;
+        }
+    }
+    Ok(written)
+}
+
+fn csv_cells(r: &RecipientRecord) -> [Cow<'_, str>; 10] {
+    fn opt(v: &Option<String>) -> Cow<'_, str> {
+        neutralise(v.as_deref().unwrap_or(""))
+    }
+    [
+        Cow::Owned(r.row.to_string()),
+        r.phone
+            .as_deref()
+            .map(csv_phone)
+            .unwrap_or(Cow::Borrowed("")),
+        opt(&r.name),
+        Cow::Borrowed(r.state.as_str()),
+        Cow::Owned(r.attempts.to_string()),
+        opt(&r.message_id),
+        opt(&r.error_code),
+        opt(&r.error_details),
+        opt(&r.updated_at),
+        opt(&r.sent_at),
+    ]
+}
+
+/// A phone as a CSV cell. An E.164 number (`+` and digits only) is left as
+/// it is: a spreadsheet reads it as a number, never as a formula, and a `'`
+/// in front would break every lookup by phone. Anything else (the raw cell
+/// of an invalid row) is neutralised like any other text.
+pub fn csv_phone(phone: &str) -> Cow<'_, str> {
+    let e164 =
+        phone.len() > 1 && phone.starts_with('+') && phone[1..].bytes().all(|b| b.is_ascii_digit());
+    if e164 {
+        Cow::Borrowed(phone)
+    } else {
+        neutralise(phone)
+    }
+}
+
+/// A cell a spreadsheet would execute (it starts with `=`, `+`, `-`, `@`, a
+/// tab or a carriage return) gets a `'` in front, which spreadsheets show as
+/// text.
+pub fn neutralise(cell: &str) -> Cow<'_, str> {
+    let risky = cell
+        .chars()
+        .next()
+        .is_some_and(|c| matches!(c, '=' | '+' | '-' | '@' | '\t' | '\r'));
+    if risky {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        Cow::Borrowed(cell)
+    }
+}
+
+/// Writes a file readable by its owner only (0600), whole or not at all:
+/// `write` fills a temporary file in the same directory, which is renamed
+/// over `path` only once it is complete and flushed to disk. The temporary
+/// file is created before `write` runs, so an unwritable path fails first.
+pub fn write_private_file<T>(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report".to_owned());
+    let context = || format!("cannot write the report to {}", path.display());
+    // The rename at the end would fail on a directory: say so before any work.
+    if path.is_dir() {
+        anyhow::bail!(
+            "cannot write the report to {}: it is a directory; give a file name",
+            path.display()
+        );
+    }
+    // tempfile creates the file 0600 on Unix; the rename keeps that mode.
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{file_name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(context)?;
+    let mut out = std::io::BufWriter::new(tmp);
+    // The caller's errors carry their own context (they may not be about the file).
+    let value = write(&mut out)?;
+    let tmp = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(context)?;
+    tmp.as_file().sync_all().with_context(context)?;
+    // On failure the temporary file is removed when `persist`'s error drops it.
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(context)?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        for cell in ["=cmd()", "+1+1", "-2", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(neutralise(cell), format!("'{cell}"));
+        }
+        for cell in ["Amani", "", "1+1", "a=b"] {
+            assert_eq!(neutralise(cell), cell);
+        }
+    }
+
+    #[test]
+    fn e164_phones_stay_as_they_are_and_other_phones_are_neutralised() {
+        assert_eq!(csv_phone("+254711000001"), "+254711000001");
+        assert_eq!(csv_phone("+"), "'+");
+        assert_eq!(csv_phone("+2547=1"), "'+2547=1");
+        assert_eq!(csv_phone("-12"), "'-12");
+        assert_eq!(csv_phone("0711 000 001"), "0711 000 001");
+    }
+
+    #[test]
+    fn unknown_states_are_refused_naming_the_valid_ones() {
+        assert_eq!(
+            parse_state_filter("failed, uncertain,failed").expect("valid"),
+            vec![RecipientState::Failed, RecipientState::Uncertain]
+        );
+        let err = parse_state_filter("failed,lost")
+            .expect_err("unknown")
+            .to_string();
+        assert!(err.contains("'lost'"), "{err}");
+        assert!(err.contains("pending, sending, sent"), "{err}");
+    }
+
+    #[test]
+    fn a_private_file_is_owner_only_and_a_failed_write_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.csv");
+        write_private_file(&path, |w| Ok(w.write_all(b"a,b\n")?)).expect("written");
+        assert_eq!(std::fs::read(&path).expect("read"), b"a,b\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let other = dir.path().join("other.csv");
+        let result: anyhow::Result<()> =
+            write_private_file(&other, |_| anyhow::bail!("disk on fire"));
+        assert!(result.is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("out.csv")]);
+    }
+}

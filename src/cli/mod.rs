@@ -8,9 +8,17 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod common;
+mod completions;
+mod contacts;
 pub mod exit;
+mod preview;
+mod report;
+mod retry;
 mod run;
 mod sandbox;
+mod send_test;
+mod status;
+mod validate;
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 done (also: nothing left to do), 1 error (bad input, key rejected,
@@ -30,8 +38,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Validate(validate::ValidateArgs),
+    Preview(preview::PreviewArgs),
     Run(run::RunArgs),
+    SendTest(send_test::SendTestArgs),
+    Status(status::StatusArgs),
+    Report(report::ReportArgs),
+    Retry(retry::RetryArgs),
+    #[command(subcommand)]
+    Contacts(contacts::ContactsCommand),
     Sandbox(sandbox::SandboxArgs),
+    Completions(completions::CompletionsArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -49,8 +66,16 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Validate(args) => validate::run(args).await,
+            Command::Preview(args) => preview::run(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::SendTest(args) => send_test::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Report(args) => report::run(args).await,
+            Command::Retry(args) => retry::run(args).await,
+            Command::Contacts(command) => contacts::run(command).await,
             Command::Sandbox(args) => sandbox::run(args).await,
+            Command::Completions(args) => completions::run(args),
         }
     });
     // Requests cut off at shutdown must not hold the process open.

@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use super::common::{ApiArgs, CampaignArgs, rerun_command};
 use super::exit;
+use crate::campaign::Campaign;
 use crate::engine::{self, RunEnd, RunOptions, RunReport, Stop, StopReason, progress};
 use crate::sandbox::{Sandbox, SandboxConfig};
 
@@ -97,10 +98,48 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let campaign = args.campaign.load()?;
-    let mut state_path = args.campaign.state_path();
+    execute(
+        &campaign,
+        &args.campaign,
+        &args.api,
+        args.sandbox,
+        |options| {
+            if let Some(c) = args.concurrency {
+                options.concurrency = c as usize;
+                options.claim_batch = engine::default_claim_batch(options.concurrency);
+            }
+            if args.rate.is_some() {
+                options.rate_per_second = args.rate;
+            }
+            if let Some(m) = args.max_attempts {
+                options.max_attempts = m;
+            }
+            options.limit = args.limit;
+            options.dry_run = args.dry_run;
+            options.resend_uncertain = args.resend_uncertain;
+            options.add_new_recipients = args.add_new_recipients;
+            options.max_runtime = args.max_runtime;
+            options.wait_for_window = args.wait;
+        },
+    )
+    .await
+}
+
+/// Runs the engine the way `run` does — key or sandbox, signals, progress
+/// bar, the closing report and its exit code — with `configure` applying the
+/// caller's flags to the campaign's options. Shared with `retry`, so a retry
+/// behaves exactly like a run.
+pub(super) async fn execute(
+    campaign: &Campaign,
+    campaign_args: &CampaignArgs,
+    api_args: &ApiArgs,
+    use_sandbox: bool,
+    configure: impl FnOnce(&mut RunOptions),
+) -> anyhow::Result<ExitCode> {
+    let mut state_path = campaign_args.state_path();
     let mut sandbox = None;
-    let api = if args.sandbox {
-        if args.campaign.state.is_none() {
+    let api = if use_sandbox {
+        if campaign_args.state.is_none() {
             state_path = sandbox_state_path(&state_path);
         }
         let key = format!("sandbox-{:016x}", rand::random::<u64>());
@@ -123,31 +162,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         sandbox = Some(server);
         Some(client)
     } else {
-        args.api
-            .client_config(campaign.api.base_url.as_deref(), campaign.send.timeout)?
+        api_args.client_config(campaign.api.base_url.as_deref(), campaign.send.timeout)?
     };
 
-    let mut options = RunOptions::from_campaign(&campaign, state_path.clone(), api);
-    if let Some(c) = args.concurrency {
-        options.concurrency = c as usize;
-        options.claim_batch = engine::default_claim_batch(options.concurrency);
-    }
-    if args.rate.is_some() {
-        options.rate_per_second = args.rate;
-    }
-    if let Some(m) = args.max_attempts {
-        options.max_attempts = m;
-    }
-    options.limit = args.limit;
-    options.dry_run = args.dry_run;
-    options.resend_uncertain = args.resend_uncertain;
-    options.add_new_recipients = args.add_new_recipients;
-    options.max_runtime = args.max_runtime;
-    options.wait_for_window = args.wait;
+    let mut options = RunOptions::from_campaign(campaign, state_path.clone(), api);
+    configure(&mut options);
     options.handle_signals = true;
 
     let progress = progress::for_stderr();
-    let result = engine::run(&campaign, &options, progress.as_ref(), Stop::new()).await;
+    let result = engine::run(campaign, &options, progress.as_ref(), Stop::new()).await;
     if let Some(server) = sandbox {
         server.shutdown().await;
     }
@@ -156,10 +179,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "{}{}",
         rerun_command(
             "run",
-            &args.campaign.campaign,
-            args.campaign.state.as_deref()
+            &campaign_args.campaign,
+            campaign_args.state.as_deref()
         ),
-        if args.sandbox { " --sandbox" } else { "" }
+        if use_sandbox { " --sandbox" } else { "" }
     );
     print_report(&campaign.name, &report, &resume);
     Ok(exit_code(&report.end))

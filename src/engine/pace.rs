@@ -159,6 +159,11 @@ impl Pace {
             }
         };
         s.rate = Some(target.max(MIN_RATE));
+        tracing::info!(
+            goodput_per_sec = goodput,
+            new_rate = target.max(MIN_RATE),
+            "rate limited by the API: pace lowered for every worker"
+        );
         s.last_decrease = Some(now);
         s.last_adjust = now;
     }

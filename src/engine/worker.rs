@@ -135,6 +135,13 @@ impl Delivery {
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             let delay = backoff.next_delay(retry_after);
+            tracing::debug!(
+                row = row.row,
+                attempt = attempts,
+                code = error.code(),
+                delay_ms = delay.as_millis() as u64,
+                "retrying after a transient failure"
+            );
             tokio::select! {
                 biased;
                 _ = self.stop.stopped() => return self.release(&row, attempts),
@@ -145,6 +152,7 @@ impl Delivery {
 
     /// Counts a systemic failure; true when it tripped the breaker (the run stops).
     fn note_systemic(&self, error: &ApiError) -> bool {
+        tracing::debug!(code = error.code(), "systemic failure: {error}");
         if self.breaker.systemic_failure() {
             self.stop.trigger(StopReason::Breaker(format!(
                 "{} systemic failures in a row, the last: {error}",

@@ -139,8 +139,17 @@ fn writer_loop(mut db: StateDb, rx: mpsc::Receiver<Command>) -> (StateDb, Option
             pending.clear();
             return;
         }
-        if let Err(e) = db.record(pending) {
-            *failed = Some(e.to_string());
+        let started = Instant::now();
+        match db.record(pending) {
+            Ok(()) => tracing::debug!(
+                rows = pending.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "results committed"
+            ),
+            Err(e) => {
+                tracing::error!("cannot record results: {e}");
+                *failed = Some(e.to_string());
+            }
         }
         pending.clear();
     };
@@ -165,7 +174,16 @@ fn writer_loop(mut db: StateDb, rx: mpsc::Receiver<Command>) -> (StateDb, Option
                 oldest = None;
                 let result = match &failed {
                     Some(e) => Err(e.clone()),
-                    None => db.claim(max).map_err(|e: StateError| e.to_string()),
+                    None => {
+                        let started = Instant::now();
+                        let claimed = db.claim(max).map_err(|e: StateError| e.to_string());
+                        tracing::debug!(
+                            rows = claimed.as_ref().map_or(0, Vec::len),
+                            ms = started.elapsed().as_millis() as u64,
+                            "rows claimed"
+                        );
+                        claimed
+                    }
                 };
                 let _ = reply.send(result);
             }

@@ -758,7 +758,7 @@ impl StateDb {
             .map(|t| t.with_timezone(&Utc)))
     }
 
-    /// Error codes of failed and uncertain rows, most frequent first.
+    /// Error codes of failed, uncertain and invalid rows, most frequent first.
     pub fn error_counts(&self) -> Result<Vec<(String, u64)>, StateError> {
         let mut stmt = self
             .conn

@@ -1,0 +1,116 @@
+//! `convers8-campaign report`: one line per recipient, as CSV or JSON Lines,
+//! to stdout or to an owner-only file.
+//!
+//! Read-only on the state (it works while a run is sending) and thin: the
+//! export, the spreadsheet-safe cells and the all-or-nothing file write live
+//! in [`crate::report`]. Also home of [`open_state`], which `status` shares.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::common::CampaignArgs;
+use crate::report::{self, ExportFormat};
+use crate::state::{StateDb, StateError};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Everything, as CSV, into a file readable by you only
+  convers8-campaign report campaigns/text/campaign.toml -o results.csv
+
+  # What needs attention, as JSON Lines
+  convers8-campaign report campaigns/text/campaign.toml --format json --state-filter failed,uncertain
+
+Columns: row, phone, name, state, attempts, message_id, error_code,
+error_details, updated_at, sent_at. CSV cells starting with = + - @, a tab or a
+carriage return get a ' in front so a spreadsheet shows them as text; phones in
+E.164 form (+ and digits) are written as they are. --format json writes one
+JSON object per line (JSON Lines).
+
+Exit codes: 0 written, 1 error (no state file, unknown state, unwritable file), 2 usage.";
+
+/// Export one line per recipient: row, phone, name, state, attempts, ids, errors, times.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub campaign: CampaignArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Csv)]
+    pub format: Format,
+
+    /// Only these states, comma-separated (pending, sending, sent, failed, uncertain, invalid, duplicate).
+    #[arg(long, value_name = "STATES")]
+    pub state_filter: Option<String>,
+
+    /// Write to this file (created owner-only, replaced whole) instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Csv,
+    /// JSON Lines: one object per recipient per line.
+    Json,
+}
+
+pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let states = match &args.state_filter {
+        Some(text) => report::parse_state_filter(text)?,
+        None => Vec::new(),
+    };
+    let format = match args.format {
+        Format::Csv => ExportFormat::Csv,
+        Format::Json => ExportFormat::Json,
+    };
+    match &args.output {
+        Some(path) => {
+            // The state is opened inside, after the file's directory proved
+            // writable: a bad path then fails before anything is read.
+            let n = report::write_private_file(path, |out| {
+                let db = open_state(&args.campaign)?;
+                report::export(&db, &states, format, out)
+                    .with_context(|| format!("cannot write the report to {}", path.display()))
+            })?;
+            eprintln!("wrote {n} recipients to {}", path.display());
+        }
+        None => {
+            let db = open_state(&args.campaign)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            if let Err(err) = report::export(&db, &states, format, &mut out) {
+                // A closed pipe (`report | head`) is a normal end, not an error.
+                let closed_pipe = err.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+                        || c.downcast_ref::<csv::Error>().is_some_and(|e| {
+                            matches!(e.kind(), csv::ErrorKind::Io(io)
+                                if io.kind() == std::io::ErrorKind::BrokenPipe)
+                        })
+                });
+                if !closed_pipe {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the campaign's state read-only. When neither the state nor the
+/// campaign file exists, the campaign path is the likelier typo, so the
+/// error names it.
+pub(super) fn open_state(args: &CampaignArgs) -> anyhow::Result<StateDb> {
+    let path = args.state_path();
+    match StateDb::open_read_only(&path) {
+        Err(StateError::Missing { .. }) if args.state.is_none() && !args.campaign.exists() => {
+            anyhow::bail!(
+                "no campaign file at {} (and no state file beside it): check the path",
+                args.campaign.display()
+            )
+        }
+        other => Ok(other?),
+    }
+}

@@ -1,0 +1,150 @@
+//! `convers8-campaign retry`: puts failed (optionally only some error codes)
+//! or uncertain rows back to `pending`, after a confirmation, and sends them
+//! exactly as `run` would.
+//!
+//! It resets rows only under the run lock and only once it knows a send can
+//! follow (a plan that matches the inputs, an API key), so a refusal changes
+//! nothing. Without a terminal it never waits for an answer: it needs `--yes`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::common::{ApiArgs, CampaignArgs};
+use crate::plan::{self, InputCheck};
+use crate::state::{RetrySelection, RunLock, StateDb};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Resend rows that failed with a 5xx after every attempt
+  convers8-campaign retry campaigns/text/campaign.toml --failed --codes internal_error
+
+  # From cron or a script (no terminal to confirm on)
+  convers8-campaign retry campaigns/text/campaign.toml --failed --yes
+
+  # Rows whose send may or may not have arrived: they may get the message twice
+  convers8-campaign retry campaigns/text/campaign.toml --uncertain
+
+Exit codes: as `run`: 0 done, 1 error (no state, no key, cancelled, key
+rejected, breaker), 2 usage, 75 try later (lock held, outside the send window,
+daily limit reached), 130 interrupted.";
+
+/// Put failed or uncertain rows back to pending and send them, like `run`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["failed", "uncertain"])))]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub campaign: CampaignArgs,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    /// Retry rows that failed (a permanent error, or attempts spent).
+    #[arg(long)]
+    pub failed: bool,
+
+    /// Only failed rows with one of these error codes (e.g. internal_error,validation_error).
+    // `conflicts_with` rather than `requires = "failed"`: a flag's default
+    // `false` satisfies `requires`, and the group already demands one of the two.
+    #[arg(
+        long,
+        value_name = "CODE,...",
+        value_delimiter = ',',
+        conflicts_with = "uncertain"
+    )]
+    pub codes: Vec<String>,
+
+    /// Retry rows whose send may have arrived (timeouts, crashes): they may get it twice.
+    #[arg(long)]
+    pub uncertain: bool,
+
+    /// Do not ask for confirmation (needed when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
+    let campaign = args.campaign.load()?;
+    let state_path = args.campaign.state_path();
+    let selection = if args.uncertain {
+        RetrySelection::Uncertain
+    } else {
+        RetrySelection::Failed {
+            codes: args
+                .codes
+                .iter()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect(),
+        }
+    };
+    let what = match &selection {
+        RetrySelection::Uncertain => "uncertain".to_owned(),
+        RetrySelection::Failed { codes } if codes.is_empty() => "failed".to_owned(),
+        RetrySelection::Failed { codes } => format!("failed ({})", codes.join(", ")),
+    };
+
+    let db = StateDb::open_read_only(&state_path)?;
+    match plan::check_inputs(&db, &campaign)? {
+        InputCheck::Unchanged => {}
+        InputCheck::NotPlanned => anyhow::bail!(
+            "state file {} holds no plan: run the campaign first",
+            state_path.display()
+        ),
+        InputCheck::CsvChanged { .. } | InputCheck::MessageChanged { .. } => anyhow::bail!(
+            "{} or its CSV changed since it was planned, so nothing can be sent from {}: `convers8-campaign run` on it explains what to do",
+            args.campaign.campaign.display(),
+            state_path.display()
+        ),
+    }
+    let n = db.count_for_retry(&selection)?;
+    drop(db);
+    if n == 0 {
+        println!("no {what} rows to retry in {}", state_path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Checked before any row changes, so a missing key leaves the state as it was.
+    args.api
+        .require_client_config(campaign.api.base_url.as_deref(), campaign.send.timeout)?;
+
+    eprintln!("{n} {what} rows will go back to pending and be sent");
+    if matches!(selection, RetrySelection::Uncertain) {
+        eprintln!(
+            "warning: these recipients may already have the message: the API has no idempotency key, so they may receive it twice"
+        );
+    }
+    if !args.yes {
+        confirm(n)?;
+    }
+
+    {
+        // Under the lock, so a run sending right now cannot see half a reset.
+        let _lock = RunLock::acquire(&state_path)?;
+        let mut db = StateDb::open_existing(&state_path)?;
+        let reset = db.reset_for_retry(&selection)?;
+        eprintln!("{reset} rows put back to pending");
+    }
+    super::run::execute(&campaign, &args.campaign, &args.api, false, |_| {}).await
+}
+
+/// Asks on the terminal; without one, refuses at once (cron-safe).
+fn confirm(n: u64) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "stdin is not a terminal, so retry cannot ask for confirmation: add --yes to put {n} rows back to pending and send them"
+        );
+    }
+    eprint!("Put {n} rows back to pending and send them now? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("cannot read the answer from the terminal")?;
+    if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        anyhow::bail!("cancelled: no row was changed");
+    }
+    Ok(())
+}

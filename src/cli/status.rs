@@ -1,0 +1,52 @@
+//! `convers8-campaign status`: where a campaign stands — counts per state,
+//! the run in progress with its pace and ETA, errors, when it ran.
+//!
+//! Read-only: it opens the state file read-only and never takes the run lock,
+//! so it works while another process is sending. A missing state file is an
+//! error, and nothing is created. The gathering and the wording live in
+//! [`crate::report`].
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use super::common::CampaignArgs;
+use crate::report;
+
+const EXAMPLES: &str = "\
+Examples:
+  convers8-campaign status campaigns/text/campaign.toml
+
+  # Every 10 seconds while a run is sending (another terminal, or cron)
+  watch -n 10 convers8-campaign status campaigns/text/campaign.toml
+
+  # For scripts
+  convers8-campaign status campaigns/text/campaign.toml --json | jq .counts
+
+Exit codes: 0 shown, 1 error (no state file yet: run the campaign first), 2 usage.";
+
+/// Show counts per state, the run in progress (pace, ETA), errors and run times.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub campaign: CampaignArgs,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let db = super::report::open_state(&args.campaign)?;
+    let status = report::gather_status(&db, chrono::Utc::now())?;
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (piped into `head`) is not worth an error.
+    let _ = if args.json {
+        serde_json::to_writer_pretty(&mut out, &status)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        status.write_text(&mut out)
+    };
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,159 @@
+//! `convers8-campaign validate`: checks the campaign file and every CSV row
+//! without the network, and says whether the campaign can be sent.
+//!
+//! It plans into a scratch state in a temporary directory (the same planner
+//! `run` uses, so what passes here plans the same way there) and must write
+//! nothing beside the campaign. Also home of [`ScratchPlan`], which `preview`
+//! shares.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::campaign::Campaign;
+use crate::plan::{self, PlanMode, PlanSummary, RowProblem};
+use crate::state::StateDb;
+
+const EXAMPLES: &str = "\
+Examples:
+  convers8-campaign validate campaigns/text/campaign.toml
+
+  # In CI: fail on any invalid or duplicate row, read the result with jq
+  convers8-campaign validate campaigns/text/campaign.toml --strict --json | jq .valid
+
+Exit codes: 0 the campaign can be sent, 1 it cannot (an error in the campaign
+file or CSV, no valid row, or with --strict any invalid or duplicate row), 2 usage.";
+
+/// Check the campaign file and every CSV row, without sending anything.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct ValidateArgs {
+    /// The campaign file (TOML).
+    #[arg(value_name = "CAMPAIGN")]
+    pub campaign: PathBuf,
+
+    /// Also fail (exit 1) when any row is invalid or a duplicate.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Print the result as one JSON object (problems included) for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A plan made in a temporary directory, removed when this is dropped.
+pub(super) struct ScratchPlan {
+    pub db: StateDb,
+    pub summary: PlanSummary,
+    // Kept last so the database closes before its directory is removed.
+    _dir: tempfile::TempDir,
+}
+
+impl ScratchPlan {
+    /// Plans `campaign` into a throwaway state; `on_problem` sees every row
+    /// that will not be sent.
+    pub fn new(
+        campaign: &Campaign,
+        on_problem: impl FnMut(&RowProblem),
+    ) -> anyhow::Result<ScratchPlan> {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory to plan in")?;
+        let mut db = StateDb::open_or_create(&dir.path().join("scratch.state.db"))?;
+        let summary = plan::plan_campaign(&mut db, campaign, PlanMode::Fresh, on_problem)?;
+        Ok(ScratchPlan {
+            db,
+            summary,
+            _dir: dir,
+        })
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Verdict<'a> {
+    campaign: &'a str,
+    message_type: &'a str,
+    csv: String,
+    rows: u64,
+    valid: u64,
+    invalid: u64,
+    duplicate: u64,
+    /// The first problems (at most [`plan::PROBLEMS_KEPT`]).
+    problems: &'a [RowProblem],
+    /// Whether the campaign can be sent (and, with --strict, has no bad row).
+    ok: bool,
+    strict: bool,
+}
+
+pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let campaign = Campaign::load(&args.campaign)?;
+    let scratch = ScratchPlan::new(&campaign, |_| {})?;
+    let s = &scratch.summary;
+    let bad_rows = s.invalid + s.duplicate;
+    let ok = s.pending > 0 && !(args.strict && bad_rows > 0);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let verdict = Verdict {
+            campaign: &campaign.name,
+            message_type: campaign.message.kind.as_str(),
+            csv: campaign.recipients.csv.display().to_string(),
+            rows: s.rows,
+            valid: s.pending,
+            invalid: s.invalid,
+            duplicate: s.duplicate,
+            problems: &s.problems,
+            ok,
+            strict: args.strict,
+        };
+        // A closed stdout (piped into `head`) is not worth an error.
+        let _ = writeln!(out, "{}", serde_json::to_string(&verdict)?);
+    } else {
+        let _ = writeln!(
+            out,
+            "campaign {} ({} message), {}",
+            campaign.name,
+            campaign.message.kind,
+            campaign.recipients.csv.display()
+        );
+        let _ = writeln!(
+            out,
+            "  {} rows: {} valid, {} invalid, {} duplicate",
+            s.rows, s.pending, s.invalid, s.duplicate
+        );
+        for p in &s.problems {
+            let _ = writeln!(
+                out,
+                "  row {} (line {}): {} {}: {}",
+                p.row, p.line, p.state, p.code, p.details
+            );
+        }
+        let unshown = bad_rows.saturating_sub(s.problems.len() as u64);
+        if unshown > 0 {
+            let _ = writeln!(
+                out,
+                "  … and {unshown} more (after a run, `report --state-filter invalid,duplicate` lists them all)"
+            );
+        }
+        if ok {
+            let _ = writeln!(out, "ok: {} messages would be sent", s.pending);
+        }
+    }
+    drop(out);
+    if s.pending == 0 {
+        anyhow::bail!(
+            "{}: no row of {} can be sent ({} invalid, {} duplicate): fix the rows above",
+            args.campaign.display(),
+            campaign.recipients.csv.display(),
+            s.invalid,
+            s.duplicate
+        );
+    }
+    if !ok {
+        // Only --strict gets here: there are sendable rows but also bad ones.
+        anyhow::bail!(
+            "{}: {bad_rows} rows are invalid or duplicates (--strict): fix them or drop --strict",
+            args.campaign.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
