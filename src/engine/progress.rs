@@ -136,6 +136,8 @@ impl LogLines {
 impl Progress for LogLines {
     fn begin(&self, to_send: u64) {
         eprintln!("sending {to_send} messages");
+        // The first progress line comes one interval in, not at zero.
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
     fn tick(&self, s: &Snapshot) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
