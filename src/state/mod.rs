@@ -860,54 +860,20 @@ impl StateDb {
     ) -> anyhow::Result<()> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT row, phone, name, state, attempts, message_id, error_code, error_details,
-                        updated_at, sent_at
-                 FROM recipients ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT {RECORD_COLUMNS} FROM recipients ORDER BY id"
+            ))
             .map_err(|e| self.sql("reading recipients", e))?;
         let mut rows = stmt
             .query([])
             .map_err(|e| self.sql("reading recipients", e))?;
         while let Some(r) = rows.next().map_err(|e| self.sql("reading recipients", e))? {
-            let state_text: String = r.get(3).map_err(|e| self.sql("reading recipients", e))?;
-            let Some(state) = RecipientState::parse(&state_text) else {
-                continue;
-            };
-            if !states.is_empty() && !states.contains(&state) {
-                continue;
+            let record = read_record(r).map_err(|e| self.sql("reading recipients", e))?;
+            if states.is_empty() || states.contains(&record.state) {
+                visit(record)?;
             }
-            let record = (|| {
-                Ok::<_, rusqlite::Error>(RecipientRecord {
-                    row: r.get::<_, i64>(0)? as u64,
-                    phone: r.get(1)?,
-                    name: r.get(2)?,
-                    state,
-                    attempts: r.get::<_, i64>(4)? as u32,
-                    message_id: r.get(5)?,
-                    error_code: r.get(6)?,
-                    error_details: r.get(7)?,
-                    updated_at: r.get(8)?,
-                    sent_at: r.get(9)?,
-                })
-            })()
-            .map_err(|e| self.sql("reading recipients", e))?;
-            visit(record)?;
         }
         Ok(())
-    }
-
-    /// The planned body of the first pending-or-later row at a CSV row number.
-    pub fn body_for_row(&self, row: u64) -> Result<Option<(String, String)>, StateError> {
-        self.conn
-            .query_row(
-                "SELECT phone, body FROM recipients WHERE row = ?1 AND body IS NOT NULL
-                 ORDER BY id DESC LIMIT 1",
-                [row as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.sql("reading a planned body", e))
     }
 
     /// Up to `limit` rows in `state` with their planned bodies, in the order a
@@ -945,31 +911,12 @@ impl StateDb {
     ) -> Result<Option<(RecipientRecord, Option<String>)>, StateError> {
         self.conn
             .query_row(
-                "SELECT row, phone, name, state, attempts, message_id, error_code, error_details,
-                        updated_at, sent_at, body
-                 FROM recipients WHERE row = ?1 ORDER BY id DESC LIMIT 1",
+                &format!(
+                    "SELECT {RECORD_COLUMNS}, body FROM recipients
+                     WHERE row = ?1 ORDER BY id DESC LIMIT 1"
+                ),
                 [row as i64],
-                |r| {
-                    let state_text: String = r.get(3)?;
-                    // The schema's CHECK constraint keeps unknown states out.
-                    let state =
-                        RecipientState::parse(&state_text).unwrap_or(RecipientState::Invalid);
-                    Ok((
-                        RecipientRecord {
-                            row: r.get::<_, i64>(0)? as u64,
-                            phone: r.get(1)?,
-                            name: r.get(2)?,
-                            state,
-                            attempts: r.get::<_, i64>(4)? as u32,
-                            message_id: r.get(5)?,
-                            error_code: r.get(6)?,
-                            error_details: r.get(7)?,
-                            updated_at: r.get(8)?,
-                            sent_at: r.get(9)?,
-                        },
-                        r.get(10)?,
-                    ))
-                },
+                |r| Ok((read_record(r)?, r.get(10)?)),
             )
             .optional()
             .map_err(|e| self.sql("reading a recipient", e))
@@ -1037,6 +984,34 @@ impl StateDb {
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.sql("reading runs", e))
     }
+}
+
+/// The columns [`read_record`] reads, in its order.
+const RECORD_COLUMNS: &str = "row, phone, name, state, attempts, message_id, error_code, \
+                              error_details, updated_at, sent_at";
+
+fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecipientRecord> {
+    let state_text: String = r.get(3)?;
+    let state = RecipientState::parse(&state_text).ok_or_else(|| {
+        // The schema's CHECK constraint keeps unknown states out of the file.
+        rusqlite::Error::InvalidColumnType(
+            3,
+            format!("state '{state_text}'"),
+            rusqlite::types::Type::Text,
+        )
+    })?;
+    Ok(RecipientRecord {
+        row: r.get::<_, i64>(0)? as u64,
+        phone: r.get(1)?,
+        name: r.get(2)?,
+        state,
+        attempts: r.get::<_, i64>(4)? as u32,
+        message_id: r.get(5)?,
+        error_code: r.get(6)?,
+        error_details: r.get(7)?,
+        updated_at: r.get(8)?,
+        sent_at: r.get(9)?,
+    })
 }
 
 /// Creates an empty file readable and writable by its owner only. SQLite
