@@ -292,11 +292,7 @@ fn status_sees_a_run_in_progress_without_disturbing_it() {
         .stderr(Stdio::null())
         .spawn()
         .expect("run starts");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while sandbox.messages().len() < 3 {
-        assert!(std::time::Instant::now() < deadline, "the run never sent");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sandbox.wait_for_messages(3);
     let out = bare_bin()
         .arg("status")
         .arg(dir.toml())

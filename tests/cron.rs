@@ -128,11 +128,7 @@ fn sigint_stops_claiming_finishes_in_flight_and_says_how_to_resume() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("runs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sandbox.messages().len() < 10 {
-        assert!(Instant::now() < deadline, "the run never got going");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sandbox.wait_for_messages(10);
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

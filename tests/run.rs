@@ -282,12 +282,7 @@ fn a_second_run_on_a_locked_state_exits_75_naming_the_holder() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("first run");
-    // Wait until the first run is sending.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while sandbox.messages().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "first run never sent");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sandbox.wait_for_messages(1);
     let out = bin(&sandbox)
         .arg("run")
         .arg(dir.toml())

@@ -64,6 +64,19 @@ impl TestSandbox {
         self.inner().stats()
     }
 
+    /// Waits until the sandbox has accepted at least `n` messages (a run is
+    /// under way); panics after 20 seconds.
+    pub fn wait_for_messages(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.messages().len() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sandbox accepted fewer than {n} messages in 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// How many messages each phone received.
     pub fn per_phone(&self) -> std::collections::HashMap<String, usize> {
         let mut map = std::collections::HashMap::new();
