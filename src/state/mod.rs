@@ -876,6 +876,19 @@ impl StateDb {
         Ok(())
     }
 
+    /// The phone and planned body of the latest row planned at a CSV row number.
+    pub fn body_for_row(&self, row: u64) -> Result<Option<(String, String)>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT phone, body FROM recipients WHERE row = ?1 AND body IS NOT NULL
+                 ORDER BY id DESC LIMIT 1",
+                [row as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql("reading a planned body", e))
+    }
+
     /// Up to `limit` rows in `state` with their planned bodies, in the order a
     /// run claims them: `(row, phone, body)`. For `preview`.
     pub fn planned_bodies(
