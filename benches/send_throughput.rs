@@ -1,0 +1,206 @@
+//! Send throughput against the physical limit: how close the engine gets to
+//! the rate a bare load generator gets from the same sandbox.
+//!
+//! The sandbox runs as its own process with no latency and no rate limit.
+//! First a bare load generator — `oha` when it is on PATH, else a minimal
+//! reqwest loop in this file — sends `N` copies of a real planned body with the
+//! same concurrency; then the campaign, planned beforehand with `run --dry-run`
+//! (not timed), is sent with `run` against a fresh sandbox of the same kind.
+//! The ratio of the two rates is the engine's overhead: claiming, pacing,
+//! classifying and recording every row. Target: ratio ≥ 0.70.
+//!
+//! `BENCH_N` (default 200,000) and `BENCH_CONCURRENCY` (default 64) override;
+//! `BENCH_GENERATOR=reqwest` uses the reqwest loop even when `oha` is there.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use convers8_campaign::state::StateDb;
+
+fn main() {
+    if skip_unless_bench("send_throughput") {
+        return;
+    }
+    let n = env_count("BENCH_N", 200_000);
+    let concurrency = env_count("BENCH_CONCURRENCY", 64);
+    let dir = CampaignDir::new(n, &format!("concurrency = {concurrency}"));
+    let plan_time = plan(&dir);
+    let body = {
+        let db = StateDb::open_read_only(&dir.state()).expect("the planned state opens");
+        db.body_for_row(1)
+            .expect("read row 1")
+            .expect("row 1 is planned")
+            .1
+    };
+
+    // The bare load generator, against its own fresh sandbox.
+    let (generator, raw_rate, raw_ok) = {
+        let sandbox = SandboxProcess::start(&["--rate", "0"]);
+        let url = format!("{}/whatsapp/message/text", sandbox.url);
+        // BENCH_GENERATOR=reqwest forces the in-file loop even when oha is
+        // installed: it shows how much of the gap is the HTTP client itself.
+        let forced = std::env::var("BENCH_GENERATOR").is_ok_and(|g| g == "reqwest");
+        let (name, rate) = match find_oha().filter(|_| !forced) {
+            Some(oha) => ("oha", oha_rate(&oha, &url, &body, n, concurrency)),
+            None if forced => (
+                "reqwest loop (BENCH_GENERATOR=reqwest)",
+                reqwest_rate(&url, &body, n, concurrency),
+            ),
+            None => (
+                "reqwest loop (oha not on PATH)",
+                reqwest_rate(&url, &body, n, concurrency),
+            ),
+        };
+        (name, rate, sandbox.stats().accepted)
+    };
+
+    // The engine, against a fresh sandbox of the same kind.
+    let sandbox = SandboxProcess::start(&["--rate", "0"]);
+    let toml = dir.toml();
+    let toml = toml.to_str().expect("utf-8 temp path");
+    let (elapsed, output) = run_timed(
+        &mut command(Some(&sandbox), &["run", toml]),
+        Duration::from_secs(900),
+    );
+    let stats = sandbox.stats();
+    let counts = StateDb::open_read_only(&dir.state())
+        .expect("state")
+        .counts()
+        .expect("counts");
+    let engine_rate = per_second(counts.sent as f64, elapsed);
+    let own = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find(|l| l.contains("this run:"))
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_default();
+    let ratio = engine_rate / raw_rate;
+
+    let mut table = Table::new(format!(
+        "send_throughput: N = {n}, concurrency {concurrency}, sandbox --rate 0 --latency-ms 0 ({})",
+        machine()
+    ));
+    table.info(
+        "plan (run --dry-run, not timed below)",
+        format!("{:.2} s", plan_time.as_secs_f64()),
+    );
+    table.info("request body", format!("{} bytes", body.len()));
+    table.info("load generator", generator);
+    table.info(
+        "load generator: accepted by the sandbox",
+        raw_ok.to_string(),
+    );
+    table.info("load generator: rate", format!("{raw_rate:.0} req/s"));
+    table.info(
+        "engine: sent / sandbox accepted",
+        format!("{} / {}", counts.sent, stats.accepted),
+    );
+    table.info(
+        "engine: wall time of `run` (process start to exit)",
+        format!("{:.2} s", elapsed.as_secs_f64()),
+    );
+    table.info("engine: own summary", own);
+    table.info(
+        "engine: rate (sent / wall time)",
+        format!("{engine_rate:.0} msg/s"),
+    );
+    table.check(
+        "ratio engine / load generator",
+        format!("{ratio:.2}"),
+        ">= 0.70",
+        ratio >= 0.70 && counts.sent == n as u64,
+    );
+    table.print();
+}
+
+/// `oha` on PATH, or where `cargo install` puts it.
+fn find_oha() -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("oha"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let home = std::env::var_os("HOME")?;
+        let p = std::path::Path::new(&home).join(".cargo/bin/oha");
+        p.is_file().then_some(p)
+    })
+}
+
+/// `oha -n N -c C` POSTing `body`; its requests per second, from its JSON.
+fn oha_rate(oha: &std::path::Path, url: &str, body: &str, n: usize, c: usize) -> f64 {
+    let (_, output) = run_timed(
+        Command::new(oha)
+            .args(["-n", &n.to_string(), "-c", &c.to_string()])
+            .args(["-m", "POST", "-T", "application/json"])
+            .args(["-H", &format!("Authorization: Bearer {KEY}")])
+            .args(["-d", body])
+            .args(["--no-tui", "--output-format", "json"])
+            .arg(url),
+        Duration::from_secs(600),
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("oha prints JSON");
+    let codes = &report["statusCodeDistribution"];
+    let ok = codes["200"].as_u64().unwrap_or(0);
+    assert_eq!(
+        ok, n as u64,
+        "oha: not every request was answered 200: {codes}"
+    );
+    report["summary"]["requestsPerSec"]
+        .as_f64()
+        .expect("oha's summary has requestsPerSec")
+}
+
+/// The fallback generator: `c` tasks sharing one pooled client, POSTing
+/// `body` until `n` requests have been answered (or 10 minutes pass).
+fn reqwest_rate(url: &str, body: &str, n: usize, c: usize) -> f64 {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let issued = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..c {
+            let (client, issued) = (client.clone(), issued.clone());
+            let (url, body) = (url.to_owned(), body.to_owned());
+            tasks.spawn(async move {
+                let mut ok = 0usize;
+                while issued.fetch_add(1, Ordering::Relaxed) < n && Instant::now() < deadline {
+                    let answer = client
+                        .post(&url)
+                        .bearer_auth(KEY)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    if let Ok(answer) = answer
+                        && answer.status().is_success()
+                        && answer.bytes().await.is_ok()
+                    {
+                        ok += 1;
+                    }
+                }
+                ok
+            });
+        }
+        let mut ok = 0;
+        while let Some(done) = tasks.join_next().await {
+            ok += done.expect("generator task");
+        }
+        assert_eq!(ok, n, "the reqwest loop: not every request succeeded");
+        per_second(ok as f64, started.elapsed())
+    })
+}
