@@ -140,6 +140,9 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     auth: HeaderValue,
+    /// The five send endpoints, built once: a campaign sends to one of them
+    /// hundreds of thousands of times.
+    send_urls: [Url; 5],
 }
 
 impl fmt::Debug for Client {
@@ -167,12 +170,17 @@ impl Client {
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
+            // The API never redirects; following one would resend a POST body
+            // (and the key) somewhere unexpected.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
+        let send_urls = MessageKind::ALL.map(|kind| join(&base, kind.path()));
         Ok(Client {
             http,
             base,
             auth: config.api_key.header_value(),
+            send_urls,
         })
     }
 
@@ -182,10 +190,7 @@ impl Client {
 
     /// The URL of an endpoint path such as `/contacts`.
     pub fn endpoint(&self, path: &str) -> Url {
-        let mut url = self.base.clone();
-        let joined = format!("{}{}", self.base.path().trim_end_matches('/'), path);
-        url.set_path(&joined);
-        url
+        join(&self.base, path)
     }
 
     pub async fn send_text(
@@ -266,7 +271,11 @@ impl Client {
         kind: MessageKind,
         body: String,
     ) -> Result<SendResponse, ApiError> {
-        let url = self.endpoint(kind.path());
+        let index = MessageKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or_default();
+        let url = self.send_urls[index].clone();
         self.call(Method::POST, url, Some(body)).await
     }
 
@@ -364,6 +373,14 @@ impl Client {
             excerpt: format!("{e}; body: {}", excerpt(&bytes)),
         })
     }
+}
+
+/// `base` with `path` appended to its own path (a base may carry a prefix).
+fn join(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let joined = format!("{}{}", base.path().trim_end_matches('/'), path);
+    url.set_path(&joined);
+    url
 }
 
 fn parse_contacts_page(value: serde_json::Value) -> Result<ContactsPage, ApiError> {

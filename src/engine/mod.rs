@@ -105,10 +105,10 @@ impl RunOptions {
     }
 }
 
-/// Small enough that a crash leaves few rows uncertain, large enough that
-/// claiming is a small share of the work.
+/// Rows claimed ahead of sending: small enough that a crash leaves few rows
+/// uncertain, large enough that claiming is a small share of the work.
 pub fn default_claim_batch(concurrency: usize) -> usize {
-    concurrency.clamp(16, 256)
+    (2 * concurrency).clamp(16, 512)
 }
 
 /// How a run ended, when it ended in an orderly way.
@@ -544,6 +544,14 @@ async fn feed(
     let handle = writer.handle();
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut tasks: JoinSet<()> = JoinSet::new();
+    // Rows are claimed half a batch at a time, and the next half is claimed
+    // while the current one is sent, so requests never wait on the disk. At
+    // most `claim_batch` rows are thus claimed but not yet on the wire — the
+    // bound on what a crash can leave uncertain, besides requests in flight.
+    let unit = (options.claim_batch / 2).max(1) as u64;
+    // With a limit, each claim is sized from what is left, so no claim ahead.
+    let prefetch = options.limit.is_none() && options.daily_limit.is_none();
+    let mut next_claim: Option<writer::PendingClaim> = None;
     let mut claimed_total = 0u64;
     let mut end = RunEnd::Completed;
     let mut sent_before_run = None;
@@ -551,41 +559,47 @@ async fn feed(
         if stop.is_stopping() {
             break;
         }
-        let mut want = options.claim_batch.max(1) as u64;
-        if options.limit.is_some() {
-            want = want.min(to_send.saturating_sub(claimed_total));
-            if want == 0 {
-                end = RunEnd::LimitReached;
-                break;
-            }
-        }
-        if let Some(daily) = options.daily_limit {
-            match daily_budget(
-                &handle,
-                daily,
-                &delivery.stats,
-                claimed_total,
-                &mut sent_before_run,
-            )
-            .await
-            {
-                Ok(0) => {
-                    // Rows still in flight may fail and free budget: wait for them first.
-                    if tasks.is_empty() {
-                        end = RunEnd::DailyLimitReached { next_at: None };
+        let rows = match next_claim.take() {
+            Some(pending) => pending.rows().await,
+            None => {
+                let mut want = unit;
+                if options.limit.is_some() {
+                    want = want.min(to_send.saturating_sub(claimed_total));
+                    if want == 0 {
+                        end = RunEnd::LimitReached;
                         break;
                     }
-                    tasks.join_next().await;
-                    continue;
                 }
-                Ok(budget) => want = want.min(budget),
-                Err(e) => {
-                    stop.trigger(StopReason::StateFailed(e.to_string()));
-                    break;
+                if let Some(daily) = options.daily_limit {
+                    match daily_budget(
+                        &handle,
+                        daily,
+                        &delivery.stats,
+                        claimed_total,
+                        &mut sent_before_run,
+                    )
+                    .await
+                    {
+                        Ok(0) => {
+                            // Rows still in flight may fail and free budget: wait for them first.
+                            if tasks.is_empty() {
+                                end = RunEnd::DailyLimitReached { next_at: None };
+                                break;
+                            }
+                            tasks.join_next().await;
+                            continue;
+                        }
+                        Ok(budget) => want = want.min(budget),
+                        Err(e) => {
+                            stop.trigger(StopReason::StateFailed(e.to_string()));
+                            break;
+                        }
+                    }
                 }
+                handle.claim(want as usize).await
             }
-        }
-        let rows = match handle.claim(want as usize).await {
+        };
+        let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
                 stop.trigger(StopReason::StateFailed(e.to_string()));
@@ -596,6 +610,15 @@ async fn feed(
             break;
         }
         claimed_total += rows.len() as u64;
+        if prefetch && !stop.is_stopping() {
+            match handle.request_claim(unit as usize) {
+                Ok(pending) => next_claim = Some(pending),
+                Err(e) => {
+                    stop.trigger(StopReason::StateFailed(e.to_string()));
+                    break;
+                }
+            }
+        }
         let mut rows = rows.into_iter();
         while let Some(row) = rows.next() {
             let permit = tokio::select! {
@@ -622,6 +645,12 @@ async fn feed(
             // Reap finished tasks so the set does not grow with the plan.
             while tasks.try_join_next().is_some() {}
         }
+    }
+    // A claim made ahead of a stop was never sent: give it back.
+    if let Some(pending) = next_claim.take()
+        && let Ok(rows) = pending.rows().await
+    {
+        give_back(&handle, &delivery.stats, rows.into_iter());
     }
     drain(&mut tasks, stop, options.drain_grace).await;
     match stop.reason() {

@@ -22,8 +22,15 @@ const DECREASE_TO: f64 = 0.95;
 /// At most one decrease per this interval: the 429s of one overshoot arrive
 /// together and must not each halve the rate.
 const DECREASE_EVERY: Duration = Duration::from_millis(500);
-/// Additive increase per second, as a fraction of the current rate (at least 1/s).
+/// Additive increase per second near the last known limit, as a fraction of
+/// the current rate (at least 1/s): gentle, so the run settles under it.
 const INCREASE_FRACTION_PER_SEC: f64 = 0.02;
+/// Far below the last known limit (or with none known, as after a 429 that
+/// came before anything was accepted) the pace grows this much faster per
+/// second: a run must not spend minutes crawling back from a short storm.
+const FAST_INCREASE_FRACTION_PER_SEC: f64 = 0.5;
+/// "Near" the known limit means at or above this fraction of it.
+const NEAR_LIMIT: f64 = 0.8;
 /// Goodput is measured over this window.
 const GOODPUT_WINDOW: Duration = Duration::from_secs(1);
 /// A `Retry-After` longer than this pauses everyone; a shorter one only delays
@@ -43,6 +50,8 @@ struct PaceState {
     next_slot: Instant,
     last_adjust: Instant,
     last_decrease: Option<Instant>,
+    /// The goodput the server allowed when it last pushed back.
+    known_limit: Option<f64>,
     /// Completion times of accepted requests within the goodput window.
     accepted: VecDeque<Instant>,
     rate_limited: u64,
@@ -60,6 +69,7 @@ impl Pace {
                 next_slot: now,
                 last_adjust: now,
                 last_decrease: None,
+                known_limit: None,
                 accepted: VecDeque::new(),
                 rate_limited: 0,
             }),
@@ -99,7 +109,15 @@ impl Pace {
         let elapsed = now.saturating_duration_since(s.last_adjust).as_secs_f64();
         s.last_adjust = now;
         if let Some(rate) = s.rate {
-            let step = (rate * INCREASE_FRACTION_PER_SEC).max(1.0) * elapsed;
+            let near_limit = s
+                .known_limit
+                .is_some_and(|limit| rate >= NEAR_LIMIT * limit);
+            let fraction = if near_limit {
+                INCREASE_FRACTION_PER_SEC
+            } else {
+                FAST_INCREASE_FRACTION_PER_SEC
+            };
+            let step = (rate * fraction).max(1.0) * elapsed;
             let raised = rate + step;
             s.rate = Some(match self.ceiling {
                 Some(c) => raised.min(c),
@@ -146,6 +164,9 @@ impl Pace {
             }
         }
         let goodput = s.accepted.len() as f64 / GOODPUT_WINDOW.as_secs_f64();
+        if goodput > 0.0 {
+            s.known_limit = Some(goodput);
+        }
         let current = s.rate.unwrap_or(f64::INFINITY);
         // Just under what the server accepted, and never faster than before.
         let target = if goodput > 0.0 {
@@ -219,6 +240,21 @@ mod tests {
         pace.reserve();
         let recovered = pace.current_rate().expect("rate");
         assert!(recovered > 78.0 && recovered < 80.0, "{recovered}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_before_anything_was_accepted_recovers_in_seconds() {
+        // Regression: the fault drill once took minutes after a 429 storm at
+        // the very start, crawling back from 10/s at 1/s per second.
+        let pace = Pace::new(None);
+        pace.on_rate_limited(None);
+        assert_eq!(pace.current_rate(), Some(10.0));
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            pace.reserve();
+        }
+        let rate = pace.current_rate().expect("rate");
+        assert!(rate > 500.0, "{rate}");
     }
 
     #[tokio::test(start_paused = true)]

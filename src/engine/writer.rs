@@ -1,34 +1,37 @@
 //! The state writer: the one thread that touches the state file during a run.
 //!
-//! Workers hand it outcomes without waiting; it commits them in batches — by
-//! count, and at the latest a few milliseconds after the first one arrived —
-//! so SQLite is never the bottleneck and a crash loses at most one batch of
-//! *outcomes* (those rows stay `sending` and come back `uncertain`, never
-//! pending). Claims go through the same thread, committed before they are
-//! handed out, so no request ever leaves for a row that is not yet `sending`.
-//! If the disk fails, the writer remembers the error and answers every later
-//! claim with it, which stops the run.
+//! Workers drop outcomes into a shared buffer without waiting and without
+//! waking anyone; the writer commits them in batches — together with the next
+//! claim when there is one (one commit, one fsync, for both), else when the
+//! buffer reaches a batch or a few milliseconds have passed. So SQLite is never
+//! the bottleneck, and a crash loses at most one batch of *outcomes*: those rows
+//! stay `sending` and come back `uncertain`, never pending. A claim is committed
+//! before it is handed out, so no request ever leaves for a row that is not yet
+//! `sending`. If the disk fails, the writer remembers the error and answers
+//! every later claim with it, which stops the run.
 
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use crate::state::{Claimed, Outcome, StateDb, StateError};
+use crate::state::{Claimed, Outcome, StateDb};
 
 /// Commit when this many outcomes are waiting...
 const BATCH_ROWS: usize = 512;
-/// ...or when the oldest has waited this long.
-const BATCH_WAIT: Duration = Duration::from_millis(50);
+/// ...or at the latest this long after the last commit.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
 
 enum Command {
     Claim {
         max: usize,
         reply: oneshot::Sender<Result<Vec<Claimed>, String>>,
     },
-    Record(Outcome),
+    /// The outcome buffer is full: commit it now.
+    Nudge,
     SentSince {
         since: DateTime<Utc>,
         reply: oneshot::Sender<Result<u64, String>>,
@@ -44,10 +47,11 @@ pub struct StateWriter {
     thread: JoinHandle<(StateDb, Option<String>)>,
 }
 
-/// A cheap, cloneable sender to the writer.
+/// A cheap, cloneable handle to the writer.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Command>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
 }
 
 /// The writer stopped: the state file could not be written.
@@ -55,14 +59,20 @@ pub struct WriterHandle {
 #[error("{0}")]
 pub struct WriterError(pub String);
 
+fn stopped() -> WriterError {
+    WriterError("the state writer stopped".into())
+}
+
 impl StateWriter {
     pub fn spawn(db: StateDb) -> std::io::Result<StateWriter> {
         let (tx, rx) = mpsc::channel();
+        let outcomes = Arc::new(Mutex::new(Vec::with_capacity(BATCH_ROWS)));
+        let buffer = outcomes.clone();
         let thread = std::thread::Builder::new()
             .name("state-writer".into())
-            .spawn(move || writer_loop(db, rx))?;
+            .spawn(move || writer_loop(db, rx, buffer))?;
         Ok(StateWriter {
-            handle: WriterHandle { tx },
+            handle: WriterHandle { tx, outcomes },
             thread,
         })
     }
@@ -90,123 +100,136 @@ impl StateWriter {
     }
 }
 
+/// A claim asked for and not yet answered; see [`WriterHandle::request_claim`].
+pub struct PendingClaim(oneshot::Receiver<Result<Vec<Claimed>, String>>);
+
+impl PendingClaim {
+    pub async fn rows(self) -> Result<Vec<Claimed>, WriterError> {
+        self.0.await.map_err(|_| stopped())?.map_err(WriterError)
+    }
+}
+
 impl WriterHandle {
-    /// Claims up to `max` pending rows (committed as `sending` before returning).
-    pub async fn claim(&self, max: usize) -> Result<Vec<Claimed>, WriterError> {
+    /// Asks for up to `max` pending rows without waiting for them, so the
+    /// next batch can be claimed while the current one is being sent.
+    pub fn request_claim(&self, max: usize) -> Result<PendingClaim, WriterError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Claim { max, reply })?;
-        rx.await
-            .map_err(|_| WriterError("the state writer stopped".into()))?
-            .map_err(WriterError)
+        Ok(PendingClaim(rx))
     }
 
-    /// Queues an outcome for the next batch commit. Never blocks.
+    /// Claims up to `max` pending rows (committed as `sending` before returning).
+    pub async fn claim(&self, max: usize) -> Result<Vec<Claimed>, WriterError> {
+        self.request_claim(max)?.rows().await
+    }
+
+    /// Queues an outcome for the next commit. Never blocks on the disk and
+    /// wakes the writer only when a whole batch is waiting.
     pub fn record(&self, outcome: Outcome) -> Result<(), WriterError> {
-        self.send(Command::Record(outcome))
+        let waiting = {
+            let mut queue = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            queue.push(outcome);
+            queue.len()
+        };
+        if waiting == BATCH_ROWS {
+            self.send(Command::Nudge)?;
+        }
+        Ok(())
     }
 
     pub async fn sent_since(&self, since: DateTime<Utc>) -> Result<u64, WriterError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::SentSince { since, reply })?;
-        rx.await
-            .map_err(|_| WriterError("the state writer stopped".into()))?
-            .map_err(WriterError)
+        rx.await.map_err(|_| stopped())?.map_err(WriterError)
     }
 
     /// Commits everything queued so far.
     pub async fn flush(&self) -> Result<(), WriterError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Flush { reply })?;
-        rx.await
-            .map_err(|_| WriterError("the state writer stopped".into()))?
-            .map_err(WriterError)
+        rx.await.map_err(|_| stopped())?.map_err(WriterError)
     }
 
     fn send(&self, command: Command) -> Result<(), WriterError> {
-        self.tx
-            .send(command)
-            .map_err(|_| WriterError("the state writer stopped".into()))
+        self.tx.send(command).map_err(|_| stopped())
     }
 }
 
-fn writer_loop(mut db: StateDb, rx: mpsc::Receiver<Command>) -> (StateDb, Option<String>) {
-    let mut pending: Vec<Outcome> = Vec::with_capacity(BATCH_ROWS);
-    let mut oldest: Option<Instant> = None;
-    let mut failed: Option<String> = None;
+/// The writer's side: the database, the shared outcome buffer, and the first
+/// error it met (after which it writes nothing more).
+struct Writer {
+    db: StateDb,
+    buffer: Arc<Mutex<Vec<Outcome>>>,
+    /// Swapped with the shared buffer, so workers never wait on a commit.
+    batch: Vec<Outcome>,
+    failed: Option<String>,
+}
 
-    let commit = |db: &mut StateDb, pending: &mut Vec<Outcome>, failed: &mut Option<String>| {
-        if pending.is_empty() || failed.is_some() {
-            pending.clear();
-            return;
+impl Writer {
+    fn take_outcomes(&mut self) {
+        let mut queue = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut *queue, &mut self.batch);
+    }
+
+    /// Commits the waiting outcomes, and claims `max` rows in the same transaction.
+    fn commit(&mut self, max: usize) -> Result<Vec<Claimed>, String> {
+        self.take_outcomes();
+        if let Some(e) = &self.failed {
+            self.batch.clear();
+            return Err(e.clone());
+        }
+        if self.batch.is_empty() && max == 0 {
+            return Ok(Vec::new());
         }
         let started = Instant::now();
-        match db.record(pending) {
-            Ok(()) => tracing::debug!(
-                rows = pending.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "results committed"
-            ),
-            Err(e) => {
-                tracing::error!("cannot record results: {e}");
-                *failed = Some(e.to_string());
-            }
-        }
-        pending.clear();
-    };
+        let result = self.db.record_and_claim(&self.batch, max);
+        tracing::debug!(
+            recorded = self.batch.len(),
+            claimed = result.as_ref().map_or(0, Vec::len),
+            ms = started.elapsed().as_millis() as u64,
+            "state committed"
+        );
+        self.batch.clear();
+        result.map_err(|e| {
+            tracing::error!("cannot write the state: {e}");
+            let text = e.to_string();
+            self.failed = Some(text.clone());
+            text
+        })
+    }
+}
 
+fn writer_loop(
+    db: StateDb,
+    rx: mpsc::Receiver<Command>,
+    buffer: Arc<Mutex<Vec<Outcome>>>,
+) -> (StateDb, Option<String>) {
+    let mut writer = Writer {
+        db,
+        buffer,
+        batch: Vec::with_capacity(BATCH_ROWS),
+        failed: None,
+    };
     loop {
-        let command = match oldest {
-            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            Some(since) => rx.recv_timeout(BATCH_WAIT.saturating_sub(since.elapsed())),
-        };
-        match command {
-            Ok(Command::Record(outcome)) => {
-                pending.push(outcome);
-                oldest.get_or_insert_with(Instant::now);
-                if pending.len() >= BATCH_ROWS {
-                    commit(&mut db, &mut pending, &mut failed);
-                    oldest = None;
-                }
-            }
+        match rx.recv_timeout(BATCH_WAIT) {
             Ok(Command::Claim { max, reply }) => {
-                // Results first, so a claim never races an outcome it could see.
-                commit(&mut db, &mut pending, &mut failed);
-                oldest = None;
-                let result = match &failed {
-                    Some(e) => Err(e.clone()),
-                    None => {
-                        let started = Instant::now();
-                        let claimed = db.claim(max).map_err(|e: StateError| e.to_string());
-                        tracing::debug!(
-                            rows = claimed.as_ref().map_or(0, Vec::len),
-                            ms = started.elapsed().as_millis() as u64,
-                            "rows claimed"
-                        );
-                        claimed
-                    }
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(writer.commit(max));
+            }
+            Ok(Command::Nudge) | Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = writer.commit(0);
             }
             Ok(Command::SentSince { since, reply }) => {
-                commit(&mut db, &mut pending, &mut failed);
-                oldest = None;
-                let _ = reply.send(db.sent_since(since).map_err(|e| e.to_string()));
+                let committed = writer.commit(0).map(|_| ());
+                let answer =
+                    committed.and_then(|()| writer.db.sent_since(since).map_err(|e| e.to_string()));
+                let _ = reply.send(answer);
             }
             Ok(Command::Flush { reply }) => {
-                commit(&mut db, &mut pending, &mut failed);
-                oldest = None;
-                let _ = reply.send(match &failed {
-                    Some(e) => Err(e.clone()),
-                    None => Ok(()),
-                });
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                commit(&mut db, &mut pending, &mut failed);
-                oldest = None;
+                let _ = reply.send(writer.commit(0).map(|_| ()));
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                commit(&mut db, &mut pending, &mut failed);
-                return (db, failed);
+                let _ = writer.commit(0);
+                return (writer.db, writer.failed);
             }
         }
     }

@@ -636,36 +636,7 @@ impl StateDb {
 
     /// Marks up to `n` pending rows `sending` and commits, in row order.
     pub fn claim(&mut self, n: usize) -> Result<Vec<Claimed>, StateError> {
-        let now = timestamp(Utc::now());
-        let path = self.path.clone();
-        let sql = |source| StateError::Sql {
-            path: path.clone(),
-            operation: "claiming rows",
-            source,
-        };
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "UPDATE recipients SET state = 'sending', updated_at = ?1
-                 WHERE id IN (SELECT id FROM recipients WHERE state = 'pending' ORDER BY id LIMIT ?2)
-                 RETURNING id, row, phone, body, attempts",
-            )
-            .map_err(sql)?;
-        let mut claimed = stmt
-            .query_map(params![now, n as i64], |r| {
-                Ok(Claimed {
-                    id: r.get(0)?,
-                    row: r.get::<_, i64>(1)? as u64,
-                    phone: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                    body: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-                    attempts: r.get::<_, i64>(4)? as u32,
-                })
-            })
-            .map_err(sql)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(sql)?;
-        claimed.sort_by_key(|c| c.id);
-        Ok(claimed)
+        self.record_and_claim(&[], n)
     }
 
     /// Writes a batch of outcomes in one transaction.
@@ -673,14 +644,31 @@ impl StateDb {
         if outcomes.is_empty() {
             return Ok(());
         }
+        self.record_and_claim(outcomes, 0).map(|_| ())
+    }
+
+    /// Records outcomes and claims up to `n` more rows in one transaction: one
+    /// commit (and one fsync) where a run would otherwise need two. The claim
+    /// is durable before this returns, so no request can leave for a row the
+    /// file does not show as `sending`.
+    pub fn record_and_claim(
+        &mut self,
+        outcomes: &[Outcome],
+        n: usize,
+    ) -> Result<Vec<Claimed>, StateError> {
         let path = self.path.clone();
-        let sql = |source| StateError::Sql {
-            path: path.clone(),
-            operation: "recording results",
-            source,
+        let sql = |operation: &'static str| {
+            let path = path.clone();
+            move |source| StateError::Sql {
+                path: path.clone(),
+                operation,
+                source,
+            }
         };
-        let tx = self.conn.transaction().map_err(sql)?;
-        {
+        let tx = self.conn.transaction().map_err(sql("recording results"))?;
+        if !outcomes.is_empty() {
+            // `state = 'sending'`: a late outcome never overwrites a row
+            // something else already settled.
             let mut stmt = tx
                 .prepare_cached(
                     "UPDATE recipients SET state = ?2, attempts = attempts + ?3,
@@ -689,7 +677,7 @@ impl StateDb {
                        sent_at = CASE WHEN ?2 = 'sent' THEN ?7 ELSE sent_at END
                      WHERE id = ?1 AND state = 'sending'",
                 )
-                .map_err(sql)?;
+                .map_err(sql("recording results"))?;
             for o in outcomes {
                 let at = timestamp(o.at);
                 stmt.execute(params![
@@ -701,10 +689,35 @@ impl StateDb {
                     o.error_details,
                     at,
                 ])
-                .map_err(sql)?;
+                .map_err(sql("recording results"))?;
             }
         }
-        tx.commit().map_err(sql)
+        let mut claimed = Vec::new();
+        if n > 0 {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE recipients SET state = 'sending', updated_at = ?1
+                     WHERE id IN (SELECT id FROM recipients WHERE state = 'pending' ORDER BY id LIMIT ?2)
+                     RETURNING id, row, phone, body, attempts",
+                )
+                .map_err(sql("claiming rows"))?;
+            claimed = stmt
+                .query_map(params![timestamp(Utc::now()), n as i64], |r| {
+                    Ok(Claimed {
+                        id: r.get(0)?,
+                        row: r.get::<_, i64>(1)? as u64,
+                        phone: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                        body: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                        attempts: r.get::<_, i64>(4)? as u32,
+                    })
+                })
+                .map_err(sql("claiming rows"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql("claiming rows"))?;
+            claimed.sort_by_key(|c| c.id);
+        }
+        tx.commit().map_err(sql("committing"))?;
+        Ok(claimed)
     }
 
     pub fn counts(&self) -> Result<Counts, StateError> {
