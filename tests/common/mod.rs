@@ -64,6 +64,11 @@ impl TestSandbox {
         self.inner().stats()
     }
 
+    /// Writes every accepted message to the `--log` file before returning.
+    pub fn flush_log(&self) {
+        self.inner().state().flush_log();
+    }
+
     /// Waits until the sandbox has accepted at least `n` messages (a run is
     /// under way); panics after 20 seconds.
     pub fn wait_for_messages(&self, n: usize) {
