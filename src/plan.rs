@@ -161,7 +161,8 @@ pub struct RowPlanner<'c> {
 impl<'c> RowPlanner<'c> {
     /// Compiles the templates and checks that every column they use exists.
     pub fn new(campaign: &'c Campaign, reader: &RecipientReader) -> anyhow::Result<Self> {
-        let renderer = Renderer::compile(&campaign.message, &campaign.vars)?;
+        let renderer = Renderer::compile(&campaign.message, &campaign.vars)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", campaign.file.display()))?;
         let headers = reader.headers().to_vec();
         for column in renderer.referenced_columns() {
             if !headers.contains(&column) {
@@ -198,6 +199,27 @@ impl<'c> RowPlanner<'c> {
                 };
             }
         };
+        // A NUL byte never belongs in a contact export (it comes from binary
+        // or mis-encoded files), and would reach the recipient as U+0000.
+        if record.as_slice().contains('\0') {
+            let column = record
+                .iter()
+                .position(|field| field.contains('\0'))
+                .and_then(|i| self.headers.get(i))
+                .map_or_else(String::new, |h| format!(" in column '{h}'"));
+            return PlannedRow {
+                row: raw.row,
+                phone: None,
+                name: None,
+                outcome: Err(PlanProblem {
+                    code: "bad_row",
+                    details: format!(
+                        "line {}: a NUL character (byte 0){column}: is the file really a text CSV?",
+                        raw.line
+                    ),
+                }),
+            };
+        }
         let raw_phone = record.get(self.phone_index).unwrap_or("");
         let name = self
             .name_index

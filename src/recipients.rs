@@ -481,15 +481,23 @@ fn parse_valid(
 }
 
 /// Keeps messages one short line when a cell holds a paragraph.
+/// A cell quoted in a message: at most 40 characters, control characters
+/// escaped so the message stays on one line.
 fn shorten(s: &str) -> String {
     const MAX: usize = 40;
-    if s.chars().count() <= MAX {
-        s.to_owned()
-    } else {
-        let mut out: String = s.chars().take(MAX).collect();
-        out.push('…');
-        out
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
+    out
 }
 
 #[cfg(test)]

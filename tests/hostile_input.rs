@@ -332,13 +332,20 @@ const CORPUS: &[(&str, Expect)] = &[
         ]),
     ),
     (
-        // A NUL inside a name is sent as the JSON escape \u0000 (pinned as is:
-        // the API's rules do not refuse control characters); inside a phone
-        // it makes the phone invalid.
+        // A NUL byte makes its row invalid, naming the column: it never
+        // reaches a recipient as U+0000.
         "nul_bytes.csv",
         Expect::Rows(&[
-            (Pending, None, "Ama\\u0000ni"),
-            (Invalid, Some("invalid_phone"), "not a valid phone number"),
+            (
+                Invalid,
+                Some("bad_row"),
+                "NUL character (byte 0) in column 'name'",
+            ),
+            (
+                Invalid,
+                Some("bad_row"),
+                "NUL character (byte 0) in column 'phone'",
+            ),
             (Pending, None, "\"Hi Chausiku\""),
         ]),
     ),
