@@ -185,19 +185,18 @@ impl<'c> RowPlanner<'c> {
     }
 
     pub fn plan_row(&self, raw: &RawRow) -> PlannedRow {
+        let bad_row = |details: String| PlannedRow {
+            row: raw.row,
+            phone: None,
+            name: None,
+            outcome: Err(PlanProblem {
+                code: "bad_row",
+                details,
+            }),
+        };
         let record = match &raw.outcome {
             Ok(record) => record,
-            Err(why) => {
-                return PlannedRow {
-                    row: raw.row,
-                    phone: None,
-                    name: None,
-                    outcome: Err(PlanProblem {
-                        code: "bad_row",
-                        details: format!("line {}: {why}", raw.line),
-                    }),
-                };
-            }
+            Err(why) => return bad_row(format!("line {}: {why}", raw.line)),
         };
         // A NUL byte never belongs in a contact export (it comes from binary
         // or mis-encoded files), and would reach the recipient as U+0000.
@@ -207,18 +206,10 @@ impl<'c> RowPlanner<'c> {
                 .position(|field| field.contains('\0'))
                 .and_then(|i| self.headers.get(i))
                 .map_or_else(String::new, |h| format!(" in column '{h}'"));
-            return PlannedRow {
-                row: raw.row,
-                phone: None,
-                name: None,
-                outcome: Err(PlanProblem {
-                    code: "bad_row",
-                    details: format!(
-                        "line {}: a NUL character (byte 0){column}: is the file really a text CSV?",
-                        raw.line
-                    ),
-                }),
-            };
+            return bad_row(format!(
+                "line {}: a NUL character (byte 0){column}: is the file really a text CSV?",
+                raw.line
+            ));
         }
         let raw_phone = record.get(self.phone_index).unwrap_or("");
         let name = self

@@ -285,13 +285,7 @@ fn status_sees_a_run_in_progress_without_disturbing_it() {
         ..SandboxConfig::default()
     });
     let dir = CampaignDir::new(&text_campaign("concurrency = 1", "Hi"), &kenyan_csv(60));
-    let mut running = bin(&sandbox)
-        .arg("run")
-        .arg(dir.toml())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run starts");
+    let mut running = spawn_run(&sandbox, &dir);
     sandbox.wait_for_messages(3);
     let out = bare_bin()
         .arg("status")

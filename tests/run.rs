@@ -275,13 +275,7 @@ fn a_second_run_on_a_locked_state_exits_75_naming_the_holder() {
         ..SandboxConfig::default()
     });
     let dir = CampaignDir::new(&text_campaign("concurrency = 1", "Hi"), &kenyan_csv(40));
-    let mut first = bin(&sandbox)
-        .arg("run")
-        .arg(dir.toml())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("first run");
+    let mut first = spawn_run(&sandbox, &dir);
     sandbox.wait_for_messages(1);
     let out = bin(&sandbox)
         .arg("run")

@@ -180,6 +180,17 @@ pub fn bare_bin() -> Command {
     cmd
 }
 
+/// Starts `run` on the campaign in the background, its output discarded.
+pub fn spawn_run(sandbox: &TestSandbox, dir: &CampaignDir) -> std::process::Child {
+    bin(sandbox)
+        .arg("run")
+        .arg(dir.toml())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the run starts")
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("binary runs");
     assert!(
