@@ -52,6 +52,29 @@ fn outside_the_send_window_run_exits_75_and_sends_nothing() {
 }
 
 #[test]
+fn max_runtime_also_bounds_the_wait_for_the_window() {
+    // Regression: --max-runtime started counting only once sending began, so
+    // `--wait` before the window could hold the lock for hours.
+    let now = Utc::now();
+    let send = format!(
+        "window = {{ start = \"{:02}:00\", end = \"{:02}:00\", timezone = \"UTC\" }}",
+        (now.hour() + 2) % 24,
+        (now.hour() + 3) % 24
+    );
+    let sandbox = TestSandbox::unlimited();
+    let dir = CampaignDir::new(&text_campaign(&send, "Hi"), &kenyan_csv(3));
+    let started = Instant::now();
+    let out = run_ok(
+        bin(&sandbox)
+            .args(["run", "--wait", "--max-runtime", "1s"])
+            .arg(dir.toml()),
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(stdout(&out).contains("--max-runtime"), "{}", stdout(&out));
+    assert!(sandbox.messages().is_empty());
+}
+
+#[test]
 fn the_daily_limit_spreads_a_list_over_days() {
     let sandbox = TestSandbox::unlimited();
     let dir = CampaignDir::new(

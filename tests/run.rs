@@ -236,6 +236,25 @@ fn the_circuit_breaker_stops_an_outage_without_failing_the_list() {
 }
 
 #[test]
+fn the_same_rejection_for_every_recipient_stops_the_run_instead_of_failing_the_list() {
+    // A base URL with a wrong path: every send is answered not_found.
+    let sandbox = TestSandbox::unlimited();
+    let dir = CampaignDir::new(&text_campaign("concurrency = 2", "Hi"), &kenyan_csv(200));
+    let out = bin(&sandbox)
+        .env("CONVERS8_BASE_URL", format!("{}/v2", sandbox.base_url()))
+        .arg("run")
+        .arg(dir.toml())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("rejected with not_found"), "{text}");
+    let counts = dir.counts();
+    assert!(counts.failed >= 20 && counts.failed <= 22, "{counts:?}");
+    assert_eq!(counts.pending, 200 - counts.failed);
+}
+
+#[test]
 fn an_answer_lost_after_sending_makes_the_row_uncertain_and_it_is_not_resent() {
     let sandbox = TestSandbox::start(SandboxConfig {
         rate: 0.0,
@@ -254,6 +273,16 @@ fn an_answer_lost_after_sending_makes_the_row_uncertain_and_it_is_not_resent() {
     // A second run sends nothing more.
     run_ok(bin(&sandbox).arg("run").arg(dir.toml()));
     assert_eq!(sandbox.messages().len(), 2, "delivered once, never resent");
+    // Regression: a dry run with --resend-uncertain used to put the rows back
+    // to pending, so the next plain cron run resent them.
+    run_ok(
+        bin(&sandbox)
+            .args(["run", "--dry-run", "--resend-uncertain"])
+            .arg(dir.toml()),
+    );
+    assert_eq!(dir.counts().uncertain, 2);
+    run_ok(bin(&sandbox).arg("run").arg(dir.toml()));
+    assert_eq!(sandbox.messages().len(), 2);
 }
 
 #[test]

@@ -360,11 +360,15 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         // The status line arrived, so the request was processed: a failure while
-        // reading the rest can only mean the answer, not the request, was lost.
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ApiError::from_transport(&url_text, &e))?;
+        // reading the rest loses only the answer's body. A failure status still
+        // means what it says; a success whose body is lost may have delivered.
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(_) if !status.is_success() => {
+                return Err(ApiError::from_response(status, retry_after, b""));
+            }
+            Err(e) => return Err(ApiError::from_transport(&url_text, &e)),
+        };
         if !status.is_success() {
             return Err(ApiError::from_response(status, retry_after, &bytes));
         }

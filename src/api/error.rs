@@ -186,9 +186,19 @@ impl ApiError {
                 code: Some(other.to_owned()),
                 message,
             },
-            other => ApiError::Unexpected {
-                status: status.as_u16(),
-                excerpt: format!("error code '{other}': {message}"),
+            // A code the documents do not name: the status says what it means.
+            other => match status.as_u16() {
+                429 => ApiError::RateLimited {
+                    retry_after,
+                    message: format!("{message} [{other}]"),
+                },
+                401 | 403 => ApiError::Unauthorized {
+                    message: format!("{message} [{other}]"),
+                },
+                s => ApiError::Unexpected {
+                    status: s,
+                    excerpt: format!("error code '{other}': {message}"),
+                },
             },
         }
     }
@@ -323,6 +333,24 @@ mod tests {
         );
         assert_eq!(e.disposition(), Disposition::Retry);
         assert_eq!(e.code(), "internal_error");
+    }
+
+    #[test]
+    fn an_unknown_code_takes_the_meaning_of_its_status() {
+        let e = ApiError::from_response(
+            StatusCode::UNAUTHORIZED,
+            None,
+            &envelope("invalid_token", "expired"),
+        );
+        assert_eq!(e.disposition(), Disposition::StopRun);
+        let e = ApiError::from_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(3)),
+            &envelope("too_many_requests", ""),
+        );
+        assert_eq!(e.disposition(), Disposition::RateLimited);
+        let e = ApiError::from_response(StatusCode::CONFLICT, None, &envelope("conflict", ""));
+        assert_eq!(e.code(), "unexpected_response");
     }
 
     #[test]

@@ -184,9 +184,13 @@ pub async fn run(
     progress: &dyn Progress,
     stop: Stop,
 ) -> Result<RunReport, RunError> {
-    let mut db = StateDb::open_or_create(&options.state_path).map_err(anyhow::Error::from)?;
-    // Lock before planning: two runs must not plan or send the same file at once.
+    // `--max-runtime` counts from the start, waiting for the window included,
+    // so one cron slot never overlaps the next.
+    let deadline = options.max_runtime.map(|d| Instant::now() + d);
+    // Lock before the file is even opened: two runs starting together on a
+    // new campaign must not both create, migrate or plan it.
     let lock = RunLock::acquire(&options.state_path)?;
+    let mut db = StateDb::open_or_create(&options.state_path).map_err(anyhow::Error::from)?;
 
     let plan = prepare_plan(&mut db, campaign, options, progress)?;
     let recovered_uncertain = db
@@ -197,18 +201,12 @@ pub async fn run(
             "{recovered_uncertain} rows were being sent when the last run stopped: they are now uncertain and will not be resent automatically (`retry --uncertain` resends them)"
         ));
     }
-    let resent_uncertain = if options.resend_uncertain {
-        db.reset_for_retry(&crate::state::RetrySelection::Uncertain)
-            .map_err(anyhow::Error::from)?
-    } else {
-        0
-    };
     let counts = db.counts().map_err(anyhow::Error::from)?;
     let mut report = RunReport {
         end: RunEnd::Completed,
         plan,
         recovered_uncertain,
-        resent_uncertain,
+        resent_uncertain: 0,
         snapshot: Snapshot::default(),
         requests: 0,
         retries: 0,
@@ -216,10 +214,16 @@ pub async fn run(
         state_path: options.state_path.clone(),
     };
     if options.dry_run {
+        // Nothing is reset by a dry run: uncertain rows stay uncertain.
         report.end = RunEnd::DryRun;
         return Ok(report);
     }
-    if counts.pending == 0 {
+    let resendable = if options.resend_uncertain {
+        counts.uncertain
+    } else {
+        0
+    };
+    if counts.pending + resendable == 0 {
         report.end = RunEnd::NothingToDo;
         return Ok(report);
     }
@@ -242,8 +246,15 @@ pub async fn run(
                 .format("%Y-%m-%d %H:%M %Z"),
             opens_at.format("%H:%M UTC")
         ));
-        if !wait_until(opens_at, &stop, options.handle_signals).await {
-            report.end = RunEnd::Stopped(StopReason::Interrupted);
+        if let Some(reason) = wait_until(opens_at, deadline, &stop, options.handle_signals).await {
+            report.end = RunEnd::Stopped(reason);
+            return Ok(report);
+        }
+        // The wall clock decides, not the timer that slept: check again.
+        if !window.contains(Utc::now()) {
+            report.end = RunEnd::OutsideWindow {
+                opens_at: window.next_open(Utc::now()),
+            };
             return Ok(report);
         }
     }
@@ -260,13 +271,22 @@ pub async fn run(
         }
     }
 
+    // Only now, when messages will really leave, do uncertain rows go back.
+    if options.resend_uncertain {
+        report.resent_uncertain = db
+            .reset_for_retry(&crate::state::RetrySelection::Uncertain)
+            .map_err(anyhow::Error::from)?;
+    }
+    let counts = db.counts().map_err(anyhow::Error::from)?;
     let client = Client::new(api).map_err(anyhow::Error::from)?;
     let run_id = db.start_run().map_err(anyhow::Error::from)?;
     let to_send = options
         .limit
         .map_or(counts.pending, |l| l.min(counts.pending));
-    let (mut db, sending) =
-        send_rows(db, campaign, options, client, progress, stop, to_send).await?;
+    let (mut db, sending) = send_rows(
+        db, campaign, options, client, progress, stop, to_send, deadline,
+    )
+    .await?;
 
     let stats = &sending.stats;
     let (sent, failed, uncertain) = (
@@ -346,8 +366,13 @@ fn next_daily_slot(db: &StateDb, daily: u32) -> Result<Option<DateTime<Utc>>, Ru
     Ok(oldest.map(|t| t + chrono::Duration::hours(24)))
 }
 
-/// Sleeps until `at`; false when stopped first.
-async fn wait_until(at: DateTime<Utc>, stop: &Stop, handle_signals: bool) -> bool {
+/// Sleeps until `at`; the reason instead when something stops the wait first.
+async fn wait_until(
+    at: DateTime<Utc>,
+    deadline: Option<Instant>,
+    stop: &Stop,
+    handle_signals: bool,
+) -> Option<StopReason> {
     let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
     let signals = async {
         if handle_signals {
@@ -356,10 +381,17 @@ async fn wait_until(at: DateTime<Utc>, stop: &Stop, handle_signals: bool) -> boo
             std::future::pending().await
         }
     };
+    let runtime_over = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        _ = tokio::time::sleep(wait) => true,
-        _ = stop.stopped() => false,
-        _ = signals => false,
+        _ = tokio::time::sleep(wait) => None,
+        _ = runtime_over => Some(StopReason::MaxRuntime),
+        _ = stop.stopped() => Some(stop.reason().unwrap_or(StopReason::Interrupted)),
+        _ = signals => Some(StopReason::Interrupted),
     }
 }
 
@@ -389,6 +421,7 @@ struct Sending {
 }
 
 /// The send loop proper: the feeder claims, workers deliver, the writer records.
+#[allow(clippy::too_many_arguments)]
 async fn send_rows(
     db: StateDb,
     campaign: &Campaign,
@@ -397,6 +430,7 @@ async fn send_rows(
     progress: &dyn Progress,
     stop: Stop,
     to_send: u64,
+    deadline: Option<Instant>,
 ) -> Result<(StateDb, Sending), RunError> {
     let stats = Arc::new(RunStats::default());
     let delivery = Arc::new(Delivery {
@@ -426,10 +460,10 @@ async fn send_rows(
             std::process::exit(130);
         });
     }
-    if let Some(max) = options.max_runtime {
+    if let Some(deadline) = deadline {
         let stop = stop.clone();
         guards.spawn(async move {
-            tokio::time::sleep(max).await;
+            tokio::time::sleep_until(deadline).await;
             stop.trigger(StopReason::MaxRuntime);
         });
     }
@@ -481,8 +515,6 @@ async fn send_rows(
         end = feeding => end,
         _ = ticker => unreachable_ticker(),
     };
-    guards.abort_all();
-
     let handle_for_flush = writer.handle();
     let flushed = handle_for_flush.flush().await;
     drop(handle_for_flush);
@@ -494,9 +526,14 @@ async fn send_rows(
     if let Err(e) = flushed {
         return Err(anyhow::anyhow!("cannot record results: {e}").into());
     }
+    // The signal handler stays up until everything is recorded, so a second
+    // Ctrl-C can still quit at once if the disk hangs.
+    guards.abort_all();
     // Requests cut off by the drain deadline may have been delivered.
-    db.mark_interrupted_uncertain()
+    let cut_off = db
+        .mark_interrupted_uncertain()
         .map_err(anyhow::Error::from)?;
+    stats.uncertain.fetch_add(cut_off, Ordering::Relaxed);
     let mut final_snapshot = snapshot(&stats, None, to_send, started);
     let elapsed = started.elapsed().as_secs_f64();
     if elapsed > 0.0 {

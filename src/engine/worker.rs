@@ -86,7 +86,7 @@ impl Delivery {
             match error.disposition() {
                 Disposition::RateLimited => {
                     // The server is alive and answering: not a breaker failure.
-                    self.breaker.healthy();
+                    self.breaker.answered();
                     self.pace.on_rate_limited(retry_after);
                     self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                     rate_limited += 1;
@@ -105,8 +105,15 @@ impl Delivery {
                     return self.release(&row, attempts);
                 }
                 Disposition::Permanent => {
-                    self.breaker.healthy();
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    if self.breaker.rejected(error.code()) {
+                        self.stop.trigger(StopReason::Breaker(format!(
+                            "{} recipients in a row were rejected with {} (the last: {}): stopped before the rest of the list fails the same way; fix the cause, then `retry --failed`",
+                            self.breaker.threshold(),
+                            error.code(),
+                            error.details()
+                        )));
+                    }
                     return outcome(&row, RecipientState::Failed, attempts)
                         .with_error(&error, None);
                 }

@@ -147,6 +147,9 @@ pub struct PlanSink<'tx> {
     find_first: rusqlite::Statement<'tx>,
     /// Any row with a phone: decides "already planned" in add mode.
     find_any: rusqlite::Statement<'tx>,
+    /// An earlier generation's row at a CSV row number: in add mode, an
+    /// unusable row without a phone is recognised by its place.
+    find_row: rusqlite::Statement<'tx>,
     insert: rusqlite::Statement<'tx>,
     generation: i64,
     /// In add mode, rows whose phone the state already has are skipped.
@@ -169,6 +172,9 @@ impl<'tx> PlanSink<'tx> {
                  ORDER BY id LIMIT 1",
             )?,
             find_any: tx.prepare("SELECT 1 FROM recipients WHERE phone = ?1 LIMIT 1")?,
+            find_row: tx.prepare(
+                "SELECT 1 FROM recipients WHERE row = ?1 AND generation < ?2 LIMIT 1",
+            )?,
             insert: tx.prepare(
                 "INSERT INTO recipients
                    (row, generation, phone, name, state, body, error_code, error_details, updated_at)
@@ -222,11 +228,19 @@ impl<'tx> PlanSink<'tx> {
                 Some("no phone".to_owned()),
                 Inserted::Invalid,
             ),
-            (Err(problem), _) => {
-                if self.add_mode
-                    && let Some(phone) = &row.phone
-                    && self.find_any.exists([phone]).map_err(sql_err)?
-                {
+            (Err(problem), phone) => {
+                // In add mode an unusable row is planned once, not again on
+                // every pass: by its phone when it has one, else by its place
+                // (rows appended to a growing CSV keep their numbers).
+                let already = match phone {
+                    _ if !self.add_mode => false,
+                    Some(phone) => self.find_any.exists([phone]).map_err(sql_err)?,
+                    None => self
+                        .find_row
+                        .exists(params![row.row as i64, self.generation])
+                        .map_err(sql_err)?,
+                };
+                if already {
                     return Ok(Inserted::AlreadyPlanned);
                 }
                 (
@@ -739,15 +753,20 @@ impl StateDb {
     }
 
     /// Messages sent at or after `since` (the daily limit's rolling window).
+    /// Rows that became `uncertain` in that time count too: they may have
+    /// been delivered, and a limit must not be exceeded on a guess.
     pub fn sent_since(&self, since: DateTime<Utc>) -> Result<u64, StateError> {
-        self.conn
-            .query_row(
-                "SELECT count(*) FROM recipients WHERE sent_at >= ?1",
-                [timestamp(since)],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-            .map_err(|e| self.sql("counting recent sends", e))
+        let since = timestamp(since);
+        let count = |sql: &str| {
+            self.conn
+                .query_row(sql, [&since], |r| r.get::<_, i64>(0))
+                .map_err(|e| self.sql("counting recent sends", e))
+        };
+        let sent = count("SELECT count(*) FROM recipients WHERE sent_at >= ?1")?;
+        let uncertain = count(
+            "SELECT count(*) FROM recipients WHERE state = 'uncertain' AND updated_at >= ?1",
+        )?;
+        Ok((sent + uncertain) as u64)
     }
 
     /// The `k`-th oldest send time at or after `since` (1-based): when the

@@ -58,6 +58,11 @@ const MIGRATIONS: &[&str] = &[
         uncertain       INTEGER NOT NULL DEFAULT 0
     );
     "#,
+    // 2: rows by CSV row number (preview --row, and --add-new-recipients
+    // recognising an unusable row it has already planned).
+    r#"
+    CREATE INDEX recipients_by_row ON recipients(row);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -133,10 +133,11 @@ fn claim_record_and_recover() {
         ),
         (1, 3, 1, 0)
     );
+    // The daily limit counts the uncertain row too: it may have been delivered.
     assert_eq!(
         db.sent_since(now - chrono::Duration::seconds(1))
             .expect("n"),
-        1
+        2
     );
     // The released row comes back first.
     assert_eq!(db.claim(1).expect("claim")[0].row, 2);
@@ -230,6 +231,43 @@ fn add_mode_skips_planned_phones() {
         ]
     );
     assert_eq!(db.counts().expect("counts").pending, 2);
+}
+
+#[test]
+fn add_mode_does_not_plan_an_unusable_row_twice() {
+    // Regression: a bad row without a phone was inserted again on every
+    // --add-new-recipients pass, so the counts outgrew the CSV.
+    let mut db = StateDb::in_memory().expect("db");
+    let bad = PlannedRow {
+        row: 2,
+        phone: None,
+        name: None,
+        outcome: Err(PlanProblem {
+            code: "bad_row",
+            details: "line 3: has 1 field".into(),
+        }),
+    };
+    plan(&mut db, vec![pending(1, "+254700000001"), bad.clone()]);
+    let inserted = db
+        .add_to_plan(|sink| {
+            let a = sink.insert(&pending(1, "+254700000001"))?;
+            let b = sink.insert(&bad)?;
+            let c = sink.insert(&PlannedRow {
+                row: 3,
+                ..bad.clone()
+            })?;
+            Ok((vec![a, b, c], info(3)))
+        })
+        .expect("add");
+    assert_eq!(
+        inserted,
+        vec![
+            Inserted::AlreadyPlanned,
+            Inserted::AlreadyPlanned,
+            Inserted::Invalid
+        ]
+    );
+    assert_eq!(db.counts().expect("counts").total(), 3);
 }
 
 #[cfg(unix)]
