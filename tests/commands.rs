@@ -279,11 +279,7 @@ fn status_on_a_finished_campaign_adds_up() {
 
 #[test]
 fn status_sees_a_run_in_progress_without_disturbing_it() {
-    let sandbox = TestSandbox::start(SandboxConfig {
-        rate: 0.0,
-        latency: Duration::from_millis(100),
-        ..SandboxConfig::default()
-    });
+    let sandbox = TestSandbox::slow(100);
     let dir = CampaignDir::new(&text_campaign("concurrency = 1", "Hi"), &kenyan_csv(60));
     let mut running = spawn_run(&sandbox, &dir);
     sandbox.wait_for_messages(3);

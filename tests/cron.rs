@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{Timelike, Utc};
 use common::*;
-use convers8_campaign::sandbox::SandboxConfig;
 
 #[test]
 fn a_finished_campaign_does_nothing_and_exits_0() {
@@ -106,11 +105,7 @@ fn the_daily_limit_spreads_a_list_over_days() {
 
 #[test]
 fn max_runtime_stops_gracefully_and_a_rerun_continues() {
-    let sandbox = TestSandbox::start(SandboxConfig {
-        rate: 0.0,
-        latency: Duration::from_millis(100),
-        ..SandboxConfig::default()
-    });
+    let sandbox = TestSandbox::slow(100);
     let dir = CampaignDir::new(&text_campaign("concurrency = 1", "Hi"), &kenyan_csv(60));
     let started = Instant::now();
     let out = run_ok(
@@ -138,11 +133,7 @@ fn max_runtime_stops_gracefully_and_a_rerun_continues() {
 #[cfg(unix)]
 #[test]
 fn sigint_stops_claiming_finishes_in_flight_and_says_how_to_resume() {
-    let sandbox = TestSandbox::start(SandboxConfig {
-        rate: 0.0,
-        latency: Duration::from_millis(50),
-        ..SandboxConfig::default()
-    });
+    let sandbox = TestSandbox::slow(50);
     let dir = CampaignDir::new(&text_campaign("concurrency = 4", "Hi"), &kenyan_csv(400));
     let child = bin(&sandbox)
         .arg("run")

@@ -298,11 +298,7 @@ fn limit_sends_a_canary_and_a_rerun_continues() {
 
 #[test]
 fn a_second_run_on_a_locked_state_exits_75_naming_the_holder() {
-    let sandbox = TestSandbox::start(SandboxConfig {
-        rate: 0.0,
-        latency: Duration::from_millis(200),
-        ..SandboxConfig::default()
-    });
+    let sandbox = TestSandbox::slow(200);
     let dir = CampaignDir::new(&text_campaign("concurrency = 1", "Hi"), &kenyan_csv(40));
     let mut first = spawn_run(&sandbox, &dir);
     sandbox.wait_for_messages(1);

@@ -25,6 +25,18 @@ fn pending(row: u64, phone: &str) -> PlannedRow {
     }
 }
 
+/// A state with `n` pending rows, numbered 1..=n.
+fn planned(n: u64) -> StateDb {
+    let mut db = StateDb::in_memory().expect("db");
+    plan(
+        &mut db,
+        (1..=n)
+            .map(|i| pending(i, &format!("+25470000000{i}")))
+            .collect(),
+    );
+    db
+}
+
 fn plan(db: &mut StateDb, rows: Vec<PlannedRow>) -> Vec<Inserted> {
     let n = rows.len() as u64;
     db.write_plan(|sink| {
@@ -89,13 +101,7 @@ fn a_failed_plan_leaves_nothing_behind() {
 
 #[test]
 fn claim_record_and_recover() {
-    let mut db = StateDb::in_memory().expect("db");
-    plan(
-        &mut db,
-        (1..=5)
-            .map(|i| pending(i, &format!("+25470000000{i}")))
-            .collect(),
-    );
+    let mut db = planned(5);
     let claimed = db.claim(3).expect("claim");
     assert_eq!(claimed.iter().map(|c| c.row).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(db.counts().expect("counts").sending, 3);
@@ -169,13 +175,7 @@ fn record_ignores_rows_not_sending() {
 
 #[test]
 fn retry_resets_only_the_selection() {
-    let mut db = StateDb::in_memory().expect("db");
-    plan(
-        &mut db,
-        (1..=3)
-            .map(|i| pending(i, &format!("+25470000000{i}")))
-            .collect(),
-    );
+    let mut db = planned(3);
     let claimed = db.claim(3).expect("claim");
     let outcome = |id, state, code: &str| Outcome {
         id,

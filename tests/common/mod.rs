@@ -48,6 +48,16 @@ impl TestSandbox {
         })
     }
 
+    /// An unlimited sandbox that answers every request after `latency_ms`:
+    /// slow enough for a test to act while a run is under way.
+    pub fn slow(latency_ms: u64) -> TestSandbox {
+        TestSandbox::start(SandboxConfig {
+            rate: 0.0,
+            latency: std::time::Duration::from_millis(latency_ms),
+            ..SandboxConfig::default()
+        })
+    }
+
     fn inner(&self) -> &Sandbox {
         self.sandbox.as_ref().expect("sandbox running")
     }
