@@ -1,6 +1,12 @@
-//! The crash drill: SIGKILL the runner at random moments, restart it each
-//! time, and let the sandbox's own record judge. Nobody may be messaged twice,
-//! nobody may be lost, and every row must end in exactly one state.
+//! The crash drill: SIGKILL the runner at random moments while it sends,
+//! restart it each time, and let the sandbox's own record judge. Nobody may
+//! be messaged twice, nobody may be lost, and every row must end in exactly
+//! one state.
+//!
+//! The campaign is planned first (`run --dry-run`): planning 20,000 rows
+//! takes about two seconds in a debug build, so kills 100–600 ms after a
+//! start that still had to plan would all land before the first message.
+//! The delays are seeded; the seed is printed, and `CRASH_SEED=…` replays it.
 
 mod common;
 
@@ -11,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use convers8_campaign::sandbox::{RecordedMessage, SandboxConfig};
 use convers8_campaign::state::{RecipientState, StateDb};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 const RECIPIENTS: usize = 20_000;
 const KILLS: usize = 10;
@@ -35,9 +41,17 @@ fn sigkill_at_random_moments_loses_nobody_and_messages_nobody_twice() {
         &csv,
     );
     let claim_batch = convers8_campaign::engine::default_claim_batch(CONCURRENCY) as u64;
+    run_ok(bin(&sandbox).args(["run", "--dry-run"]).arg(dir.toml()));
 
-    let mut rng = rand::rng();
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("crash drill seed: {seed} (replay with CRASH_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut uncertain_before = 0;
+    let mut sent_before = 0;
+    let mut kills_while_sending = 0;
     let mut kills_done = 0;
     for _ in 0..KILLS {
         let mut child = bin(&sandbox)
@@ -62,19 +76,32 @@ fn sigkill_at_random_moments_loses_nobody_and_messages_nobody_twice() {
         kills_done += 1;
         // The next start turns rows left `sending` into `uncertain`: at most
         // one claim batch plus the requests in flight per crash.
-        let recovered = {
+        let (recovered, sent) = {
             let mut db = StateDb::open_existing(&dir.state()).expect("state");
             db.mark_interrupted_uncertain().expect("recover");
-            db.counts().expect("counts").uncertain
+            let counts = db.counts().expect("counts");
+            (counts.uncertain, counts.sent)
         };
         assert!(
             recovered - uncertain_before <= claim_batch + CONCURRENCY as u64,
-            "a crash left {} rows uncertain",
+            "a crash left {} rows uncertain (seed {seed})",
             recovered - uncertain_before
         );
+        // Rows sent and recorded since the last kill: this run was sending.
+        if sent > sent_before {
+            kills_while_sending += 1;
+        }
         uncertain_before = recovered;
+        sent_before = sent;
     }
     assert_eq!(kills_done, KILLS);
+    eprintln!(
+        "{kills_while_sending} of {KILLS} kills landed while sending; {sent_before} rows sent before the last"
+    );
+    assert!(
+        kills_while_sending >= 8,
+        "only {kills_while_sending} of {KILLS} kills landed while the run was sending (seed {seed})"
+    );
 
     // Finish without interference.
     run_ok(bin(&sandbox).arg("run").arg(dir.toml()));

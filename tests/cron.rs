@@ -68,7 +68,9 @@ fn max_runtime_also_bounds_the_wait_for_the_window() {
             .args(["run", "--wait", "--max-runtime", "1s"])
             .arg(dir.toml()),
     );
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // The window opens in two hours: only --max-runtime can have ended this.
+    // (A generous bound: a loaded machine may be slow, but not by hours.)
+    assert!(started.elapsed() < Duration::from_secs(120));
     assert!(stdout(&out).contains("--max-runtime"), "{}", stdout(&out));
     assert!(sandbox.messages().is_empty());
 }
@@ -105,15 +107,19 @@ fn the_daily_limit_spreads_a_list_over_days() {
 
 #[test]
 fn max_runtime_stops_gracefully_and_a_rerun_continues() {
+    // 60 rows one at a time at 100 ms each take 6 s: --max-runtime 2s stops
+    // the run after a few of them, however slow the machine is. Planned
+    // first, so the timed run spends its time sending, not starting up.
+    // (Regression: it failed 3 times in 5 on a loaded machine when the first
+    // phone parse of a debug build took most of that second.)
     let sandbox = TestSandbox::slow(100);
     let dir = CampaignDir::new(&text_campaign("concurrency = 1", "Hi"), &kenyan_csv(60));
-    let started = Instant::now();
+    run_ok(bin(&sandbox).args(["run", "--dry-run"]).arg(dir.toml()));
     let out = run_ok(
         bin(&sandbox)
-            .args(["run", "--max-runtime", "1s"])
+            .args(["run", "--max-runtime", "2s"])
             .arg(dir.toml()),
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
     let text = stdout(&out);
     assert!(text.contains("--max-runtime"), "{text}");
     assert!(
