@@ -1032,15 +1032,35 @@ fn parse_hh_mm(s: &str) -> Option<NaiveTime> {
 }
 
 impl SendWindow {
-    /// Whether messages may leave at `now`: `start <= local time < end`, or for
-    /// a window across midnight, `local >= start || local < end`.
+    /// The window as instants: each local date D opens one period, from the
+    /// first moment the zone's clock reads `start` on D to the first moment
+    /// after that it reads `end` (on D, or on D+1 for a window across
+    /// midnight). Judging by instants, not by the clock's face, keeps the
+    /// window on DST nights: when clocks go back and the end falls in the
+    /// repeated hour, the period ends at the *first* pass of the end time
+    /// and the repeated hour does not reopen it; a start that does not exist
+    /// (clocks go forward) opens at the jump.
+    fn period(&self, date: NaiveDate) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let opens = self.at_local(date, 0, self.start)?;
+        let end_day = if self.end <= self.start { 1 } else { 0 };
+        let closes = self.at_local(date, end_day, self.end)?;
+        (opens < closes).then_some((opens, closes))
+    }
+
+    /// The open period `now` falls in, if any.
+    fn period_at(&self, now: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let today = now.with_timezone(&self.timezone).date_naive();
+        // Yesterday's period is still open during a window across midnight.
+        [today.pred_opt(), Some(today)]
+            .into_iter()
+            .flatten()
+            .filter_map(|date| self.period(date))
+            .find(|(opens, closes)| *opens <= now && now < *closes)
+    }
+
+    /// Whether messages may leave at `now`.
     pub fn contains(&self, now: DateTime<Utc>) -> bool {
-        let local = now.with_timezone(&self.timezone).time();
-        if self.start < self.end {
-            self.start <= local && local < self.end
-        } else {
-            local >= self.start || local < self.end
-        }
+        self.period_at(now).is_some()
     }
 
     /// `now` if the window is open, else the next moment it opens.
@@ -1049,41 +1069,19 @@ impl SendWindow {
             return now;
         }
         let today = now.with_timezone(&self.timezone).date_naive();
-        // Today's start may already be behind us (closed after the window);
-        // then it is tomorrow's. Two days covers every case, a third is
-        // slack for a start that falls in a DST gap at the day's edge.
-        for days in 0..3 {
-            if let Some(at) = self.at_local(today, days, self.start)
-                && at > now
-            {
-                return at;
-            }
-        }
-        now
+        // Today's period may be behind us (closed after the window); then it
+        // is tomorrow's. A third day is slack for a night without a period.
+        (0..3)
+            .filter_map(|days| today.checked_add_days(chrono::Days::new(days)))
+            .filter_map(|date| self.period(date))
+            .map(|(opens, _)| opens)
+            .find(|opens| *opens > now)
+            .unwrap_or(now)
     }
 
     /// When the currently open period ends, or `None` if the window is closed.
     pub fn closes_at(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        if !self.contains(now) {
-            return None;
-        }
-        let local = now.with_timezone(&self.timezone);
-        let today = local.date_naive();
-        // A window across midnight opened yesterday evening closes today; one
-        // opened this evening closes tomorrow. A same-day window closes today.
-        let days = if self.start > self.end && local.time() >= self.start {
-            1
-        } else {
-            0
-        };
-        for extra in 0..2 {
-            if let Some(at) = self.at_local(today, days + extra, self.end)
-                && at > now
-            {
-                return Some(at);
-            }
-        }
-        None
+        self.period_at(now).map(|(_, closes)| closes)
     }
 
     /// The instant the zone's wall clock reads `time` on `date + days`. When
@@ -1635,6 +1633,69 @@ content = { text = "t" }
             w.closes_at(utc("2026-03-01T21:00:00Z")),
             Some(utc("2026-03-02T00:00:00Z"))
         );
+    }
+
+    #[test]
+    fn window_end_in_the_repeated_hour_closes_at_its_first_pass() {
+        // 2026-11-01, New York: 02:00 EDT (06:00 UTC) becomes 01:00 EST, so
+        // 01:00–02:00 happens twice: 05:00–06:00 UTC, then 06:00–07:00 UTC.
+        let ny = chrono_tz::America::New_York;
+        let w = win("22:00", "01:30", ny);
+        // Open from 22:00 EDT on Oct 31 (02:00 UTC) to the first 01:30 (05:30 UTC).
+        assert!(w.contains(utc("2026-11-01T05:29:59Z")));
+        assert_eq!(
+            w.closes_at(utc("2026-11-01T03:00:00Z")),
+            Some(utc("2026-11-01T05:30:00Z"))
+        );
+        assert!(!w.contains(utc("2026-11-01T05:30:00Z")));
+        // The second 01:10 (EST) is after the window closed: it stays closed,
+        // and it does not count as a period that runs until tomorrow's 01:30.
+        let second_pass = utc("2026-11-01T06:10:00Z");
+        assert!(!w.contains(second_pass));
+        assert_eq!(w.closes_at(second_pass), None);
+        // It opens again at 22:00 EST (03:00 UTC on Nov 2).
+        assert_eq!(w.next_open(second_pass), utc("2026-11-02T03:00:00Z"));
+
+        // A window inside the repeated hour happens once, at its first pass.
+        let w = win("01:00", "01:30", ny);
+        assert!(w.contains(utc("2026-11-01T05:10:00Z")));
+        assert_eq!(
+            w.closes_at(utc("2026-11-01T05:10:00Z")),
+            Some(utc("2026-11-01T05:30:00Z"))
+        );
+        assert!(!w.contains(utc("2026-11-01T06:10:00Z")));
+        assert_eq!(
+            w.next_open(utc("2026-11-01T06:10:00Z")),
+            utc("2026-11-02T06:00:00Z")
+        );
+        // A start in the repeated hour opens at its first pass.
+        let w = win("01:15", "03:00", ny);
+        assert_eq!(
+            w.next_open(utc("2026-11-01T04:00:00Z")),
+            utc("2026-11-01T05:15:00Z")
+        );
+        assert_eq!(
+            w.closes_at(utc("2026-11-01T05:15:00Z")),
+            Some(utc("2026-11-01T08:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn window_edges_in_the_spring_forward_gap_are_the_jump() {
+        // 2026-03-08, New York: 02:00 EST (07:00 UTC) becomes 03:00 EDT.
+        let ny = chrono_tz::America::New_York;
+        // An end in the gap closes the window when the clocks jump.
+        let w = win("22:00", "02:30", ny);
+        assert_eq!(
+            w.closes_at(utc("2026-03-08T04:00:00Z")),
+            Some(utc("2026-03-08T07:00:00Z"))
+        );
+        assert!(!w.contains(utc("2026-03-08T07:00:00Z")));
+        // A start in the gap opens at the jump, whatever hour it is asked from.
+        let w = win("02:30", "05:00", ny);
+        for asked in ["2026-03-07T22:00:00Z", "2026-03-08T06:59:00Z"] {
+            assert_eq!(w.next_open(utc(asked)), utc("2026-03-08T07:00:00Z"));
+        }
     }
 
     #[test]

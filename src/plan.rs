@@ -32,6 +32,8 @@ pub const PROBLEMS_KEPT: usize = 20;
 pub enum PlanMode {
     Fresh,
     AddNewRecipients,
+    /// The inputs changed before anything was sent: the old plan is replaced.
+    Replace,
 }
 
 /// One row that will not be sent, and why.
@@ -366,6 +368,7 @@ pub fn plan_campaign(
     match mode {
         PlanMode::Fresh => db.write_plan(fill),
         PlanMode::AddNewRecipients => db.add_to_plan(fill),
+        PlanMode::Replace => db.replace_plan(fill),
     }
 }
 

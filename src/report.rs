@@ -317,6 +317,58 @@ pub fn neutralise(cell: &str) -> Cow<'_, str> {
     }
 }
 
+/// Refuses an output path that is one of `protected` (`(what, path)`: the
+/// state file and its companions, the campaign file, the CSV) however it is
+/// spelled: the same file by device and inode when both exist, else the same
+/// place once the folder's symlinks and `..` are resolved.
+pub fn refuse_protected(
+    output: &Path,
+    protected: &[(String, std::path::PathBuf)],
+) -> anyhow::Result<()> {
+    for (what, path) in protected {
+        if same_file(output, path) {
+            anyhow::bail!(
+                "refusing to write the report to {}: it would overwrite {what} {}; choose another file",
+                output.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            return ma.dev() == mb.dev() && ma.ino() == mb.ino();
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (ma, mb);
+        }
+    }
+    match (resolved(a), resolved(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Where a path leads: the file itself when it exists, else its resolved
+/// folder joined with its name.
+fn resolved(path: &Path) -> Option<std::path::PathBuf> {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return Some(real);
+    }
+    let name = path.file_name()?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(parent).ok()?.join(name))
+}
+
 /// Writes a file readable by its owner only (0600), whole or not at all:
 /// `write` fills a temporary file in the same directory, which is renamed
 /// over `path` only once it is complete and flushed to disk. The temporary
@@ -365,6 +417,30 @@ pub fn write_private_file<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protected_files_are_recognised_however_they_are_spelled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("c.state.db");
+        std::fs::write(&state, b"x").expect("write");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        let protected = vec![
+            ("the state file".to_owned(), state.clone()),
+            (
+                "the state's log".to_owned(),
+                dir.path().join("c.state.db-wal"),
+            ),
+        ];
+        for bad in [
+            state.clone(),
+            dir.path().join("sub/../c.state.db"),
+            dir.path().join("sub/../c.state.db-wal"),
+        ] {
+            let err = refuse_protected(&bad, &protected).expect_err("refused");
+            assert!(err.to_string().contains("would overwrite"), "{err}");
+        }
+        refuse_protected(&dir.path().join("report.csv"), &protected).expect("allowed");
+    }
 
     #[test]
     fn formula_cells_are_neutralised() {

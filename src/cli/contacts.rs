@@ -25,6 +25,7 @@ use unicode_width::UnicodeWidthStr;
 
 use super::common::ApiArgs;
 use super::exit;
+use super::output::say;
 use crate::api::model::{Contact, ContactsPage, NewContact};
 use crate::api::{ApiError, Client, Disposition};
 use crate::campaign::RecipientsSpec;
@@ -692,7 +693,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         if tally.rows == 1 { "" } else { "s" }
     );
     if args.json {
-        eprintln!("{summary}");
+        say!("{summary}");
     } else {
         emit(&format!("{summary}\n"));
     }
@@ -703,7 +704,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         )));
     }
     if stopped {
-        eprintln!(
+        say!(
             "interrupted after row {}: the rows after it were not imported",
             tally.rows
         );
@@ -851,7 +852,7 @@ fn watch_for_interrupt() -> Arc<AtomicBool> {
             if seen.swap(true, Ordering::SeqCst) {
                 std::process::exit(i32::from(exit::INTERRUPTED));
             }
-            eprintln!("interrupted: finishing the rows in flight (Ctrl-C again to quit now)");
+            say!("interrupted: finishing the rows in flight (Ctrl-C again to quit now)");
         }
     });
     flag

@@ -11,12 +11,14 @@ mod common;
 mod completions;
 mod contacts;
 pub mod exit;
+mod output;
 mod preview;
 mod report;
 mod retry;
 mod run;
 mod sandbox;
 mod send_test;
+mod signals;
 mod status;
 mod validate;
 
@@ -60,7 +62,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            output::say!("error: cannot start the async runtime: {err}");
             return ExitCode::from(exit::ERROR);
         }
     };
@@ -83,7 +85,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", one_line(&err));
+            output::say!("error: {}", one_line(&err));
             ExitCode::from(exit_code_for(&err))
         }
     }
@@ -104,20 +106,22 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 fn exit_code_for(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if cause
-            .downcast_ref::<crate::state::LockError>()
-            .is_some_and(|e| matches!(e, crate::state::LockError::Held { .. }))
-        {
-            return exit::TRY_LATER;
-        }
-        if let Some(crate::engine::RunError::Locked(crate::state::LockError::Held { .. })) =
-            cause.downcast_ref::<crate::engine::RunError>()
-        {
-            return exit::TRY_LATER;
-        }
-    }
-    exit::ERROR
+    use crate::engine::RunError;
+    use crate::state::{LockError, StateError};
+    let held = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<LockError>()
+            .is_some_and(LockError::is_held)
+            || matches!(
+                cause.downcast_ref::<StateError>(),
+                Some(StateError::Lock(lock)) if lock.is_held()
+            )
+            || matches!(
+                cause.downcast_ref::<RunError>(),
+                Some(RunError::Locked(lock)) if lock.is_held()
+            )
+    });
+    if held { exit::TRY_LATER } else { exit::ERROR }
 }
 
 fn init_tracing() {
@@ -128,5 +132,8 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // Its default reports a failed write with `eprintln!`, which panics
+        // on the same full disk or closed pipe: a log line is not worth a run.
+        .log_internal_errors(false)
         .try_init();
 }

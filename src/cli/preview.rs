@@ -9,6 +9,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use super::common::CampaignArgs;
+use super::output::say;
 use super::validate::ScratchPlan;
 use crate::api::model::MessageKind;
 use crate::plan::{self, InputCheck};
@@ -74,9 +75,9 @@ pub async fn run(args: PreviewArgs) -> anyhow::Result<ExitCode> {
         Some(row) => preview_row(&db, kind, row, &mut text)?,
         None => preview_first(&db, kind, args.count, &mut text)?,
     }
-    eprintln!("{source}");
+    say!("{source}");
     if changed {
-        eprintln!(
+        say!(
             "warning: the campaign or its CSV changed since it was planned: `run` will refuse until that is resolved"
         );
     }

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::common::CampaignArgs;
+use super::output::say;
 use crate::report::{self, ExportFormat};
 use crate::state::{StateDb, StateError};
 
@@ -68,14 +69,31 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     };
     match &args.output {
         Some(path) => {
+            report::refuse_protected(path, &protected_files(&args.campaign))?;
             // The state is opened inside, after the file's directory proved
             // writable: a bad path then fails before anything is read.
             let n = report::write_private_file(path, |out| {
                 let db = open_state(&args.campaign)?;
+                // The files the plan was made from, whatever the campaign says now.
+                if let Some(plan) = db.plan_info()? {
+                    report::refuse_protected(
+                        path,
+                        &[
+                            (
+                                "the campaign's CSV".to_owned(),
+                                PathBuf::from(plan.csv_file),
+                            ),
+                            (
+                                "the campaign file".to_owned(),
+                                PathBuf::from(plan.campaign_file),
+                            ),
+                        ],
+                    )?;
+                }
                 report::export(&db, &states, format, out)
                     .with_context(|| format!("cannot write the report to {}", path.display()))
             })?;
-            eprintln!("wrote {n} recipients to {}", path.display());
+            say!("wrote {n} recipients to {}", path.display());
         }
         None => {
             let db = open_state(&args.campaign)?;
@@ -97,6 +115,37 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The files a report must never replace, found without opening the state:
+/// the state and SQLite's files beside it (and the lock file older versions
+/// kept), the campaign file and its CSV. (The files the plan was made from
+/// are checked once the state is open.)
+fn protected_files(args: &CampaignArgs) -> Vec<(String, PathBuf)> {
+    let state = args.state_path();
+    let mut files = vec![
+        ("the state file".to_owned(), state.clone()),
+        ("the campaign file".to_owned(), args.campaign.clone()),
+    ];
+    let mut bases = vec![state.clone()];
+    if let Ok(real) = std::fs::canonicalize(&state) {
+        bases.push(real);
+    }
+    for base in bases {
+        for suffix in crate::state::lock::COMPANION_SUFFIXES
+            .iter()
+            .chain(&[".lock"])
+        {
+            files.push((
+                "a file of the state".to_owned(),
+                crate::state::lock::with_suffix(&base, suffix),
+            ));
+        }
+    }
+    if let Ok(campaign) = args.load() {
+        files.push(("the campaign's CSV".to_owned(), campaign.recipients.csv));
+    }
+    files
 }
 
 /// Opens the campaign's state read-only. When neither the state nor the

@@ -2,9 +2,11 @@
 //! or uncertain rows back to `pending`, after a confirmation, and sends them
 //! exactly as `run` would.
 //!
-//! It resets rows only under the run lock and only once it knows a send can
-//! follow (a plan that matches the inputs, an API key), so a refusal changes
-//! nothing. Without a terminal it never waits for an answer: it needs `--yes`.
+//! The rows are reset by the engine, under the run lock, at the moment
+//! messages will really leave — the same path `run --resend-uncertain` takes
+//! — so a retry refused for any reason (no key, outside the send window, the
+//! daily limit, a lock held) changes nothing. Without a terminal it never
+//! waits for an answer: it needs `--yes`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -12,8 +14,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::common::{ApiArgs, CampaignArgs};
+use super::output::{out, say};
 use crate::plan::{self, InputCheck};
-use crate::state::{RetrySelection, RunLock, StateDb};
+use crate::state::{RetrySelection, StateDb};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -102,31 +105,26 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
     let n = db.count_for_retry(&selection)?;
     drop(db);
     if n == 0 {
-        println!("no {what} rows to retry in {}", state_path.display());
+        out!("no {what} rows to retry in {}", state_path.display());
         return Ok(ExitCode::SUCCESS);
     }
-    // Checked before any row changes, so a missing key leaves the state as it was.
+    // Checked before asking, so a missing key fails at once.
     args.api
         .require_client_config(campaign.api.base_url.as_deref(), campaign.send.timeout)?;
 
-    eprintln!("{n} {what} rows will go back to pending and be sent");
+    say!("{n} {what} rows will go back to pending and be sent");
     if matches!(selection, RetrySelection::Uncertain) {
-        eprintln!(
+        say!(
             "warning: these recipients may already have the message: the API has no idempotency key, so they may receive it twice"
         );
     }
     if !args.yes {
         confirm(n)?;
     }
-
-    {
-        // Under the lock, so a run sending right now cannot see half a reset.
-        let _lock = RunLock::acquire(&state_path)?;
-        let mut db = StateDb::open_existing(&state_path)?;
-        let reset = db.reset_for_retry(&selection)?;
-        eprintln!("{reset} rows put back to pending");
-    }
-    super::run::execute(&campaign, &args.campaign, &args.api, false, |_| {}).await
+    super::run::execute(&campaign, &args.campaign, &args.api, false, |options| {
+        options.reset = Some(selection);
+    })
+    .await
 }
 
 /// Asks on the terminal; without one, refuses at once (cron-safe).
@@ -136,7 +134,10 @@ fn confirm(n: u64) -> anyhow::Result<()> {
             "stdin is not a terminal, so retry cannot ask for confirmation: add --yes to put {n} rows back to pending and send them"
         );
     }
-    eprint!("Put {n} rows back to pending and send them now? [y/N] ");
+    let _ = write!(
+        std::io::stderr(),
+        "Put {n} rows back to pending and send them now? [y/N] "
+    );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin()

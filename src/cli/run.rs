@@ -10,6 +10,8 @@ use anyhow::Context;
 
 use super::common::{ApiArgs, CampaignArgs, rerun_command};
 use super::exit;
+use super::output::say;
+use super::signals;
 use crate::campaign::Campaign;
 use crate::engine::{self, RunEnd, RunOptions, RunReport, Stop, StopReason, progress};
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -116,7 +118,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             options.limit = args.limit;
             options.dry_run = args.dry_run;
-            options.resend_uncertain = args.resend_uncertain;
+            if args.resend_uncertain {
+                options.reset = Some(crate::state::RetrySelection::Uncertain);
+            }
             options.add_new_recipients = args.add_new_recipients;
             options.max_runtime = args.max_runtime;
             options.wait_for_window = args.wait;
@@ -150,7 +154,7 @@ pub(super) async fn execute(
         let server = Sandbox::start(config, "127.0.0.1:0".parse()?)
             .await
             .context("cannot start the local sandbox")?;
-        eprintln!(
+        say!(
             "sending to a local sandbox at {} (nothing leaves this machine)",
             server.base_url()
         );
@@ -167,13 +171,19 @@ pub(super) async fn execute(
 
     let mut options = RunOptions::from_campaign(campaign, state_path.clone(), api);
     configure(&mut options);
-    options.handle_signals = true;
 
     let progress = progress::for_stderr();
-    let result = engine::run(campaign, &options, progress.as_ref(), Stop::new()).await;
+    let stop = Stop::new();
+    let signals = signals::stop_on_signals(
+        stop.clone(),
+        "letting requests in flight finish and recording them",
+    );
+    let result = engine::run(campaign, &options, progress.as_ref(), stop).await;
     if let Some(server) = sandbox {
         server.shutdown().await;
     }
+    // Listening until the report is out: a later Ctrl-C still quits at once.
+    drop(signals);
     let report = result?;
     let resume = format!(
         "{}{}",
@@ -249,6 +259,19 @@ fn print_report(name: &str, report: &RunReport, resume: &str) {
     };
     // A closed stdout (piped into `head`) is not worth an error.
     let _ = writeln!(out, "campaign {name}: {headline}");
+    if report.replanned {
+        let _ = writeln!(
+            out,
+            "  planned again: the inputs changed before anything was sent"
+        );
+    }
+    if report.reset_rows > 0 {
+        let _ = writeln!(
+            out,
+            "  {} rows were put back to pending for this run",
+            report.reset_rows
+        );
+    }
     if s.settled() + s.released > 0 {
         let _ = writeln!(
             out,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use super::output::out;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
 const API_KEY_ENV: &str = "CONVERS8_API_KEY";
@@ -169,7 +170,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         Err(err) => return Err(anyhow::Error::new(err).context("cannot start the sandbox")),
     };
     // One line, flushed by the newline: a parent process reads the port from it.
-    println!(
+    out!(
         "sandbox listening on {} (api key: {key_source})",
         sandbox.base_url()
     );

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 
 use super::common::ApiArgs;
+use super::output::out;
 use crate::api::{ApiError, Client};
 use crate::campaign::Campaign;
 use crate::plan::RowPlanner;
@@ -81,9 +82,10 @@ pub async fn run(args: SendTestArgs) -> anyhow::Result<ExitCode> {
     let sent = send(&client, kind, body)
         .await
         .with_context(|| format!("test of row {} to {to}", chosen.row))?;
-    println!(
+    out!(
         "sent a test of row {} to {to}: message_id {}",
-        chosen.row, sent.message_id
+        chosen.row,
+        sent.message_id
     );
     Ok(ExitCode::SUCCESS)
 }

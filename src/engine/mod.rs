@@ -5,12 +5,16 @@
 //! Layout: [`pace`] (the shared adaptive rate), [`retry`] (backoff delays),
 //! [`breaker`] (systemic failures), [`worker`] (one row from claim to final
 //! state), [`writer`] (the single thread that writes the state), [`shutdown`]
-//! (the one stop signal), [`progress`] (what the operator sees).
+//! (the one stop signal), [`progress`] (what the operator sees), [`clock`]
+//! (the wall clock the send window is judged by).
 //!
 //! The engine takes a checked [`Campaign`] and [`RunOptions`]; it never sees a
-//! command-line flag, and it prints nothing itself (see [`progress`]).
+//! command-line flag, prints nothing itself (see [`progress`]), installs no
+//! signal handler and never exits the process: the caller decides when to
+//! stop by triggering the [`Stop`] it passes in.
 
 pub mod breaker;
+pub mod clock;
 pub mod pace;
 pub mod progress;
 pub mod retry;
@@ -18,7 +22,7 @@ pub mod shutdown;
 pub mod worker;
 pub mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -31,8 +35,12 @@ use tokio::time::Instant;
 use crate::api::{Client, ClientConfig};
 use crate::campaign::{Campaign, SendWindow};
 use crate::plan::{self, InputCheck, PlanMode, PlanSummary, RowProblem};
-use crate::state::{Claimed, Counts, LockError, Outcome, RecipientState, RunLock, StateDb};
+use crate::state::{
+    Claimed, Counts, FileGone, LockError, Outcome, RecipientState, RetrySelection, StateDb,
+    StateError,
+};
 use breaker::Breaker;
+pub use clock::{Clock, SystemClock};
 use pace::Pace;
 pub use progress::{Progress, Snapshot};
 use retry::BackoffPolicy;
@@ -53,8 +61,10 @@ pub struct RunOptions {
     pub limit: Option<u64>,
     /// Plan and stop before the network.
     pub dry_run: bool,
-    /// Put `uncertain` rows back to pending first (`run --resend-uncertain`).
-    pub resend_uncertain: bool,
+    /// Rows put back to pending just before sending (`retry`, `run
+    /// --resend-uncertain`) — only once messages will really leave, so a run
+    /// that stops first (outside the window, daily limit) changes nothing.
+    pub reset: Option<RetrySelection>,
     /// Plan rows of a changed CSV whose phone is not in the state yet.
     pub add_new_recipients: bool,
     pub max_runtime: Option<Duration>,
@@ -68,10 +78,10 @@ pub struct RunOptions {
     /// Systemic failures in a row that stop the run.
     pub breaker_threshold: u32,
     pub backoff: BackoffPolicy,
-    /// Listen for SIGINT/SIGTERM (the CLI does; a library caller may not want to).
-    pub handle_signals: bool,
     /// How long in-flight requests may take to finish once the run stops.
     pub drain_grace: Duration,
+    /// The wall clock the send window is judged by.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl RunOptions {
@@ -90,7 +100,7 @@ impl RunOptions {
             max_attempts: send.max_attempts,
             limit: None,
             dry_run: false,
-            resend_uncertain: false,
+            reset: None,
             add_new_recipients: false,
             max_runtime: None,
             window: send.window,
@@ -99,8 +109,8 @@ impl RunOptions {
             claim_batch: default_claim_batch(send.concurrency),
             breaker_threshold: 20,
             backoff: BackoffPolicy::default(),
-            handle_signals: false,
             drain_grace: send.timeout + Duration::from_secs(1),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -138,8 +148,10 @@ pub struct RunReport {
     pub plan: Option<PlanSummary>,
     /// Rows a previous run left mid-send, now `uncertain`.
     pub recovered_uncertain: u64,
-    /// Rows put back to pending by `--resend-uncertain`.
-    pub resent_uncertain: u64,
+    /// Rows put back to pending by [`RunOptions::reset`].
+    pub reset_rows: u64,
+    /// The plan was made again because the inputs changed before anything was sent.
+    pub replanned: bool,
     pub snapshot: Snapshot,
     pub requests: u64,
     pub retries: u64,
@@ -172,12 +184,55 @@ pub enum RunError {
         "no API key: set CONVERS8_API_KEY or pass --api-key-file FILE (a --dry-run needs none)"
     )]
     NoApiKey,
+    /// The state file was deleted, moved, replaced or truncated mid-run.
+    #[error("{}", state_lost_text(.path, .what, *.unrecorded, .copy.as_deref()))]
+    StateLost {
+        path: String,
+        what: FileGone,
+        /// Outcomes of this run that are not in the state file.
+        unrecorded: u64,
+        /// Where this run saved what it knew, when it could.
+        copy: Option<PathBuf>,
+    },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
+impl From<StateError> for RunError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Lock(lock) => RunError::Locked(lock),
+            other => RunError::Other(other.into()),
+        }
+    }
+}
+
+fn state_lost_text(path: &str, what: &FileGone, unrecorded: u64, copy: Option<&Path>) -> String {
+    let mut text = format!(
+        "the state file {path} {what} while this run was using it: the run stopped claiming at once"
+    );
+    if unrecorded > 0 {
+        text.push_str(&format!(
+            "; {unrecorded} outcomes of messages in flight could not be recorded (those messages may have been delivered)"
+        ));
+    }
+    match copy {
+        Some(copy) => text.push_str(&format!(
+            ". What this run knew is saved in {}: put it back at {path} before running this campaign again (rows it left `sending` become `uncertain`); a new state would plan everyone again and message them twice",
+            copy.display()
+        )),
+        None => text.push_str(&format!(
+            ". Do not run this campaign from a new state: it would plan everyone again and message them twice; restore {path} first"
+        )),
+    }
+    text
+}
+
 /// Plans (if needed) and sends the campaign. Rows settle in the state file
-/// as they go; the report says how the run ended.
+/// as they go; the report says how the run ended. The run stops early when
+/// `stop` is triggered (the caller's signals, say): it stops claiming, lets
+/// requests in flight finish for [`RunOptions::drain_grace`], and records
+/// everything.
 pub async fn run(
     campaign: &Campaign,
     options: &RunOptions,
@@ -187,26 +242,28 @@ pub async fn run(
     // `--max-runtime` counts from the start, waiting for the window included,
     // so one cron slot never overlaps the next.
     let deadline = options.max_runtime.map(|d| Instant::now() + d);
-    // Lock before the file is even opened: two runs starting together on a
+    // Planning a large list only to fail for want of a key wastes minutes.
+    if !options.dry_run && options.api.is_none() {
+        return Err(RunError::NoApiKey);
+    }
+    // Lock before the file is even read: two runs starting together on a
     // new campaign must not both create, migrate or plan it.
-    let lock = RunLock::acquire(&options.state_path)?;
-    let mut db = StateDb::open_or_create(&options.state_path).map_err(anyhow::Error::from)?;
+    let mut db = StateDb::open_for_run(&options.state_path)?;
 
-    let plan = prepare_plan(&mut db, campaign, options, progress)?;
-    let recovered_uncertain = db
-        .mark_interrupted_uncertain()
-        .map_err(anyhow::Error::from)?;
+    let (plan, replanned) = prepare_plan(&mut db, campaign, options, progress)?;
+    let recovered_uncertain = db.mark_interrupted_uncertain()?;
     if recovered_uncertain > 0 {
         progress.note(&format!(
             "{recovered_uncertain} rows were being sent when the last run stopped: they are now uncertain and will not be resent automatically (`retry --uncertain` resends them)"
         ));
     }
-    let counts = db.counts().map_err(anyhow::Error::from)?;
+    let counts = db.counts()?;
     let mut report = RunReport {
         end: RunEnd::Completed,
         plan,
         recovered_uncertain,
-        resent_uncertain: 0,
+        reset_rows: 0,
+        replanned,
         snapshot: Snapshot::default(),
         requests: 0,
         retries: 0,
@@ -218,12 +275,16 @@ pub async fn run(
         report.end = RunEnd::DryRun;
         return Ok(report);
     }
-    let resendable = if options.resend_uncertain {
-        counts.uncertain
-    } else {
-        0
+    // A stop asked for while planning (which does not look up) ends here.
+    if let Some(reason) = stop.reason() {
+        report.end = RunEnd::Stopped(reason);
+        return Ok(report);
+    }
+    let resettable = match &options.reset {
+        Some(selection) => db.count_for_retry(selection)?,
+        None => 0,
     };
-    if counts.pending + resendable == 0 {
+    if counts.pending + resettable == 0 {
         report.end = RunEnd::NothingToDo;
         return Ok(report);
     }
@@ -231,38 +292,32 @@ pub async fn run(
         return Err(RunError::NoApiKey);
     };
 
-    if let Some(window) = &options.window
-        && !window.contains(Utc::now())
-    {
-        let opens_at = window.next_open(Utc::now());
-        if !options.wait_for_window {
-            report.end = RunEnd::OutsideWindow { opens_at };
-            return Ok(report);
-        }
-        progress.note(&format!(
-            "outside the send window: waiting until {} ({})",
-            opens_at
-                .with_timezone(&window.timezone)
-                .format("%Y-%m-%d %H:%M %Z"),
-            opens_at.format("%H:%M UTC")
-        ));
-        if let Some(reason) = wait_until(opens_at, deadline, &stop, options.handle_signals).await {
-            report.end = RunEnd::Stopped(reason);
-            return Ok(report);
-        }
-        // The wall clock decides, not the timer that slept: check again.
-        if !window.contains(Utc::now()) {
-            report.end = RunEnd::OutsideWindow {
-                opens_at: window.next_open(Utc::now()),
-            };
-            return Ok(report);
+    if let Some(window) = &options.window {
+        let now = options.clock.now();
+        if !window.contains(now) {
+            let opens_at = window.next_open(now);
+            if !options.wait_for_window {
+                report.end = RunEnd::OutsideWindow { opens_at };
+                return Ok(report);
+            }
+            progress.note(&format!(
+                "outside the send window: waiting until {} ({})",
+                opens_at
+                    .with_timezone(&window.timezone)
+                    .format("%Y-%m-%d %H:%M %Z"),
+                opens_at.format("%H:%M UTC")
+            ));
+            if let Some(reason) =
+                wait_for_window(window, options.clock.as_ref(), deadline, &stop).await
+            {
+                report.end = RunEnd::Stopped(reason);
+                return Ok(report);
+            }
         }
     }
 
     if let Some(daily) = options.daily_limit {
-        let used = db
-            .sent_since(Utc::now() - chrono::Duration::hours(24))
-            .map_err(anyhow::Error::from)?;
+        let used = db.sent_since(Utc::now() - chrono::Duration::hours(24))?;
         if used >= u64::from(daily) {
             report.end = RunEnd::DailyLimitReached {
                 next_at: next_daily_slot(&db, daily)?,
@@ -271,22 +326,24 @@ pub async fn run(
         }
     }
 
-    // Only now, when messages will really leave, do uncertain rows go back.
-    if options.resend_uncertain {
-        report.resent_uncertain = db
-            .reset_for_retry(&crate::state::RetrySelection::Uncertain)
-            .map_err(anyhow::Error::from)?;
+    // Only now, when messages will really leave, do the selected rows go back.
+    if let Some(selection) = &options.reset {
+        report.reset_rows = db.reset_for_retry(selection)?;
     }
-    let counts = db.counts().map_err(anyhow::Error::from)?;
+    let counts = db.counts()?;
     let client = Client::new(api).map_err(anyhow::Error::from)?;
-    let run_id = db.start_run().map_err(anyhow::Error::from)?;
+    let run_id = db.start_run()?;
     let to_send = options
         .limit
         .map_or(counts.pending, |l| l.min(counts.pending));
-    let (mut db, sending) = send_rows(
+    let (db, sending) = send_rows(
         db, campaign, options, client, progress, stop, to_send, deadline,
     )
     .await?;
+    let mut db = match sending.failure {
+        None => db,
+        Some(failure) => return Err(write_failure_error(&db, &options.state_path, failure)),
+    };
 
     let stats = &sending.stats;
     let (sent, failed, uncertain) = (
@@ -300,26 +357,70 @@ pub async fn run(
     {
         *next_at = next_daily_slot(&db, daily)?;
     }
-    db.finish_run(run_id, &end_label(&report.end), sent, failed, uncertain)
-        .map_err(anyhow::Error::from)?;
+    db.finish_run(run_id, &end_label(&report.end), sent, failed, uncertain)?;
     report.snapshot = sending.snapshot;
     report.requests = stats.requests.load(Ordering::Relaxed);
     report.retries = stats.retries.load(Ordering::Relaxed);
-    report.counts = db.counts().map_err(anyhow::Error::from)?;
-    drop(lock);
+    report.counts = db.counts()?;
     Ok(report)
 }
 
-/// Plans on the first run; on later runs checks that the inputs did not change.
+/// The run's last word when the writer stopped: for a state file taken away,
+/// what this run knew is saved beside it first, so the operator can put it back.
+fn write_failure_error(db: &StateDb, state_path: &Path, failure: writer::WriteFailure) -> RunError {
+    let Some(what) = failure.gone else {
+        return RunError::Other(anyhow::anyhow!(
+            "cannot record results in the state file {}: {} ({} outcomes could not be recorded; rows left `sending` become `uncertain` on the next run)",
+            state_path.display(),
+            failure.message,
+            failure.unrecorded
+        ));
+    };
+    let copy = with_file_suffix(
+        state_path,
+        &format!(".rescued-{}", Utc::now().format("%Y%m%dT%H%M%SZ")),
+    );
+    let copy = match db.save_copy(&copy) {
+        Ok(()) => Some(copy),
+        Err(e) => {
+            tracing::error!("cannot save a copy of the state: {e}");
+            None
+        }
+    };
+    RunError::StateLost {
+        path: state_path.display().to_string(),
+        what,
+        unrecorded: failure.unrecorded,
+        copy,
+    }
+}
+
+fn with_file_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Plans on the first run; on later runs checks that the inputs did not
+/// change. Inputs that changed before anything was sent are simply planned
+/// again: nobody can have the old message yet. Returns whether it re-planned.
 fn prepare_plan(
     db: &mut StateDb,
     campaign: &Campaign,
     options: &RunOptions,
     progress: &dyn Progress,
-) -> Result<Option<PlanSummary>, RunError> {
-    let mode = match plan::check_inputs(db, campaign)? {
-        InputCheck::Unchanged => return Ok(None),
+) -> Result<(Option<PlanSummary>, bool), RunError> {
+    let check = plan::check_inputs(db, campaign)?;
+    let changed = match &check {
+        InputCheck::CsvChanged { planned } | InputCheck::MessageChanged { planned } => {
+            Some(planned.clone())
+        }
+        _ => None,
+    };
+    let mode = match check {
+        InputCheck::Unchanged => return Ok((None, false)),
         InputCheck::NotPlanned => PlanMode::Fresh,
+        _ if !db.anything_sent()? => PlanMode::Replace,
         InputCheck::CsvChanged { .. } if options.add_new_recipients => PlanMode::AddNewRecipients,
         InputCheck::CsvChanged { planned } => {
             return Err(RunError::CsvChanged {
@@ -335,6 +436,14 @@ fn prepare_plan(
             });
         }
     };
+    if let (PlanMode::Replace, Some(planned)) = (mode, &changed) {
+        progress.note(&format!(
+            "{} or its CSV changed since it was planned ({}), but nothing has been sent from {} yet: planning it again",
+            campaign.file.display(),
+            planned.planned_at,
+            options.state_path.display()
+        ));
+    }
     progress.note(&format!(
         "planning {} from {}",
         campaign.name,
@@ -353,45 +462,69 @@ fn prepare_plan(
             String::new()
         }
     ));
-    Ok(Some(summary))
+    Ok((Some(summary), mode == PlanMode::Replace))
 }
 
 /// When the rolling 24-hour window frees its next slot.
 fn next_daily_slot(db: &StateDb, daily: u32) -> Result<Option<DateTime<Utc>>, RunError> {
     let since = Utc::now() - chrono::Duration::hours(24);
-    let used = db.sent_since(since).map_err(anyhow::Error::from)?;
+    let used = db.sent_since(since)?;
     // The oldest send that must leave the window before one more fits.
     let k = used.saturating_sub(u64::from(daily)) + 1;
-    let oldest = db.nth_sent_since(since, k).map_err(anyhow::Error::from)?;
+    let oldest = db.nth_sent_since(since, k)?;
     Ok(oldest.map(|t| t + chrono::Duration::hours(24)))
 }
 
-/// Sleeps until `at`; the reason instead when something stops the wait first.
-async fn wait_until(
-    at: DateTime<Utc>,
+/// How often a run looks at the wall clock while it waits for the window or
+/// sends inside it. A timer alone would miss a clock that jumps (a VM
+/// resumed, an NTP step); the wall clock decides.
+const WINDOW_RECHECK: Duration = Duration::from_secs(1);
+
+/// Waits until the window is open by the wall clock; the reason instead when
+/// something stops the wait first.
+async fn wait_for_window(
+    window: &SendWindow,
+    clock: &dyn Clock,
     deadline: Option<Instant>,
     stop: &Stop,
-    handle_signals: bool,
 ) -> Option<StopReason> {
-    let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    let signals = async {
-        if handle_signals {
-            wait_for_signal().await
-        } else {
-            std::future::pending().await
-        }
-    };
     let runtime_over = async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d).await,
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => None,
-        _ = runtime_over => Some(StopReason::MaxRuntime),
-        _ = stop.stopped() => Some(stop.reason().unwrap_or(StopReason::Interrupted)),
-        _ = signals => Some(StopReason::Interrupted),
+    tokio::pin!(runtime_over);
+    loop {
+        let now = clock.now();
+        if window.contains(now) {
+            return None;
+        }
+        let wait = (window.next_open(now) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(WINDOW_RECHECK);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut runtime_over => return Some(StopReason::MaxRuntime),
+            _ = stop.stopped() => return Some(stop.reason().unwrap_or(StopReason::Interrupted)),
+        }
+    }
+}
+
+/// Stops the run once the window is closed by the wall clock.
+async fn close_with_window(window: SendWindow, clock: Arc<dyn Clock>, stop: Stop) {
+    loop {
+        let now = clock.now();
+        let Some(closes) = window.closes_at(now) else {
+            stop.trigger(StopReason::WindowClosed);
+            return;
+        };
+        let wait = (closes - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(WINDOW_RECHECK);
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -418,6 +551,8 @@ struct Sending {
     end: RunEnd,
     stats: Arc<RunStats>,
     snapshot: Snapshot,
+    /// The writer stopped: the state did not record everything.
+    failure: Option<writer::WriteFailure>,
 }
 
 /// The send loop proper: the feeder claims, workers deliver, the writer records.
@@ -443,23 +578,10 @@ async fn send_rows(
         stop: stop.clone(),
         stats: stats.clone(),
     });
-    let writer = StateWriter::spawn(db)
+    let writer = StateWriter::spawn(db, stop.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the state writer: {e}"))?;
     let started = Instant::now();
     let mut guards = JoinSet::new();
-    if options.handle_signals {
-        let stop = stop.clone();
-        guards.spawn(async move {
-            wait_for_signal().await;
-            stop.trigger(StopReason::Interrupted);
-            eprintln!(
-                "stopping: letting requests in flight finish (press Ctrl-C again to quit at once; those rows become uncertain)"
-            );
-            wait_for_signal().await;
-            eprintln!("quitting at once");
-            std::process::exit(130);
-        });
-    }
     if let Some(deadline) = deadline {
         let stop = stop.clone();
         guards.spawn(async move {
@@ -467,15 +589,12 @@ async fn send_rows(
             stop.trigger(StopReason::MaxRuntime);
         });
     }
-    if let Some(window) = options.window
-        && let Some(closes) = window.closes_at(Utc::now())
-    {
-        let stop = stop.clone();
-        guards.spawn(async move {
-            let wait = (closes - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-            tokio::time::sleep(wait).await;
-            stop.trigger(StopReason::WindowClosed);
-        });
+    if let Some(window) = options.window {
+        guards.spawn(close_with_window(
+            window,
+            options.clock.clone(),
+            stop.clone(),
+        ));
     }
 
     progress.begin(to_send);
@@ -516,24 +635,23 @@ async fn send_rows(
         _ = ticker => unreachable_ticker(),
     };
     let handle_for_flush = writer.handle();
-    let flushed = handle_for_flush.flush().await;
+    let _ = handle_for_flush.flush().await;
     drop(handle_for_flush);
     drop(delivery);
-    let mut db = match writer.close().await {
-        Ok(db) => db,
-        Err((_db, e)) => return Err(anyhow::anyhow!("cannot record results: {e}").into()),
-    };
-    if let Err(e) = flushed {
-        return Err(anyhow::anyhow!("cannot record results: {e}").into());
-    }
-    // The signal handler stays up until everything is recorded, so a second
-    // Ctrl-C can still quit at once if the disk hangs.
     guards.abort_all();
-    // Requests cut off by the drain deadline may have been delivered.
-    let cut_off = db
-        .mark_interrupted_uncertain()
-        .map_err(anyhow::Error::from)?;
-    stats.uncertain.fetch_add(cut_off, Ordering::Relaxed);
+    let closed = writer.close().await;
+    let Some(mut db) = closed.db else {
+        let failure = closed.failure.map(|f| f.message).unwrap_or_default();
+        return Err(anyhow::anyhow!(
+            "{failure}: rows this run left `sending` become `uncertain` on the next run"
+        )
+        .into());
+    };
+    if closed.failure.is_none() {
+        // Requests cut off by the drain deadline may have been delivered.
+        let cut_off = db.mark_interrupted_uncertain()?;
+        stats.uncertain.fetch_add(cut_off, Ordering::Relaxed);
+    }
     let mut final_snapshot = snapshot(&stats, None, to_send, started);
     let elapsed = started.elapsed().as_secs_f64();
     if elapsed > 0.0 {
@@ -546,6 +664,7 @@ async fn send_rows(
             end,
             stats,
             snapshot: final_snapshot,
+            failure: closed.failure,
         },
     ))
 }
@@ -760,27 +879,4 @@ async fn daily_budget(
     let not_sent = stats.failed.load(Ordering::Relaxed) + stats.released.load(Ordering::Relaxed);
     let this_run = claimed_total.saturating_sub(not_sent);
     Ok(u64::from(daily).saturating_sub(before + this_run))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -4,7 +4,7 @@
 //! The engine calls a [`Progress`] with snapshots; it never writes to the
 //! terminal itself. Nothing here affects what is sent.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -109,7 +109,7 @@ impl Progress for Bar {
         self.bar.set_message(describe(s));
     }
     fn note(&self, line: &str) {
-        self.bar.suspend(|| eprintln!("{line}"));
+        self.bar.suspend(|| stderr_line(line));
     }
     fn end(&self, s: &Snapshot) {
         self.bar.set_position(s.settled());
@@ -135,7 +135,7 @@ impl LogLines {
 
 impl Progress for LogLines {
     fn begin(&self, to_send: u64) {
-        eprintln!("sending {to_send} messages");
+        stderr_line(&format!("sending {to_send} messages"));
         // The first progress line comes one interval in, not at zero.
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
@@ -144,12 +144,23 @@ impl Progress for LogLines {
         let due = last.is_none_or(|t| t.elapsed() >= self.every);
         if due {
             *last = Some(Instant::now());
-            eprintln!("progress: {}/{} {}", s.settled(), s.to_send, describe(s));
+            stderr_line(&format!(
+                "progress: {}/{} {}",
+                s.settled(),
+                s.to_send,
+                describe(s)
+            ));
         }
     }
     fn note(&self, line: &str) {
-        eprintln!("{line}");
+        stderr_line(line);
     }
+}
+
+/// A line on stderr. A failed write (full disk, closed pipe) is dropped:
+/// progress is not worth stopping a run for, and `eprintln!` would panic.
+fn stderr_line(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 fn describe(s: &Snapshot) -> String {

@@ -7,8 +7,10 @@
 //! the bottleneck, and a crash loses at most one batch of *outcomes*: those rows
 //! stay `sending` and come back `uncertain`, never pending. A claim is committed
 //! before it is handed out, so no request ever leaves for a row that is not yet
-//! `sending`. If the disk fails, the writer remembers the error and answers
-//! every later claim with it, which stops the run.
+//! `sending`. If the disk fails or the state file is taken away (see
+//! [`StateDb::check_file`]), the writer stops the run at once, writes
+//! nothing more, and answers every later claim with the error; the outcomes
+//! it could not record are counted, for the run's last word.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use crate::state::{Claimed, Outcome, StateDb};
+use super::shutdown::{Stop, StopReason};
+use crate::state::{Claimed, FileGone, Outcome, StateDb, StateError};
 
 /// Commit when this many outcomes are waiting...
 const BATCH_ROWS: usize = 512;
@@ -44,7 +47,24 @@ enum Command {
 /// The writer thread and the way to talk to it.
 pub struct StateWriter {
     handle: WriterHandle,
-    thread: JoinHandle<(StateDb, Option<String>)>,
+    thread: JoinHandle<(StateDb, Option<WriteFailure>)>,
+}
+
+/// Why the writer stopped writing, and what it could not record.
+#[derive(Debug, Clone)]
+pub struct WriteFailure {
+    pub message: String,
+    /// Set when the state file was deleted, moved, replaced or truncated.
+    pub gone: Option<FileGone>,
+    /// Outcomes that never reached the state file.
+    pub unrecorded: u64,
+}
+
+/// What [`StateWriter::close`] hands back.
+pub struct Closed {
+    /// `None` only if the writer thread itself crashed.
+    pub db: Option<StateDb>,
+    pub failure: Option<WriteFailure>,
 }
 
 /// A cheap, cloneable handle to the writer.
@@ -64,13 +84,15 @@ fn stopped() -> WriterError {
 }
 
 impl StateWriter {
-    pub fn spawn(db: StateDb) -> std::io::Result<StateWriter> {
+    /// Starts the writer; its first failure triggers `stop`, so nothing more
+    /// is claimed from a state that cannot record it.
+    pub fn spawn(db: StateDb, stop: Stop) -> std::io::Result<StateWriter> {
         let (tx, rx) = mpsc::channel();
         let outcomes = Arc::new(Mutex::new(Vec::with_capacity(BATCH_ROWS)));
         let buffer = outcomes.clone();
         let thread = std::thread::Builder::new()
             .name("state-writer".into())
-            .spawn(move || writer_loop(db, rx, buffer))?;
+            .spawn(move || writer_loop(db, rx, buffer, stop))?;
         Ok(StateWriter {
             handle: WriterHandle { tx, outcomes },
             thread,
@@ -83,19 +105,25 @@ impl StateWriter {
 
     /// Commits what is left and hands the database back. Every other handle
     /// must be dropped first, or this waits for them.
-    pub async fn close(self) -> Result<StateDb, (StateDb, WriterError)> {
+    pub async fn close(self) -> Closed {
         drop(self.handle);
         let thread = self.thread;
         let joined = tokio::task::spawn_blocking(move || thread.join()).await;
         match joined {
-            Ok(Ok((db, None))) => Ok(db),
-            Ok(Ok((db, Some(err)))) => Err((db, WriterError(err))),
-            // The writer thread has no code that panics on data; if it did, the
-            // process cannot continue meaningfully.
-            Ok(Err(_)) | Err(_) => {
-                eprintln!("error: the state writer thread crashed");
-                std::process::exit(1)
-            }
+            Ok(Ok((db, failure))) => Closed {
+                db: Some(db),
+                failure,
+            },
+            // The writer has no code that panics on data; should it, the rows
+            // it held stay `sending` and the next run makes them uncertain.
+            Ok(Err(_)) | Err(_) => Closed {
+                db: None,
+                failure: Some(WriteFailure {
+                    message: "the state writer stopped unexpectedly".into(),
+                    gone: None,
+                    unrecorded: 0,
+                }),
+            },
         }
     }
 }
@@ -162,7 +190,8 @@ struct Writer {
     buffer: Arc<Mutex<Vec<Outcome>>>,
     /// Swapped with the shared buffer, so workers never wait on a commit.
     batch: Vec<Outcome>,
-    failed: Option<String>,
+    failed: Option<WriteFailure>,
+    stop: Stop,
 }
 
 impl Writer {
@@ -174,9 +203,10 @@ impl Writer {
     /// Commits the waiting outcomes, and claims `max` rows in the same transaction.
     fn commit(&mut self, max: usize) -> Result<Vec<Claimed>, String> {
         self.take_outcomes();
-        if let Some(e) = &self.failed {
+        if let Some(failure) = &mut self.failed {
+            failure.unrecorded += self.batch.len() as u64;
             self.batch.clear();
-            return Err(e.clone());
+            return Err(failure.message.clone());
         }
         if self.batch.is_empty() && max == 0 {
             return Ok(Vec::new());
@@ -189,12 +219,24 @@ impl Writer {
             ms = started.elapsed().as_millis() as u64,
             "state committed"
         );
+        let recorded = self.batch.len() as u64;
         self.batch.clear();
         result.map_err(|e| {
             tracing::error!("cannot write the state: {e}");
-            let text = e.to_string();
-            self.failed = Some(text.clone());
-            text
+            let message = e.to_string();
+            let gone = match e {
+                StateError::Gone { what, .. } => Some(what),
+                _ => None,
+            };
+            self.stop.trigger(StopReason::StateFailed(message.clone()));
+            self.failed = Some(WriteFailure {
+                message: message.clone(),
+                gone,
+                // Even if the commit went through, it went to a file that is
+                // no longer the state: these outcomes are not in it.
+                unrecorded: recorded,
+            });
+            message
         })
     }
 }
@@ -203,12 +245,14 @@ fn writer_loop(
     db: StateDb,
     rx: mpsc::Receiver<Command>,
     buffer: Arc<Mutex<Vec<Outcome>>>,
-) -> (StateDb, Option<String>) {
+    stop: Stop,
+) -> (StateDb, Option<WriteFailure>) {
     let mut writer = Writer {
         db,
         buffer,
         batch: Vec::with_capacity(BATCH_ROWS),
         failed: None,
+        stop,
     };
     loop {
         match rx.recv_timeout(BATCH_WAIT) {

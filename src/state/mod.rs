@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-pub use lock::{LockError, RunLock};
+pub use lock::{FileGone, LockError, RunLock};
 
 /// Where a recipient is in its life (see DESIGN.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -91,6 +91,16 @@ pub enum StateError {
     },
     #[error("state file {path} holds no plan yet: run the campaign (or `run --dry-run`) first")]
     NotPlanned { path: String },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(
+        "the state file {path} is empty (0 bytes): it is not a state this tool wrote; check --state, or delete the file if it is yours and holds nothing"
+    )]
+    Empty { path: String },
+    /// The file a run locked is no longer at its path (deleted, moved,
+    /// replaced, truncated): nothing more is written to it.
+    #[error("the state file {path} {what}")]
+    Gone { path: String, what: FileGone },
 }
 
 /// What the plan was made from, to detect a changed input later.
@@ -390,6 +400,14 @@ pub enum RetrySelection {
     Uncertain,
 }
 
+/// How [`StateDb::write_rows`] treats the rows already planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteMode {
+    Fresh,
+    Add,
+    Replace,
+}
+
 /// Timestamps are stored as fixed-width RFC 3339 UTC text, so they sort as text.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -397,8 +415,15 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
 
 /// An open state file.
 pub struct StateDb {
+    // Declared before `lock`, so it is closed first: closing the lock's
+    // descriptor earlier would drop SQLite's POSIX locks (see [`lock`]).
     conn: Connection,
     path: String,
+    /// Held by a run; also watches that the path still names this file.
+    lock: Option<RunLock>,
+    /// The file's size at the last check: a state file never shrinks (the
+    /// tool never vacuums), so a smaller one was truncated under the run.
+    last_size: u64,
 }
 
 impl fmt::Debug for StateDb {
@@ -408,10 +433,28 @@ impl fmt::Debug for StateDb {
 }
 
 impl StateDb {
-    /// Opens the state file, creating it owner-only (0600) if it does not exist.
+    /// Opens the state file for a run: takes the run lock (creating the file
+    /// owner-only if it does not exist), opens and migrates it, and records
+    /// this process as the holder. From then on every write first checks
+    /// that the path still names the locked file.
+    pub fn open_for_run(path: &Path) -> Result<StateDb, StateError> {
+        let (lock, _created) = RunLock::acquire(path, read_holder)?;
+        let mut db = Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        db.lock = Some(lock);
+        // SQLite opened the path after the lock was taken: still the same file?
+        db.check_file()?;
+        db.record_holder()?;
+        Ok(db)
+    }
+
+    /// Opens the state file, creating it owner-only (0600) if it does not
+    /// exist, without the run lock (tests, scratch states). An existing empty
+    /// file is refused, not taken for a new state.
     pub fn open_or_create(path: &Path) -> Result<StateDb, StateError> {
         if !path.exists() {
             create_private_file(path)?;
+        } else {
+            refuse_empty(path)?;
         }
         Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
     }
@@ -423,6 +466,7 @@ impl StateDb {
                 path: path.display().to_string(),
             });
         }
+        refuse_empty(path)?;
         Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
     }
 
@@ -434,6 +478,7 @@ impl StateDb {
                 path: path.display().to_string(),
             });
         }
+        refuse_empty(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -446,6 +491,8 @@ impl StateDb {
         let db = StateDb {
             conn,
             path: path.display().to_string(),
+            lock: None,
+            last_size: 0,
         };
         db.conn
             .busy_timeout(Duration::from_secs(5))
@@ -520,11 +567,75 @@ impl StateDb {
                 });
             }
         }
-        Ok(StateDb { conn, path })
+        Ok(StateDb {
+            conn,
+            path,
+            lock: None,
+            last_size: 0,
+        })
     }
 
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Whether this handle holds the run lock (opened by [`StateDb::open_for_run`]).
+    pub fn is_locked(&self) -> bool {
+        self.lock.is_some()
+    }
+
+    /// With the run lock: fails once the path no longer names the locked
+    /// file (deleted, moved, replaced) or the file shrank (truncated). Run
+    /// before and after every write, so a run never goes on recording into
+    /// a file nobody will read, or one that another run may now plan again.
+    pub fn check_file(&mut self) -> Result<(), StateError> {
+        let Some(lock) = &self.lock else {
+            return Ok(());
+        };
+        let gone = |what| StateError::Gone {
+            path: self.path.clone(),
+            what,
+        };
+        let size = lock.check_identity().map_err(gone)?;
+        if size < self.last_size {
+            return Err(gone(FileGone::Truncated));
+        }
+        self.last_size = size;
+        Ok(())
+    }
+
+    /// Writes this process into the `holder` table, for a second run to name.
+    fn record_holder(&mut self) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO holder (id, pid, since) VALUES (1, ?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET pid = excluded.pid, since = excluded.since",
+                params![std::process::id(), timestamp(Utc::now())],
+            )
+            .map_err(|e| self.sql("recording the lock holder", e))?;
+        self.check_file()
+    }
+
+    /// Copies the state as this connection sees it into a new owner-only
+    /// file: what a run knew when its state file was taken away.
+    pub fn save_copy(&self, to: &Path) -> Result<(), StateError> {
+        let err = |e: std::io::Error| StateError::Create {
+            path: to.display().to_string(),
+            reason: e.to_string(),
+        };
+        // Created first, owner-only: VACUUM INTO would make it world-readable.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        options.open(to).map_err(err)?;
+        self.conn
+            .execute("VACUUM INTO ?1", [to.display().to_string()])
+            .map_err(|e| self.sql("saving a copy", e))?;
+        Ok(())
     }
 
     fn sql(&self, operation: &'static str, source: rusqlite::Error) -> StateError {
@@ -567,7 +678,17 @@ impl StateDb {
         &mut self,
         fill: impl FnOnce(&mut PlanSink<'_>) -> Result<(T, PlanInfo), anyhow::Error>,
     ) -> Result<T, anyhow::Error> {
-        self.write_rows(false, fill)
+        self.write_rows(WriteMode::Fresh, fill)
+    }
+
+    /// Replaces the whole plan in one transaction: the old rows go and the
+    /// new ones come, or nothing changes. Only for a state from which nothing
+    /// was ever sent ([`StateDb::anything_sent`]); the caller checks.
+    pub fn replace_plan<T>(
+        &mut self,
+        fill: impl FnOnce(&mut PlanSink<'_>) -> Result<(T, PlanInfo), anyhow::Error>,
+    ) -> Result<T, anyhow::Error> {
+        self.write_rows(WriteMode::Replace, fill)
     }
 
     /// `--add-new-recipients`: inserts rows whose phone is not planned yet, as a
@@ -576,12 +697,12 @@ impl StateDb {
         &mut self,
         fill: impl FnOnce(&mut PlanSink<'_>) -> Result<(T, PlanInfo), anyhow::Error>,
     ) -> Result<T, anyhow::Error> {
-        self.write_rows(true, fill)
+        self.write_rows(WriteMode::Add, fill)
     }
 
     fn write_rows<T>(
         &mut self,
-        add_mode: bool,
+        mode: WriteMode,
         fill: impl FnOnce(&mut PlanSink<'_>) -> Result<(T, PlanInfo), anyhow::Error>,
     ) -> Result<T, anyhow::Error> {
         let path = self.path.clone();
@@ -590,10 +711,16 @@ impl StateDb {
             operation,
             source,
         };
+        self.check_file()?;
         let tx = self
             .conn
             .transaction()
             .map_err(|e| sql("starting the plan", e))?;
+        if mode == WriteMode::Replace {
+            tx.execute_batch("DELETE FROM recipients; DELETE FROM plan;")
+                .map_err(|e| sql("removing the old plan", e))?;
+        }
+        let add_mode = mode == WriteMode::Add;
         let generation: i64 = tx
             .query_row(
                 "SELECT coalesce(max(generation), 0) + 1 FROM recipients",
@@ -628,12 +755,28 @@ impl StateDb {
         )
         .map_err(|e| sql("recording the plan", e))?;
         tx.commit().map_err(|e| sql("committing the plan", e))?;
+        self.check_file()?;
         Ok(value)
+    }
+
+    /// Whether anything may have left for the network from this state: a row
+    /// sent, failed, uncertain or in flight, or one with an attempt on record.
+    /// Until then the plan may still be made again.
+    pub fn anything_sent(&self) -> Result<bool, StateError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM recipients
+                   WHERE state IN ('sending', 'sent', 'failed', 'uncertain') OR attempts > 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql("reading the plan", e))
     }
 
     /// Rows left `sending` by a run that died mid-flight may have been
     /// delivered: they become `uncertain`. Returns how many.
     pub fn mark_interrupted_uncertain(&mut self) -> Result<u64, StateError> {
+        self.check_file()?;
         let now = timestamp(Utc::now());
         let n = self
             .conn
@@ -670,6 +813,7 @@ impl StateDb {
         outcomes: &[Outcome],
         n: usize,
     ) -> Result<Vec<Claimed>, StateError> {
+        self.check_file()?;
         let path = self.path.clone();
         let sql = |operation: &'static str| {
             let path = path.clone();
@@ -731,6 +875,9 @@ impl StateDb {
             claimed.sort_by_key(|c| c.id);
         }
         tx.commit().map_err(sql("committing"))?;
+        // The claim is committed, but to a file that may no longer be the
+        // state: its rows must not be sent.
+        self.check_file()?;
         Ok(claimed)
     }
 
@@ -811,6 +958,7 @@ impl StateDb {
 
     /// Puts the selected rows back to `pending`; returns how many.
     pub fn reset_for_retry(&mut self, selection: &RetrySelection) -> Result<u64, StateError> {
+        self.check_file()?;
         let now = timestamp(Utc::now());
         let n = match selection {
             RetrySelection::Uncertain => self.conn.execute(
@@ -969,6 +1117,7 @@ impl StateDb {
 
     /// Records the start of a run; returns its id.
     pub fn start_run(&mut self) -> Result<i64, StateError> {
+        self.check_file()?;
         self.conn
             .execute(
                 "INSERT INTO runs (pid, started_at) VALUES (?1, ?2)",
@@ -986,6 +1135,7 @@ impl StateDb {
         failed: u64,
         uncertain: u64,
     ) -> Result<(), StateError> {
+        self.check_file()?;
         self.conn
             .execute(
                 "UPDATE runs SET finished_at = ?2, outcome = ?3, sent = ?4, failed = ?5, uncertain = ?6
@@ -1057,6 +1207,37 @@ fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecipientRecord> {
         updated_at: r.get(8)?,
         sent_at: r.get(9)?,
     })
+}
+
+/// Who holds the run lock on the state at `path`, as recorded in it
+/// ("pid 1234 since …"); `None` when that cannot be read (the holder may be
+/// creating the file this very moment).
+pub fn read_holder(path: &Path) -> Option<String> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    conn.busy_timeout(Duration::from_secs(2)).ok()?;
+    conn.query_row("SELECT pid, since FROM holder WHERE id = 1", [], |r| {
+        Ok(format!(
+            "pid {} since {}",
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?
+        ))
+    })
+    .ok()
+}
+
+/// A 0-byte file is not a state: it may be an empty file of someone else's
+/// that a symlink or a typo points at, and SQLite would make it a database.
+fn refuse_empty(path: &Path) -> Result<(), StateError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.len() == 0 => Err(StateError::Empty {
+            path: path.display().to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Creates an empty file readable and writable by its owner only. SQLite

@@ -63,6 +63,15 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX recipients_by_row ON recipients(row);
     "#,
+    // 3: who holds the run lock, so a second run can name the holder from
+    // whatever path it reached the state by (the lock is on this file).
+    r#"
+    CREATE TABLE holder (
+        id              INTEGER PRIMARY KEY CHECK (id = 1),
+        pid             INTEGER NOT NULL,
+        since           TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -107,7 +116,7 @@ mod tests {
                 |r| r.get(0),
             )
             .expect("count");
-        assert_eq!(tables, 3);
+        assert_eq!(tables, 4);
     }
 
     #[test]
