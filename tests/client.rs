@@ -1,9 +1,11 @@
 //! The client against the in-process sandbox over real HTTP on loopback:
 //! every endpoint round-trips, every error class is provoked and classified,
-//! and no formatting of anything ever shows the key.
+//! and no formatting of anything ever shows the key. Answers the sandbox
+//! never gives (a proxy's page, an endless body) come from bare sockets.
 
 use std::time::Duration;
 
+use convers8_campaign::api::client::MAX_RESPONSE_BYTES;
 use convers8_campaign::api::model::{
     ButtonReply, InteractiveAction, InteractiveContent, ListRow, ListSection, LocationContent,
     MediaContent, MediaLink, NewContact, ReplyButton, TemplateComponent, TemplateContent,
@@ -364,4 +366,240 @@ fn the_client_and_its_key_never_show_the_key() {
     ] {
         assert!(!shown.contains(KEY), "{shown}");
     }
+}
+
+/// Reads one whole HTTP request (its head, then a body of its
+/// `Content-Length`), so an answer goes to a client that has finished sending.
+async fn read_request(sock: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return;
+            }
+        }
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// How much a hostile test server writes at most: a thousand times the client's
+/// limit, so a client that reads it all is caught; but bounded and then cut
+/// off mid-body, so such a client fails at once instead of filling memory
+/// until its timeout.
+const HOSTILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A server that answers one request with `head` and then body bytes until
+/// [`HOSTILE_BYTES`] or until the client hangs up; `chunked` frames them as
+/// HTTP chunks. Yields how many bytes the client let it write.
+async fn hostile_server(
+    head: &'static str,
+    chunked: bool,
+) -> (String, tokio::task::JoinHandle<u64>) {
+    use tokio::io::AsyncWriteExt;
+    // A small, fixed send buffer (inherited by the accepted socket), so what
+    // the server manages to write measures what the client read, not how
+    // large the kernel's buffers are tuned on this machine.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_send_buffer_size(256 * 1024)
+        .expect("send buffer size");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(4).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return 0;
+        };
+        read_request(&mut sock).await;
+        if sock.write_all(head.as_bytes()).await.is_err() {
+            return 0;
+        }
+        let data = vec![b'x'; 16 * 1024];
+        let mut frame = Vec::new();
+        if chunked {
+            frame.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            frame.extend_from_slice(&data);
+            frame.extend_from_slice(b"\r\n");
+        } else {
+            frame = data;
+        }
+        let mut written = 0u64;
+        while written < HOSTILE_BYTES {
+            if sock.write_all(&frame).await.is_err() {
+                break;
+            }
+            written += frame.len() as u64;
+        }
+        written
+    });
+    (format!("http://{addr}"), server)
+}
+
+/// Sends one message to a hostile server and checks the client stopped
+/// reading at its limit: an `unexpected_response` that may have delivered,
+/// having let the server write only a bounded amount.
+async fn assert_hung_up_on(head: &'static str, chunked: bool) {
+    let (url, server) = hostile_server(head, chunked).await;
+    // The timeout is only a safety net: the answer must be refused long before.
+    let client = client_for(&url, KEY, Duration::from_secs(60));
+    let e = client
+        .send_text("+254712345678", None, text("x"))
+        .await
+        .expect_err("an endless answer is an error");
+    assert!(
+        matches!(&e, ApiError::Oversized { status: 200, limit, .. } if *limit == MAX_RESPONSE_BYTES),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), "unexpected_response");
+    assert_eq!(e.disposition(), Disposition::Uncertain);
+    assert!(
+        e.to_string()
+            .contains(&format!("larger than the {MAX_RESPONSE_BYTES}-byte limit")),
+        "{e}"
+    );
+    assert_no_key(&e);
+    // The client is still alive: the server stops because the connection was
+    // closed, not because the client went away.
+    let written = tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the server is stopped by the client hanging up")
+        .expect("server task");
+    assert!(
+        written < 8 * 1024 * 1024,
+        "the client let the server write {written} bytes"
+    );
+    drop(client);
+}
+
+#[tokio::test]
+async fn an_endless_chunked_answer_is_cut_off_at_the_limit() {
+    assert_hung_up_on(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_huge_declared_length_is_refused_before_reading() {
+    assert_hung_up_on(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400000000\r\n\r\n",
+        false,
+    )
+    .await;
+}
+
+/// Answers one request with a chunked 200 whose body is a valid send answer
+/// padded with spaces to exactly `size` bytes.
+async fn padded_answer_server(size: usize) -> String {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let json = r#"{"message_id":"wamid.padded","type":"text"}"#;
+    let mut body = json.as_bytes().to_vec();
+    body.resize(size, b' ');
+    tokio::spawn(async move {
+        if let Ok((mut sock, _)) = listener.accept().await {
+            read_request(&mut sock).await;
+            let mut answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+            for piece in body.chunks(10_000) {
+                answer.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                answer.extend_from_slice(piece);
+                answer.extend_from_slice(b"\r\n");
+            }
+            answer.extend_from_slice(b"0\r\n\r\n");
+            let _ = sock.write_all(&answer).await;
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_answer_of_exactly_the_limit_is_read_and_one_byte_more_is_not() {
+    let url = padded_answer_server(MAX_RESPONSE_BYTES).await;
+    let sent = client_for(&url, KEY, Duration::from_secs(30))
+        .send_text("+254712345678", None, text("x"))
+        .await
+        .expect("an answer of exactly the limit is read");
+    assert_eq!(sent.message_id, "wamid.padded");
+
+    let url = padded_answer_server(MAX_RESPONSE_BYTES + 1).await;
+    let e = client_for(&url, KEY, Duration::from_secs(30))
+        .send_text("+254712345678", None, text("x"))
+        .await
+        .expect_err("one byte over the limit");
+    assert!(
+        matches!(e, ApiError::Oversized { status: 200, .. }),
+        "{e:?}"
+    );
+    assert_eq!(e.disposition(), Disposition::Uncertain);
+}
+
+#[tokio::test]
+async fn a_proxys_502_page_may_have_delivered_and_is_not_resent() {
+    // nginx's page when the API behind it failed mid-request: no envelope.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        if let Ok((mut sock, _)) = listener.accept().await {
+            read_request(&mut sock).await;
+            let body = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+            let answer = format!(
+                "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(answer.as_bytes()).await;
+        }
+    });
+    let e = client_for(&format!("http://{addr}"), KEY, Duration::from_secs(30))
+        .send_text("+254712345678", None, text("x"))
+        .await
+        .expect_err("502");
+    match &e {
+        ApiError::Gateway {
+            status: 502,
+            excerpt,
+        } => assert!(excerpt.contains("502 Bad Gateway"), "{excerpt}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.code(), "gateway_error");
+    assert_eq!(e.disposition(), Disposition::Uncertain);
+    assert!(e.details().starts_with("HTTP 502: "), "{}", e.details());
+    assert!(!e.to_string().contains('\n'), "{e}");
+    assert_no_key(&e);
+}
+
+#[test]
+fn plain_http_to_another_host_is_refused_unless_allowed() {
+    let key = ApiKey::new(KEY, "test").expect("key");
+    // Never contacted: the refusal comes before any connection.
+    let config = ClientConfig::new("http://192.0.2.7:8080", key);
+    let err = Client::new(config.clone()).expect_err("plain http to another host");
+    let shown = err.to_string();
+    assert!(shown.contains("http://192.0.2.7:8080/"), "{shown}");
+    assert!(shown.contains("--allow-insecure-http"), "{shown}");
+    assert!(!shown.contains(KEY), "{shown}");
+    let allowed = ClientConfig {
+        allow_insecure_http: true,
+        ..config
+    };
+    assert!(Client::new(allowed).is_ok());
 }

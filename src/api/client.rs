@@ -5,8 +5,13 @@
 //! [`ApiError`]; deciding what to do about an error is the caller's business.
 //! The key lives in a sensitive header value and in [`ApiKey`], whose `Debug`
 //! is redacted, so no formatting of the client or its errors can leak it.
+//! Two guards hold whatever the server or the configuration: no answer is
+//! read past [`MAX_RESPONSE_BYTES`], so a broken or hostile server cannot
+//! exhaust memory; and the key is not sent over plain `http://` to anything
+//! but this machine unless the caller explicitly allows it.
 
 use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -27,6 +32,30 @@ pub const DEFAULT_BASE_URL: &str = "https://waba-v1.convers8.africa";
 pub const API_KEY_ENV: &str = "CONVERS8_API_KEY";
 /// The environment variable that overrides the base URL.
 pub const BASE_URL_ENV: &str = "CONVERS8_BASE_URL";
+/// The most of an answer's body the client reads. Every documented answer is
+/// small (a send's is under 200 bytes; a page of 100 contacts a few tens of
+/// KB); anything larger is a broken or hostile server, and reading it whole
+/// would let one answer take as much memory as the server cares to send.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Whether `base_url` is the production server ([`DEFAULT_BASE_URL`]), up to
+/// the case of its host, a trailing dot or slash and an explicit default port.
+/// Anything unparseable is not production.
+pub fn is_production(base_url: &str) -> bool {
+    fn key(url: &Url) -> Option<(String, String, u16, String)> {
+        let host = url.host_str()?;
+        Some((
+            url.scheme().to_owned(),
+            host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase(),
+            url.port_or_known_default()?,
+            url.path().trim_end_matches('/').to_owned(),
+        ))
+    }
+    let (Ok(given), Ok(production)) = (Url::parse(base_url), Url::parse(DEFAULT_BASE_URL)) else {
+        return false;
+    };
+    given.query().is_none() && key(&given).is_some_and(|k| Some(k) == key(&production))
+}
 
 /// An API key. Never printed: `Debug` shows `ApiKey(<redacted>)` and there is no `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -112,6 +141,9 @@ pub struct ClientConfig {
     /// The whole request, from connect to the last byte of the answer.
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// Send the key over plain `http://` to a host other than this machine.
+    /// Off by default: anyone on the path could read the bearer key.
+    pub allow_insecure_http: bool,
 }
 
 impl ClientConfig {
@@ -121,7 +153,26 @@ impl ClientConfig {
             api_key,
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            allow_insecure_http: false,
         }
+    }
+
+    /// The checks [`Client::new`] makes on the base URL, for a caller that
+    /// wants a refusal before doing any work (planning, taking a lock).
+    pub fn check(&self) -> Result<(), ClientError> {
+        self.checked_base_url().map(drop)
+    }
+
+    /// The parsed base URL, if it is well formed and plain http goes only to
+    /// this machine (or is explicitly allowed).
+    fn checked_base_url(&self) -> Result<Url, ClientError> {
+        let base = parse_base_url(&self.base_url)?;
+        if base.scheme() == "http" && !is_loopback(&base) && !self.allow_insecure_http {
+            return Err(ClientError::InsecureHttp {
+                url: base.to_string(),
+            });
+        }
+        Ok(base)
     }
 }
 
@@ -130,6 +181,10 @@ impl ClientConfig {
 pub enum ClientError {
     #[error("invalid base URL '{url}': {reason} (expected e.g. {DEFAULT_BASE_URL})")]
     BaseUrl { url: String, reason: String },
+    #[error(
+        "refusing to send the API key to {url} over plain http: the bearer key would travel unencrypted; use an https:// URL, or pass --allow-insecure-http if the network to that host is trusted"
+    )]
+    InsecureHttp { url: String },
     #[error("cannot build the HTTP client: {0}")]
     Build(String),
 }
@@ -156,7 +211,7 @@ impl fmt::Debug for Client {
 
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
-        let base = parse_base_url(&config.base_url)?;
+        let base = config.checked_base_url()?;
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         let http = reqwest::Client::builder()
@@ -362,12 +417,20 @@ impl Client {
         // The status line arrived, so the request was processed: a failure while
         // reading the rest loses only the answer's body. A failure status still
         // means what it says; a success whose body is lost may have delivered.
-        let bytes = match response.bytes().await {
+        let bytes = match read_capped(response, MAX_RESPONSE_BYTES).await {
             Ok(bytes) => bytes,
-            Err(_) if !status.is_success() => {
+            // Not read, so its status cannot be trusted to mean what it says.
+            Err(BodyError::TooLarge) => {
+                return Err(ApiError::Oversized {
+                    url: url_text,
+                    status: status.as_u16(),
+                    limit: MAX_RESPONSE_BYTES,
+                });
+            }
+            Err(BodyError::Transport(_)) if !status.is_success() => {
                 return Err(ApiError::from_response(status, retry_after, b""));
             }
-            Err(e) => return Err(ApiError::from_transport(&url_text, &e)),
+            Err(BodyError::Transport(e)) => return Err(ApiError::from_transport(&url_text, &e)),
         };
         if !status.is_success() {
             return Err(ApiError::from_response(status, retry_after, &bytes));
@@ -377,6 +440,54 @@ impl Client {
             excerpt: format!("{e}; body: {}", excerpt(&bytes)),
         })
     }
+}
+
+/// Why an answer's body was not read.
+enum BodyError {
+    /// Larger than the limit, by its `Content-Length` or by what arrived.
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+/// The whole body, if it is at most `limit` bytes. A declared length over the
+/// limit is refused before reading; otherwise chunks are read only until they
+/// pass it, so a server streaming without end costs at most `limit` plus one
+/// chunk. Dropping the response then closes the connection.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let declared = response.content_length();
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    // Within the limit, so the declared length is safe to reserve.
+    let mut body = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Whether `url` names this machine, so plain http carries the key no further
+/// than the loopback interface: `localhost` and `*.localhost` (reserved for
+/// loopback by RFC 6761), 127.0.0.0/8, `::1` and `::ffff:127.x.x.x`.
+fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<Ipv6Addr>().is_ok_and(|ip| {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        });
+    }
+    // The URL parser has already turned every IPv4 spelling (`127.1`,
+    // `0x7f.0.0.1`) into dotted decimal.
+    if let Ok(v4) = host.parse::<Ipv4Addr>() {
+        return v4.is_loopback();
+    }
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 /// `base` with `path` appended to its own path (a base may carry a prefix).
@@ -471,6 +582,108 @@ mod tests {
             let key = ApiKey::new("k", "t").expect("key");
             let err = Client::new(ClientConfig::new(bad, key)).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    fn config(base_url: &str) -> ClientConfig {
+        ClientConfig::new(
+            base_url,
+            ApiKey::new("sk_live_SECRET123", "t").expect("key"),
+        )
+    }
+
+    #[test]
+    fn plain_http_to_this_machine_is_allowed() {
+        for local in [
+            "http://localhost:8080",
+            "http://LocalHost:8080/api",
+            "http://localhost.:8080",
+            "http://sandbox.localhost",
+            "http://A.B.LOCALHOST.:1",
+            "http://127.0.0.1:9",
+            "http://127.255.3.4",
+            "http://127.1",
+            "http://[::1]:8080",
+            "http://[::ffff:127.0.0.1]:8080",
+            "http://[::ffff:127.9.9.9]",
+            "https://example.com",
+            "https://10.0.0.5:8443",
+        ] {
+            assert!(config(local).check().is_ok(), "{local}");
+            assert!(Client::new(config(local)).is_ok(), "{local}");
+        }
+    }
+
+    #[test]
+    fn plain_http_elsewhere_is_refused_naming_the_url_and_the_flag() {
+        for remote in [
+            "http://waba-v1.convers8.africa",
+            "http://example.com:8080/api",
+            "http://10.0.0.5",
+            "http://192.168.1.20:8080",
+            "http://0.0.0.0:8080",
+            "http://128.0.0.1",
+            "http://[::2]",
+            "http://[::ffff:10.0.0.1]",
+            "http://[::127.0.0.1]",
+            "http://localhost.example.com",
+            "http://mylocalhost",
+            "http://127.0.0.1.nip.io",
+        ] {
+            assert!(config(remote).check().is_err(), "{remote}");
+            let err = Client::new(config(remote)).expect_err(remote);
+            assert!(
+                matches!(err, ClientError::InsecureHttp { .. }),
+                "{remote}: {err:?}"
+            );
+            let shown = err.to_string();
+            let host = Url::parse(remote)
+                .expect("url")
+                .host_str()
+                .expect("host")
+                .to_owned();
+            assert!(shown.contains(&host), "{shown}");
+            assert!(shown.contains("--allow-insecure-http"), "{shown}");
+            assert!(shown.contains("https://"), "{shown}");
+            assert!(shown.contains("unencrypted"), "{shown}");
+            assert!(
+                !shown.contains('\n') && !shown.contains("SECRET123"),
+                "{shown}"
+            );
+
+            let allowed = ClientConfig {
+                allow_insecure_http: true,
+                ..config(remote)
+            };
+            assert!(allowed.check().is_ok(), "{remote} with the flag");
+            assert!(Client::new(allowed).is_ok(), "{remote} with the flag");
+        }
+    }
+
+    #[test]
+    fn production_is_recognised_however_it_is_written() {
+        for same in [
+            DEFAULT_BASE_URL,
+            "https://waba-v1.convers8.africa/",
+            "https://WABA-v1.Convers8.Africa",
+            "https://waba-v1.convers8.africa.",
+            "https://waba-v1.convers8.africa:443/",
+            " https://waba-v1.convers8.africa ",
+        ] {
+            assert!(is_production(same), "{same}");
+        }
+        for other in [
+            "http://waba-v1.convers8.africa",
+            "https://waba-v1.convers8.africa:8443",
+            "https://waba-v1.convers8.africa/v2",
+            "https://waba-v1.convers8.africa/?x=1",
+            "https://waba-v2.convers8.africa",
+            "https://waba-v1.convers8.africa.evil.example",
+            "http://127.0.0.1:8080",
+            "waba-v1.convers8.africa",
+            "",
+        ] {
+            assert!(!is_production(other), "{other}");
         }
     }
 

@@ -3,7 +3,10 @@
 //! recipient, or treat the message as possibly delivered.
 //!
 //! The error's `code` in the body is the contract; the HTTP status is only a
-//! hint used when the body says nothing. Nothing here ever holds the API key:
+//! hint used when the body says nothing. Whenever the request may have reached
+//! the API — no answer after sending, a gateway's 502/504 page, an answer too
+//! large to read — the error says so, because the API has no idempotency key
+//! and a resend would be a second message. Nothing here ever holds the API key:
 //! messages are built from the server's answer and the request's URL only.
 
 use std::time::Duration;
@@ -56,6 +59,24 @@ pub enum ApiError {
         "no answer from the API at {url} after sending ({reason}): the request may have taken effect (a message may have been delivered)"
     )]
     MaybeDelivered { url: String, reason: String },
+    /// A 502 or 504 without the API's error envelope: a proxy in front of
+    /// the API gave up waiting for it, possibly after forwarding the request,
+    /// so the message may have been delivered. (The API's own 5xx carries its
+    /// envelope and is a [`ApiError::Server`].)
+    #[error(
+        "a gateway in front of the API answered HTTP {status} ({excerpt}): the request may have reached the API (a message may have been delivered)"
+    )]
+    Gateway { status: u16, excerpt: String },
+    /// An answer larger than the client reads: a broken or hostile server.
+    /// The status line arrived, so the request may have been processed.
+    #[error(
+        "the API at {url} answered HTTP {status} with a body larger than the {limit}-byte limit (far beyond any documented answer): stopped reading it; the request may have taken effect (a message may have been delivered); check that the base URL is the Convers8 API"
+    )]
+    Oversized {
+        url: String,
+        status: u16,
+        limit: usize,
+    },
     /// An answer the documents do not describe.
     #[error("unexpected answer from the API (HTTP {status}): {excerpt}")]
     Unexpected { status: u16, excerpt: String },
@@ -109,7 +130,8 @@ impl ApiError {
             ApiError::Server { code: None, .. } => "server_error",
             ApiError::NeverSent { .. } => "connect_error",
             ApiError::MaybeDelivered { .. } => "no_answer",
-            ApiError::Unexpected { .. } => "unexpected_response",
+            ApiError::Gateway { .. } => "gateway_error",
+            ApiError::Oversized { .. } | ApiError::Unexpected { .. } => "unexpected_response",
         }
     }
 
@@ -125,7 +147,12 @@ impl ApiError {
             ApiError::NeverSent { reason, .. } | ApiError::MaybeDelivered { reason, .. } => {
                 reason.clone()
             }
-            ApiError::Unexpected { status, excerpt } => format!("HTTP {status}: {excerpt}"),
+            ApiError::Gateway { status, excerpt } | ApiError::Unexpected { status, excerpt } => {
+                format!("HTTP {status}: {excerpt}")
+            }
+            ApiError::Oversized { status, limit, .. } => {
+                format!("HTTP {status}: the answer was larger than {limit} bytes (not read)")
+            }
         }
     }
 
@@ -135,7 +162,11 @@ impl ApiError {
             ApiError::Unauthorized { .. } => Disposition::StopRun,
             ApiError::Validation { .. } | ApiError::NotFound { .. } => Disposition::Permanent,
             ApiError::Server { .. } | ApiError::NeverSent { .. } => Disposition::Retry,
-            ApiError::MaybeDelivered { .. } => Disposition::Uncertain,
+            // Each of these may have delivered the message; whatever the status
+            // of an oversized answer, its body (and so its meaning) was not read.
+            ApiError::MaybeDelivered { .. }
+            | ApiError::Gateway { .. }
+            | ApiError::Oversized { .. } => Disposition::Uncertain,
             // A success status whose body we cannot read: the server accepted
             // the message, so sending it again would send it twice.
             ApiError::Unexpected { status, .. } if (200..300).contains(status) => {
@@ -159,6 +190,13 @@ impl ApiError {
                 },
                 401 | 403 => ApiError::Unauthorized {
                     message: format!("HTTP {}", status.as_u16()),
+                },
+                // A proxy's own 502/504 page: it may have forwarded the request
+                // before giving up on the API. A 503 is a proxy (or the API)
+                // declining to take the request at all, so it stays retryable.
+                s @ (502 | 504) => ApiError::Gateway {
+                    status: s,
+                    excerpt: excerpt(body),
                 },
                 s if s >= 500 => ApiError::Server {
                     status: s,
@@ -367,8 +405,16 @@ mod tests {
                 message: "slow down".into()
             }
         );
-        let e = ApiError::from_response(StatusCode::BAD_GATEWAY, None, b"<html>bad gateway</html>");
+        let e = ApiError::from_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            b"<html>no upstream</html>",
+        );
         assert_eq!(e.disposition(), Disposition::Retry);
+        // A proxy's 502 page may follow a forwarded request: not retried.
+        let e = ApiError::from_response(StatusCode::BAD_GATEWAY, None, b"<html>bad gateway</html>");
+        assert_eq!(e.disposition(), Disposition::Uncertain);
+        assert_eq!(e.code(), "gateway_error");
         let e = ApiError::from_response(StatusCode::IM_A_TEAPOT, None, b"");
         assert_eq!(
             e,
@@ -377,6 +423,85 @@ mod tests {
                 excerpt: "(empty body)".into()
             }
         );
+    }
+
+    #[test]
+    fn a_gateway_page_may_mean_the_request_was_forwarded() {
+        let html = b"<html><body><h1>502 Bad Gateway</h1></body></html>".as_slice();
+        // Without the API's envelope, 502 and 504 may have been forwarded: never resent.
+        for (status, body) in [
+            (StatusCode::BAD_GATEWAY, html),
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                b"upstream request timeout".as_slice(),
+            ),
+            (StatusCode::BAD_GATEWAY, b"".as_slice()),
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                b"{\"message\": \"Endpoint request timed out\"}".as_slice(),
+            ),
+        ] {
+            let e = ApiError::from_response(status, None, body);
+            assert!(
+                matches!(e, ApiError::Gateway { status: s, .. } if s == status.as_u16()),
+                "{status}: {e:?}"
+            );
+            assert_eq!(e.disposition(), Disposition::Uncertain, "{status}");
+            assert_eq!(e.code(), "gateway_error");
+            assert!(
+                e.details()
+                    .starts_with(&format!("HTTP {}", status.as_u16()))
+            );
+            assert!(!e.to_string().contains('\n'));
+        }
+        let e = ApiError::from_response(StatusCode::BAD_GATEWAY, None, html);
+        assert!(e.details().contains("502 Bad Gateway"), "{}", e.details());
+        assert!(e.to_string().contains("may have reached the API"), "{e}");
+
+        // A 503 page, or any other 5xx page, is a refusal to take the request: retried.
+        for status in [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ] {
+            let e = ApiError::from_response(status, None, html);
+            assert_eq!(e.disposition(), Disposition::Retry, "{status}");
+            assert_eq!(e.code(), "server_error");
+        }
+
+        // The API's own envelope on any 5xx, 502/504 included, stays retryable.
+        for status in [
+            StatusCode::BAD_GATEWAY,
+            StatusCode::GATEWAY_TIMEOUT,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            let e = ApiError::from_response(status, None, &envelope("internal_error", "boom"));
+            assert!(
+                matches!(&e, ApiError::Server { status: s, code: Some(c), .. } if *s == status.as_u16() && c == "internal_error"),
+                "{status}: {e:?}"
+            );
+            assert_eq!(e.disposition(), Disposition::Retry, "{status}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_answer_may_have_delivered_whatever_its_status() {
+        for status in [200, 400, 401, 429, 500, 502] {
+            let e = ApiError::Oversized {
+                url: "http://127.0.0.1:1/whatsapp/message/text".into(),
+                status,
+                limit: 65536,
+            };
+            assert_eq!(e.disposition(), Disposition::Uncertain, "{status}");
+            assert_eq!(e.code(), "unexpected_response");
+            let shown = e.to_string();
+            assert!(
+                shown.contains("larger than the 65536-byte limit"),
+                "{shown}"
+            );
+            assert!(shown.contains(&format!("HTTP {status}")), "{shown}");
+            assert!(!shown.contains('\n'));
+            assert!(e.details().contains("larger than 65536 bytes"));
+        }
     }
 
     #[test]
