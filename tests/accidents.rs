@@ -587,3 +587,139 @@ fn run_without_a_key_fails_before_planning() {
     );
     assert!(!dir.state().exists(), "nothing planned, no state created");
 }
+
+// ---------------------------------------------------------------------------
+// 14. The key never crosses a network in clear text.
+
+#[test]
+fn plain_http_to_another_host_is_refused_before_anything_happens() {
+    let dir = CampaignDir::new(&text_campaign("", "Hi"), &kenyan_csv(3));
+    // 192.0.2.0/24 is reserved for documentation: never contacted here.
+    let out = bare_bin()
+        .env("CONVERS8_API_KEY", KEY)
+        .args(["run", "--base-url", "http://192.0.2.7:8080"])
+        .arg(dir.toml())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("http://192.0.2.7:8080") && text.contains("--allow-insecure-http"),
+        "{text}"
+    );
+    assert!(!text.contains(KEY));
+    assert!(!dir.state().exists(), "refused before planning");
+    // The flag lets it through (a dry run stops before the network).
+    run_ok(
+        bare_bin()
+            .env("CONVERS8_API_KEY", KEY)
+            .args(["run", "--dry-run", "--allow-insecure-http"])
+            .args(["--base-url", "http://192.0.2.7:8080"])
+            .arg(dir.toml()),
+    );
+}
+
+#[test]
+fn a_campaign_file_that_sends_the_key_elsewhere_is_named() {
+    let toml = text_campaign("", "Hi").replace(
+        "[message]",
+        "[api]\nbase_url = \"https://collector.example\"\n\n[message]",
+    );
+    let dir = CampaignDir::new(&toml, &kenyan_csv(3));
+    let out = run_ok(bare_bin().arg("validate").arg(dir.toml()));
+    let text = stdout(&out);
+    assert!(
+        text.contains("warning:")
+            && text.contains(&dir.toml().display().to_string())
+            && text.contains("https://collector.example"),
+        "{text}"
+    );
+    let out = run_ok(
+        bare_bin()
+            .env("CONVERS8_API_KEY", KEY)
+            .args(["run", "--dry-run"])
+            .arg(dir.toml()),
+    );
+    assert!(
+        stderr(&out).contains("sends the API key to https://collector.example"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 10. A gateway that may have forwarded the request.
+
+/// A proxy on 127.0.0.1 that answers every request with its own 502 page;
+/// returns its base URL and a counter of the requests it received.
+fn bad_gateway() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            seen.fetch_add(1, Ordering::SeqCst);
+            let page = "<html><body><h1>502 Bad Gateway</h1>nginx</body></html>";
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn a_proxys_502_page_makes_the_row_uncertain_and_it_is_not_resent() {
+    // Regression: a 502 from a proxy was retried like a 5xx of the API,
+    // though the proxy may have forwarded the message already.
+    let (url, requests) = bad_gateway();
+    let dir = CampaignDir::new(&text_campaign("max_attempts = 5", "Hi"), &kenyan_csv(3));
+    let out = bare_bin()
+        .env("CONVERS8_API_KEY", KEY)
+        .env("CONVERS8_BASE_URL", &url)
+        .arg("run")
+        .arg(dir.toml())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let counts = dir.counts();
+    assert_eq!((counts.uncertain, counts.sent, counts.failed), (3, 0, 0));
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one request per row"
+    );
+    let report = run_ok(
+        bare_bin()
+            .args(["report", "--format", "json"])
+            .arg(dir.toml()),
+    );
+    assert!(
+        stdout(&report).contains("gateway_error"),
+        "{}",
+        stdout(&report)
+    );
+}

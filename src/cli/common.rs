@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use super::output::say;
 use crate::api::client::{BASE_URL_ENV, DEFAULT_BASE_URL};
 use crate::api::{ApiKey, ClientConfig};
 use crate::campaign::Campaign;
@@ -45,6 +46,10 @@ pub struct ApiArgs {
     /// Read the API key from this file (first line) instead of $CONVERS8_API_KEY.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+
+    /// Allow a plain http:// base URL to a host other than this machine (the key travels unencrypted).
+    #[arg(long)]
+    pub allow_insecure_http: bool,
 }
 
 impl ApiArgs {
@@ -81,7 +86,24 @@ impl ApiArgs {
         let mut config = ClientConfig::new(self.base_url(campaign_base), key);
         config.timeout = timeout;
         config.connect_timeout = timeout.min(std::time::Duration::from_secs(10));
+        config.allow_insecure_http = self.allow_insecure_http;
+        // Refused before any planning or locking, not when the first request is due.
+        config.check()?;
         Ok(Some(config))
+    }
+
+    /// Warns when the key is about to go where the campaign file says rather
+    /// than to the Convers8 API: a campaign file from someone else could send
+    /// your key to their server.
+    pub fn warn_if_campaign_redirects(&self, campaign: &Campaign) {
+        let Some(base) = campaign.api.base_url.as_deref() else {
+            return;
+        };
+        let overridden = self.base_url.is_some()
+            || std::env::var(BASE_URL_ENV).is_ok_and(|v| !v.trim().is_empty());
+        if !overridden && !crate::api::is_production(base) {
+            say!("warning: {}", foreign_base_url(campaign, base));
+        }
     }
 
     /// Like [`ApiArgs::client_config`], but a missing key is an error.
@@ -94,6 +116,15 @@ impl ApiArgs {
             .ok_or(crate::api::client::KeyError::Missing)
             .context("cannot call the API")
     }
+}
+
+/// What to say about a campaign file whose `[api] base_url` is not the
+/// Convers8 API.
+pub fn foreign_base_url(campaign: &Campaign, base: &str) -> String {
+    format!(
+        "{} sends the API key to {base} ([api] base_url), not to the Convers8 API at {DEFAULT_BASE_URL}: use it only if you trust that server (--base-url overrides it)",
+        campaign.file.display()
+    )
 }
 
 /// The command a user types to run `args` again (for "resume with" hints).

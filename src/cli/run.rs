@@ -166,6 +166,7 @@ pub(super) async fn execute(
         sandbox = Some(server);
         Some(client)
     } else {
+        api_args.warn_if_campaign_redirects(campaign);
         api_args.client_config(campaign.api.base_url.as_deref(), campaign.send.timeout)?
     };
 

@@ -68,6 +68,7 @@ pub async fn run(args: SendTestArgs) -> anyhow::Result<ExitCode> {
     let campaign = Campaign::load(&args.campaign)?;
     let to = normalize_phone(&args.to, campaign.recipients.default_country)
         .map_err(|why| anyhow!("--to: {why}"))?;
+    args.api.warn_if_campaign_redirects(&campaign);
     let config = args
         .api
         .require_client_config(campaign.api.base_url.as_deref(), campaign.send.timeout)?;

@@ -80,6 +80,9 @@ struct Verdict<'a> {
     duplicate: u64,
     /// The first problems (at most [`plan::PROBLEMS_KEPT`]).
     problems: &'a [RowProblem],
+    /// Set when `[api] base_url` sends the key somewhere other than the API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_url_warning: Option<String>,
     /// Whether the campaign can be sent (and, with --strict, has no bad row).
     ok: bool,
     strict: bool,
@@ -91,6 +94,12 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let s = &scratch.summary;
     let bad_rows = s.invalid + s.duplicate;
     let ok = s.pending > 0 && !(args.strict && bad_rows > 0);
+    let base_url_warning = campaign
+        .api
+        .base_url
+        .as_deref()
+        .filter(|base| !crate::api::is_production(base))
+        .map(|base| super::common::foreign_base_url(&campaign, base));
     let mut out = std::io::stdout().lock();
     if args.json {
         let verdict = Verdict {
@@ -102,6 +111,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             invalid: s.invalid,
             duplicate: s.duplicate,
             problems: &s.problems,
+            base_url_warning: base_url_warning.clone(),
             ok,
             strict: args.strict,
         };
@@ -126,6 +136,9 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                 "  row {} (line {}): {} {}: {}",
                 p.row, p.line, p.state, p.code, p.details
             );
+        }
+        if let Some(warning) = &base_url_warning {
+            let _ = writeln!(out, "  warning: {warning}");
         }
         let unshown = bad_rows.saturating_sub(s.problems.len() as u64);
         if unshown > 0 {

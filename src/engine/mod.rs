@@ -291,6 +291,8 @@ pub async fn run(
     let Some(api) = options.api.clone() else {
         return Err(RunError::NoApiKey);
     };
+    // Built before any row changes: a base URL it refuses changes nothing.
+    let client = Client::new(api).map_err(anyhow::Error::from)?;
 
     if let Some(window) = &options.window {
         let now = options.clock.now();
@@ -331,7 +333,6 @@ pub async fn run(
         report.reset_rows = db.reset_for_retry(selection)?;
     }
     let counts = db.counts()?;
-    let client = Client::new(api).map_err(anyhow::Error::from)?;
     let run_id = db.start_run()?;
     let to_send = options
         .limit
