@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::shutdown::{Stop, StopReason};
-use crate::state::{Claimed, FileGone, Outcome, StateDb, StateError};
+use crate::state::{Claimed, FileGone, Outcome, RecipientState, StateDb, StateError};
 
 /// Commit when this many outcomes are waiting...
 const BATCH_ROWS: usize = 512;
@@ -56,7 +56,8 @@ pub struct WriteFailure {
     pub message: String,
     /// Set when the state file was deleted, moved, replaced or truncated.
     pub gone: Option<FileGone>,
-    /// Outcomes that never reached the state file.
+    /// Outcomes of requests that never reached the state file (rows given
+    /// back unsent are not counted: nothing of them left).
     pub unrecorded: u64,
 }
 
@@ -204,7 +205,7 @@ impl Writer {
     fn commit(&mut self, max: usize) -> Result<Vec<Claimed>, String> {
         self.take_outcomes();
         if let Some(failure) = &mut self.failed {
-            failure.unrecorded += self.batch.len() as u64;
+            failure.unrecorded += settled(&self.batch);
             self.batch.clear();
             return Err(failure.message.clone());
         }
@@ -219,7 +220,7 @@ impl Writer {
             ms = started.elapsed().as_millis() as u64,
             "state committed"
         );
-        let recorded = self.batch.len() as u64;
+        let recorded = settled(&self.batch);
         self.batch.clear();
         result.map_err(|e| {
             tracing::error!("cannot write the state: {e}");
@@ -239,6 +240,14 @@ impl Writer {
             message
         })
     }
+}
+
+/// Outcomes of rows that went out (not the ones given back unsent).
+fn settled(batch: &[Outcome]) -> u64 {
+    batch
+        .iter()
+        .filter(|o| o.state != RecipientState::Pending)
+        .count() as u64
 }
 
 fn writer_loop(
