@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use convers8_campaign::sandbox::SandboxStats;
+use convers8_campaign::sandbox::{RecordedMessage, SandboxStats};
 
 /// The key both the sandbox and the campaign use.
 pub const KEY: &str = "bench-key-5c1e";
@@ -110,6 +110,12 @@ impl SandboxProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Everything the sandbox accepted so far, in order.
+    pub fn messages(&self) -> Vec<RecordedMessage> {
+        let body = http_get(self.addr, "/_sandbox/messages");
+        serde_json::from_str(&body).expect("/_sandbox/messages is JSON")
     }
 }
 

@@ -7,6 +7,11 @@
 //! the rate drops for everyone to just under the goodput the server actually
 //! accepted over the last second, then climbs back additively (AIMD), so a run
 //! settles just under the server's real limit instead of bouncing off it.
+//! Only a full window is a measurement of that limit: goodput seen over less
+//! than a second since the pace started measuring (its creation, or the end
+//! of a pause for everyone) is scaled to a per-second estimate to set the new
+//! rate, but it is never remembered as the limit, so a run that starts into a
+//! budget another run has just used up climbs back fast instead of creeping.
 //! This module only decides *when*; it never sends or retries anything.
 
 use std::collections::VecDeque;
@@ -26,13 +31,17 @@ const DECREASE_EVERY: Duration = Duration::from_millis(500);
 /// the current rate (at least 1/s): gentle, so the run settles under it.
 const INCREASE_FRACTION_PER_SEC: f64 = 0.02;
 /// Far below the last known limit (or with none known, as after a 429 that
-/// came before anything was accepted) the pace grows this much faster per
-/// second: a run must not spend minutes crawling back from a short storm.
+/// came before anything was accepted or before a full window) the pace grows
+/// this much faster per second: a run must not spend minutes crawling back
+/// from a short storm.
 const FAST_INCREASE_FRACTION_PER_SEC: f64 = 0.5;
 /// "Near" the known limit means at or above this fraction of it.
 const NEAR_LIMIT: f64 = 0.8;
 /// Goodput is measured over this window.
 const GOODPUT_WINDOW: Duration = Duration::from_secs(1);
+/// A partial window is scaled as if it were at least this long, so a 429 at
+/// the very instant measuring started still gives a finite rate.
+const MIN_PARTIAL_WINDOW: Duration = Duration::from_millis(1);
 /// A `Retry-After` longer than this pauses everyone; a shorter one only delays
 /// the message it came with (the rate drop already slows the rest).
 const PAUSE_ALL_AFTER: Duration = Duration::from_secs(1);
@@ -50,8 +59,12 @@ struct PaceState {
     next_slot: Instant,
     last_adjust: Instant,
     last_decrease: Option<Instant>,
-    /// The goodput the server allowed when it last pushed back.
+    /// The goodput the server allowed over a full window when it last pushed back.
     known_limit: Option<f64>,
+    /// When the goodput window started filling: the pace's creation, or the
+    /// end of the last pause for everyone. Until a whole window has passed
+    /// since, the accepted count is a partial one.
+    measuring_since: Instant,
     /// Completion times of accepted requests within the goodput window.
     accepted: VecDeque<Instant>,
     rate_limited: u64,
@@ -70,6 +83,7 @@ impl Pace {
                 last_adjust: now,
                 last_decrease: None,
                 known_limit: None,
+                measuring_since: now,
                 accepted: VecDeque::new(),
                 rate_limited: 0,
             }),
@@ -145,17 +159,28 @@ impl Pace {
         let now = Instant::now();
         let mut s = self.lock();
         s.rate_limited += 1;
-        if let Some(wait) = retry_after
-            && wait > PAUSE_ALL_AFTER
-        {
+        let pause = retry_after.filter(|&wait| wait > PAUSE_ALL_AFTER);
+        if let Some(wait) = pause {
             s.next_slot = s.next_slot.max(now + wait);
         }
         let recently = s
             .last_decrease
             .is_some_and(|t| now.saturating_duration_since(t) < DECREASE_EVERY);
-        if recently {
-            return;
+        if !recently {
+            Self::decrease(&mut s, now);
         }
+        if pause.is_some() {
+            // Nothing is sent until the pause ends, so the window that ends a
+            // moment later is mostly silence: measure afresh from there. (The
+            // 429 that asked for the pause was measured above, over the
+            // window before it.)
+            s.measuring_since = s.measuring_since.max(s.next_slot);
+        }
+    }
+
+    /// Lowers the rate to just under the goodput, learning the limit when
+    /// the goodput was measured over a full window.
+    fn decrease(s: &mut PaceState, now: Instant) {
         while let Some(&front) = s.accepted.front() {
             if now.saturating_duration_since(front) > GOODPUT_WINDOW {
                 s.accepted.pop_front();
@@ -163,8 +188,28 @@ impl Pace {
                 break;
             }
         }
-        let goodput = s.accepted.len() as f64 / GOODPUT_WINDOW.as_secs_f64();
-        if goodput > 0.0 {
+        let observed = now.saturating_duration_since(s.measuring_since);
+        let full_window = observed >= GOODPUT_WINDOW;
+        let goodput = if full_window {
+            s.accepted.len() as f64 / GOODPUT_WINDOW.as_secs_f64()
+        } else {
+            // A partial window: what was accepted since measuring started,
+            // scaled to a second. Right after a start into an exhausted limit
+            // the count is the trickle the refilling budget let through, far
+            // below the limit; taken as the limit, it would hold the pace in
+            // the slow "near limit" climb for minutes. So it only sets the
+            // new rate, `known_limit` stays as it was (none at the start) and
+            // the fast climb applies. The scaled estimate errs high when the
+            // server first allowed a burst, and low when the count is one or
+            // two answers; high is the cheaper mistake: it costs about one
+            // more 429 per worker (each 429 holds its worker back for the
+            // Retry-After) before a later decrease measures again, where low
+            // costs seconds of climbing behind slots already reserved.
+            let since = s.measuring_since;
+            let counted = s.accepted.iter().filter(|&&t| t >= since).count();
+            counted as f64 / observed.max(MIN_PARTIAL_WINDOW).as_secs_f64()
+        };
+        if full_window && goodput > 0.0 {
             s.known_limit = Some(goodput);
         }
         let current = s.rate.unwrap_or(f64::INFINITY);
@@ -172,7 +217,7 @@ impl Pace {
         let target = if goodput > 0.0 {
             (goodput * DECREASE_TO).min(current * DECREASE_TO)
         } else {
-            // Nothing accepted for a second: halve (from a finite rate).
+            // Nothing accepted in the window: halve (from a finite rate).
             if current.is_finite() {
                 current / 2.0
             } else {
@@ -182,6 +227,7 @@ impl Pace {
         s.rate = Some(target.max(MIN_RATE));
         tracing::info!(
             goodput_per_sec = goodput,
+            full_window,
             new_rate = target.max(MIN_RATE),
             "rate limited by the API: pace lowered for every worker"
         );
@@ -226,6 +272,8 @@ mod tests {
     async fn a_429_drops_the_rate_to_just_under_the_goodput() {
         let pace = Pace::new(None);
         assert_eq!(pace.current_rate(), None);
+        // A full window since the pace started, so the goodput is a measurement.
+        tokio::time::advance(GOODPUT_WINDOW).await;
         for _ in 0..80 {
             pace.on_accepted();
         }
@@ -274,5 +322,137 @@ mod tests {
         pace.on_rate_limited(Some(Duration::from_secs(5)));
         let slot = pace.reserve();
         assert!(slot - start >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_early_429_scales_the_partial_window_but_learns_no_limit() {
+        let pace = Pace::new(None);
+        // 10 accepted in the first quarter second: 40/s, not a limit of 10/s.
+        tokio::time::advance(Duration::from_millis(250)).await;
+        for _ in 0..10 {
+            pace.on_accepted();
+        }
+        pace.on_rate_limited(Some(Duration::from_secs(1)));
+        let rate = pace.current_rate().expect("paced after a 429");
+        assert!((rate - 38.0).abs() < 0.01, "{rate}");
+        assert_eq!(pace.lock().known_limit, None);
+        // No limit known, so the climb is the fast one: doubled in 2 s.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        pace.reserve();
+        let recovered = pace.current_rate().expect("rate");
+        assert!(recovered > 70.0, "{recovered}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_for_everyone_restarts_the_window() {
+        let pace = Pace::new(None);
+        tokio::time::advance(GOODPUT_WINDOW).await;
+        for _ in 0..80 {
+            pace.on_accepted();
+        }
+        pace.on_rate_limited(None);
+        assert_eq!(pace.lock().known_limit, Some(80.0));
+        // The 429 that asks for a pause is measured over the window before it.
+        tokio::time::advance(Duration::from_millis(600)).await;
+        pace.on_rate_limited(Some(Duration::from_secs(5)));
+        assert_eq!(pace.lock().known_limit, Some(80.0));
+        let paused_at = pace.current_rate().expect("rate");
+        assert!((paused_at - 72.2).abs() < 0.01, "{paused_at}");
+        // 200 ms after the pause: 10 accepted is 50/s so far, not a limit of 10/s.
+        tokio::time::advance(Duration::from_millis(5200)).await;
+        for _ in 0..10 {
+            pace.on_accepted();
+        }
+        pace.on_rate_limited(None);
+        assert_eq!(pace.lock().known_limit, Some(80.0));
+        let rate = pace.current_rate().expect("rate");
+        assert!((rate - 47.5).abs() < 0.01, "{rate}");
+    }
+
+    /// A server like the sandbox: one token bucket of `LIMIT` a second (burst
+    /// `LIMIT`) that accepts a request when it holds a token at that instant.
+    struct Server {
+        tokens: f64,
+        last: Instant,
+        accepted: Vec<Instant>,
+    }
+
+    const LIMIT: f64 = 80.0;
+
+    impl Server {
+        /// Empty, as another run that just used the whole budget leaves it.
+        fn drained(now: Instant) -> Server {
+            Server {
+                tokens: 0.0,
+                last: now,
+                accepted: Vec::new(),
+            }
+        }
+
+        fn take(&mut self, now: Instant) -> bool {
+            let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+            self.last = now;
+            self.tokens = (self.tokens + elapsed * LIMIT).min(LIMIT);
+            if self.tokens < 1.0 {
+                return false;
+            }
+            self.tokens -= 1.0;
+            self.accepted.push(now);
+            true
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_started_into_an_exhausted_limit_reaches_it_within_seconds() {
+        // What the sandbox answers a 429 at this limit (its wait, rounded up to
+        // whole seconds), and so the least the worker's backoff waits.
+        const RETRY_AFTER: Duration = Duration::from_secs(1);
+        let start = Instant::now();
+        let end = start + Duration::from_secs(20);
+        let pace = std::sync::Arc::new(Pace::new(None));
+        let server = std::sync::Arc::new(Mutex::new(Server::drained(start)));
+        let mut workers = tokio::task::JoinSet::new();
+        for i in 0..16u64 {
+            let (pace, server) = (pace.clone(), server.clone());
+            // Round trips of 40 to 100 ms, one per worker, so answers come back
+            // spread out as over a network: the first ones are the few the
+            // refilling bucket let through, and then the 429s.
+            let one_way = Duration::from_millis(20 + 2 * i);
+            workers.spawn(async move {
+                while Instant::now() < end {
+                    pace.wait().await;
+                    tokio::time::sleep(one_way).await;
+                    let accepted = server.lock().expect("server").take(Instant::now());
+                    tokio::time::sleep(one_way).await;
+                    if accepted {
+                        pace.on_accepted();
+                    } else {
+                        pace.on_rate_limited(Some(RETRY_AFTER));
+                        tokio::time::sleep(RETRY_AFTER).await;
+                    }
+                }
+            });
+        }
+        while let Some(done) = workers.join_next().await {
+            done.expect("a simulated worker");
+        }
+        let server = server.lock().expect("server");
+        let per_second: Vec<usize> = (0..20)
+            .map(|s| {
+                let from = start + Duration::from_secs(s);
+                let to = from + Duration::from_secs(1);
+                server
+                    .accepted
+                    .iter()
+                    .filter(|&&t| t >= from && t < to)
+                    .count()
+            })
+            .collect();
+        let rate = per_second[10..20].iter().sum::<usize>() as f64 / 10.0;
+        assert!(
+            rate >= 0.9 * LIMIT,
+            "{rate}/s accepted over seconds 10-20, want >= {}/s; each second: {per_second:?}",
+            0.9 * LIMIT
+        );
     }
 }
