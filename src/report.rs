@@ -22,6 +22,9 @@ use crate::state::{Counts, RecipientRecord, RecipientState, RunRecord, StateDb};
 
 /// How far back `status` looks to measure the pace of a run in progress.
 pub const THROUGHPUT_WINDOW: Duration = Duration::from_secs(60);
+/// The shortest span a pace is measured over: a run a few milliseconds old
+/// must not turn its first message into thousands per second.
+pub const THROUGHPUT_MIN_SPAN: Duration = Duration::from_secs(1);
 
 /// Where a campaign stands, as `status` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -41,8 +44,11 @@ pub struct Status {
     pub running: Option<RunRecord>,
     /// The latest run did not finish and its process is gone (killed, crashed).
     pub last_run_died: bool,
-    /// Messages per second over the last minute, while a run is in progress.
+    /// Messages per second while a run is in progress, over the last
+    /// minute or, for a run younger than that, over the time it has lasted.
     pub per_second: Option<f64>,
+    /// The span `per_second` was measured over, in seconds.
+    pub per_second_span_seconds: Option<f64>,
     /// Seconds until the pending rows are sent at that pace.
     pub eta_seconds: Option<u64>,
     /// The most recent run, finished or not.
@@ -69,14 +75,19 @@ pub fn gather_status(db: &StateDb, now: DateTime<Utc>) -> anyhow::Result<Status>
         .filter(|r| process_alive(r.pid).unwrap_or(true))
         .cloned();
     let last_run_died = unfinished.is_some() && running.is_none();
-    let (per_second, eta_seconds) = if running.is_some() {
-        let window = chrono::Duration::from_std(THROUGHPUT_WINDOW).unwrap_or_default();
-        let recent = db.sent_since(now - window)?;
-        let per_second = recent as f64 / THROUGHPUT_WINDOW.as_secs_f64();
-        let eta = (per_second > 0.0).then(|| (counts.pending as f64 / per_second).ceil() as u64);
-        (Some(per_second), eta)
-    } else {
-        (None, None)
+    let (per_second, per_second_span_seconds, eta_seconds) = match &running {
+        Some(run) => {
+            let (lasted, span) = pace_span(run, now);
+            // Only this run's sends: a run younger than the window has not
+            // been sending for all of it, and the run before may have been.
+            let since = now - chrono::Duration::from_std(lasted).unwrap_or_default();
+            let recent = db.sent_since(since)?;
+            let per_second = recent as f64 / span.as_secs_f64();
+            let eta =
+                (per_second > 0.0).then(|| (counts.pending as f64 / per_second).ceil() as u64);
+            (Some(per_second), Some(span.as_secs_f64()), eta)
+        }
+        None => (None, None, None),
     };
     let errors = db
         .error_counts()?
@@ -95,10 +106,27 @@ pub fn gather_status(db: &StateDb, now: DateTime<Utc>) -> anyhow::Result<Status>
         running,
         last_run_died,
         per_second,
+        per_second_span_seconds,
         eta_seconds,
         last_run,
         errors,
     })
+}
+
+/// What a running run's pace is measured over: how far back to count its
+/// sends (the time it has lasted, at most [`THROUGHPUT_WINDOW`]) and the span
+/// to divide them by (the same, but at least [`THROUGHPUT_MIN_SPAN`]). A start
+/// time that cannot be read (only a damaged state file has one) counts as the
+/// whole window; one in the future (a clock set back) as no time at all.
+fn pace_span(run: &RunRecord, now: DateTime<Utc>) -> (Duration, Duration) {
+    let lasted = match DateTime::parse_from_rfc3339(&run.started_at) {
+        Ok(started) => (now - started.with_timezone(&Utc))
+            .to_std()
+            .unwrap_or_default(),
+        Err(_) => THROUGHPUT_WINDOW,
+    }
+    .min(THROUGHPUT_WINDOW);
+    (lasted, lasted.max(THROUGHPUT_MIN_SPAN))
 }
 
 /// Whether a process with this id exists; `None` where that cannot be told.
@@ -142,13 +170,19 @@ impl Status {
         }
         match &self.running {
             Some(run) => {
+                let span = match self.per_second_span_seconds {
+                    Some(s) if s < THROUGHPUT_WINDOW.as_secs_f64() => {
+                        format_duration(Duration::from_secs_f64(s))
+                    }
+                    _ => "minute".to_owned(),
+                };
                 let pace = match (self.per_second, self.eta_seconds) {
                     (Some(rate), Some(eta)) => format!(
-                        "; {rate:.1} msg/s over the last minute, about {} left for {} pending",
+                        "; {rate:.1} msg/s over the last {span}, about {} left for {} pending",
                         format_duration(Duration::from_secs(eta)),
                         c.pending
                     ),
-                    (Some(rate), None) => format!("; {rate:.1} msg/s over the last minute"),
+                    (Some(rate), None) => format!("; {rate:.1} msg/s over the last {span}"),
                     _ => String::new(),
                 };
                 writeln!(
@@ -417,6 +451,121 @@ pub fn write_private_file<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{Outcome, PlanInfo, PlannedRow, timestamp};
+
+    /// A state with `n` pending rows and a run started by this process (so
+    /// its pid is alive); returns the run's start as the state recorded it.
+    fn running_state(n: u64) -> (StateDb, DateTime<Utc>) {
+        let mut db = StateDb::in_memory().expect("in-memory state");
+        db.write_plan(|sink| {
+            for row in 1..=n {
+                let phone = format!("+2547{:08}", 11_000_000 + row);
+                sink.insert(&PlannedRow {
+                    row,
+                    outcome: Ok(format!("{{\"to\":\"{phone}\"}}")),
+                    phone: Some(phone),
+                    name: None,
+                })?;
+            }
+            let at = timestamp(Utc::now());
+            Ok((
+                (),
+                PlanInfo {
+                    campaign_name: "pace".into(),
+                    message_type: "text".into(),
+                    campaign_file: "campaign.toml".into(),
+                    csv_file: "recipients.csv".into(),
+                    message_fingerprint: "fp".into(),
+                    csv_sha256: "sha".into(),
+                    csv_rows: n,
+                    planned_at: at.clone(),
+                    updated_at: at,
+                },
+            ))
+        })
+        .expect("plan");
+        db.start_run().expect("start a run");
+        let run = db.runs(1).expect("runs").remove(0);
+        let started = DateTime::parse_from_rfc3339(&run.started_at)
+            .expect("an RFC 3339 start")
+            .with_timezone(&Utc);
+        (db, started)
+    }
+
+    /// Claims `n` rows and records them sent, evenly spread over `over`
+    /// from `from`.
+    fn send(db: &mut StateDb, n: usize, from: DateTime<Utc>, over: chrono::Duration) {
+        let claimed = db.claim(n).expect("claim");
+        assert_eq!(claimed.len(), n);
+        let outcomes: Vec<Outcome> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Outcome {
+                id: c.id,
+                state: RecipientState::Sent,
+                attempts: 1,
+                message_id: Some(format!("m{}", c.row)),
+                error_code: None,
+                error_details: None,
+                at: from + over * i as i32 / n as i32,
+            })
+            .collect();
+        db.record(&outcomes).expect("record");
+    }
+
+    #[test]
+    fn a_young_run_is_paced_over_the_time_it_has_lasted() {
+        // 3 s into a 22 msg/s run: 66 sent, 44 pending.
+        let (mut db, started) = running_state(110);
+        send(&mut db, 66, started, chrono::Duration::seconds(3));
+        let now = started + chrono::Duration::seconds(3);
+        let status = gather_status(&db, now).expect("status");
+        assert!(status.running.is_some(), "the run of this process is alive");
+        assert_eq!(status.counts.pending, 44);
+        let rate = status.per_second.expect("a pace");
+        assert!((rate - 22.0).abs() < 0.01, "{rate} msg/s");
+        assert_eq!(status.per_second_span_seconds, Some(3.0));
+        // 44 pending at 22 msg/s.
+        assert_eq!(status.eta_seconds, Some(2));
+        let mut text = Vec::new();
+        status.write_text(&mut text).expect("text");
+        let text = String::from_utf8(text).expect("utf-8");
+        assert!(
+            text.contains("22.0 msg/s over the last 3s, about 2s left for 44 pending"),
+            "{text}"
+        );
+
+        // A few milliseconds in, one message is not thousands per second.
+        let (mut db, started) = running_state(10);
+        send(&mut db, 1, started, chrono::Duration::zero());
+        let now = started + chrono::Duration::milliseconds(5);
+        let status = gather_status(&db, now).expect("status");
+        assert_eq!(status.per_second, Some(1.0));
+        assert_eq!(status.eta_seconds, Some(9));
+    }
+
+    #[test]
+    fn an_old_run_is_paced_over_the_last_minute() {
+        // 66 sent in the first 3 s, 90 in the last minute of a 5-minute run.
+        let (mut db, started) = running_state(200);
+        send(&mut db, 66, started, chrono::Duration::seconds(3));
+        let now = started + chrono::Duration::minutes(5);
+        send(
+            &mut db,
+            90,
+            now - chrono::Duration::seconds(59),
+            chrono::Duration::seconds(59),
+        );
+        let status = gather_status(&db, now).expect("status");
+        assert_eq!(status.per_second, Some(1.5));
+        assert_eq!(status.per_second_span_seconds, Some(60.0));
+        // 44 pending at 1.5 msg/s.
+        assert_eq!(status.eta_seconds, Some(30));
+        let mut text = Vec::new();
+        status.write_text(&mut text).expect("text");
+        let text = String::from_utf8(text).expect("utf-8");
+        assert!(text.contains("1.5 msg/s over the last minute"), "{text}");
+    }
 
     #[test]
     fn protected_files_are_recognised_however_they_are_spelled() {

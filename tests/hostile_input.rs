@@ -1,6 +1,6 @@
 //! Hostile input: recipient files and templates built to break the planner.
 //!
-//! Two halves. Property tests (`proptest`) feed the library's planner random
+//! Property tests (`proptest`) feed the library's planner random
 //! CSVs — random bytes, quoting, BOMs, ragged rows, huge fields, invalid
 //! UTF-8, NULs — under random templates, and check that planning never
 //! panics, that every data row the reader reads gets exactly one state, and
@@ -8,7 +8,9 @@
 //! a corpus of named bad files in `tests/data/hostile/` goes through the real
 //! binary (`run --dry-run`), each with the one-line error or the per-row
 //! states it must produce; the expectations are listed next to the files'
-//! names below, so a change of behaviour shows up as a failing name.
+//! names below, so a change of behaviour shows up as a failing name. Last,
+//! templates nested thousands deep go through the real binary, which must
+//! refuse them in one line rather than overflow its stack.
 
 mod common;
 
@@ -489,6 +491,72 @@ fn corpus_files_give_their_error_or_their_row_states() {
                     );
                     assert!(!text.contains("s3cret"), "{name}: a cell reached [vars]");
                 }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Templates nested deep enough to overflow handlebars' stack.
+// ---------------------------------------------------------------------------
+
+/// 2,000 nested `{{#if}}` (or `{{else if}}` links, or subexpressions) once
+/// overflowed the stack in handlebars and aborted the process (exit 134, no
+/// message). Both commands that plan must refuse the template in one line
+/// naming the campaign file and the template's key, and exit 1.
+#[test]
+fn deeply_nested_templates_are_refused_in_one_line() {
+    let deep = 2_000;
+    for text in [
+        format!(
+            "{}Hi {{{{name}}}}{}",
+            "{{#if name}}".repeat(deep),
+            "{{/if}}".repeat(deep)
+        ),
+        format!(
+            "{{{{#if name}}}}Hi{}{{{{/if}}}}",
+            "{{else if name}}Hi".repeat(deep)
+        ),
+        format!(
+            "{{{{eq {}name{} 1}}}}",
+            "(eq ".repeat(deep),
+            ")".repeat(deep)
+        ),
+    ] {
+        let dir = CampaignDir::new(
+            &campaign_text(&text, None, true),
+            "phone,name\n+254711000001,Amina\n",
+        );
+        for command in [&["validate"][..], &["run", "--dry-run"]] {
+            let out = bare_bin()
+                .args(command)
+                .arg(dir.toml())
+                .output()
+                .expect("binary runs");
+            let err = stderr(&out);
+            let what = format!("{command:?} on {}", &text[..30]);
+            // A signal (the abort of a stack overflow) has no exit code.
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{what}: {:?}\n{err}",
+                out.status
+            );
+            // `run` says what it plans first; the error is one line, the last.
+            let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+            assert_eq!(errors.len(), 1, "{what}: one error line, got: {err}");
+            assert_eq!(err.lines().last(), errors.first().copied(), "{what}: {err}");
+            let line = errors[0];
+            assert!(
+                line.contains(&dir.toml().display().to_string()),
+                "{what}: the campaign file is not named: {line}"
+            );
+            assert!(
+                line.contains("template message.content.text nests more than 64 levels"),
+                "{what}: {line}"
+            );
+            if dir.state().exists() {
+                assert_eq!(dir.counts().total(), 0, "{what}: a refused plan left rows");
             }
         }
     }
