@@ -5,8 +5,11 @@
 //!
 //! The campaign is planned first (`run --dry-run`): planning 20,000 rows
 //! takes about two seconds in a debug build, so kills 100–600 ms after a
-//! start that still had to plan would all land before the first message.
-//! The delays are seeded; the seed is printed, and `CRASH_SEED=…` replays it.
+//! start that still had to plan all landed before the first message. Each
+//! kill is scheduled once that run's first messages have arrived, a random
+//! 0–500 ms later; the test also checks that the recorded `sent` count grew
+//! between kills. The delays are seeded; the seed is printed, and
+//! `CRASH_SEED=…` replays them.
 
 mod common;
 
@@ -22,6 +25,8 @@ use rand::{Rng, SeedableRng};
 const RECIPIENTS: usize = 20_000;
 const KILLS: usize = 10;
 const CONCURRENCY: usize = 16;
+/// Messages a run must have delivered before its kill is scheduled.
+const FIRST_MESSAGES: usize = 50;
 
 #[test]
 fn sigkill_at_random_moments_loses_nobody_and_messages_nobody_twice() {
@@ -61,9 +66,22 @@ fn sigkill_at_random_moments_loses_nobody_and_messages_nobody_twice() {
             .stderr(Stdio::null())
             .spawn()
             .expect("runner starts");
-        let wait = Duration::from_millis(rng.random_range(100..600));
+        // The kill lands at a random moment *while sending*: once this run's
+        // first messages have arrived (on a loaded machine, starting up can
+        // take longer than any fixed delay), then 0–500 ms later.
+        let accepted_at_start = sandbox.messages().len();
         let started = Instant::now();
-        while started.elapsed() < wait {
+        while sandbox.messages().len() < accepted_at_start + FIRST_MESSAGES {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "run {} sent nothing in 60 s",
+                kills_done + 1
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let wait = Duration::from_millis(rng.random_range(0..500));
+        let sending_since = Instant::now();
+        while sending_since.elapsed() < wait {
             assert!(
                 child.try_wait().expect("poll").is_none(),
                 "the runner finished before kill {}: the drill needs a longer list or a slower sandbox",
