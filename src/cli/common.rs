@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::output::say;
-use crate::api::client::{BASE_URL_ENV, DEFAULT_BASE_URL};
-use crate::api::{ApiKey, ClientConfig};
-use crate::campaign::Campaign;
-use crate::state;
+use convers8_campaign::api::client::{BASE_URL_ENV, DEFAULT_BASE_URL};
+use convers8_campaign::api::{ApiKey, ClientConfig};
+use convers8_campaign::campaign::Campaign;
+use convers8_campaign::state;
 
 /// The campaign file and its state.
 #[derive(Debug, Clone, clap::Args)]
@@ -101,7 +101,7 @@ impl ApiArgs {
         };
         let overridden = self.base_url.is_some()
             || std::env::var(BASE_URL_ENV).is_ok_and(|v| !v.trim().is_empty());
-        if !overridden && !crate::api::is_production(base) {
+        if !overridden && !convers8_campaign::api::is_production(base) {
             say!("warning: {}", foreign_base_url(campaign, base));
         }
     }
@@ -113,7 +113,7 @@ impl ApiArgs {
         timeout: std::time::Duration,
     ) -> anyhow::Result<ClientConfig> {
         self.client_config(campaign_base, timeout)?
-            .ok_or(crate::api::client::KeyError::Missing)
+            .ok_or(convers8_campaign::api::client::KeyError::Missing)
             .context("cannot call the API")
     }
 }

@@ -26,12 +26,12 @@ use unicode_width::UnicodeWidthStr;
 use super::common::ApiArgs;
 use super::exit;
 use super::output::say;
-use crate::api::model::{Contact, ContactsPage, NewContact};
-use crate::api::{ApiError, Client, Disposition};
-use crate::campaign::RecipientsSpec;
-use crate::engine::pace::Pace;
-use crate::engine::retry::BackoffPolicy;
-use crate::recipients::{RecipientReader, RecipientsError, normalize_phone};
+use convers8_campaign::api::model::{Contact, ContactsPage, NewContact};
+use convers8_campaign::api::{ApiError, Client, Disposition};
+use convers8_campaign::campaign::RecipientsSpec;
+use convers8_campaign::engine::pace::Pace;
+use convers8_campaign::engine::retry::BackoffPolicy;
+use convers8_campaign::recipients::{RecipientReader, RecipientsError, normalize_phone};
 
 /// Per request, from connect to the last byte: the campaign default.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -898,11 +898,13 @@ mod tests {
     fn footers() {
         let page = |n: usize, p: Option<(u64, u64, u64)>| ContactsPage {
             contacts: (0..n).map(|i| contact(&i.to_string(), "A")).collect(),
-            pagination: p.map(|(page, total, total_pages)| crate::api::model::Pagination {
-                total,
-                page,
-                per_page: 10,
-                total_pages,
+            pagination: p.map(|(page, total, total_pages)| {
+                convers8_campaign::api::model::Pagination {
+                    total,
+                    page,
+                    per_page: 10,
+                    total_pages,
+                }
             }),
         };
         assert_eq!(

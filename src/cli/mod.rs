@@ -13,6 +13,7 @@ mod contacts;
 pub mod exit;
 mod output;
 mod preview;
+mod progress;
 mod report;
 mod retry;
 mod run;
@@ -54,7 +55,18 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` are answers, not errors; anything else is usage.
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -106,8 +118,8 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 fn exit_code_for(err: &anyhow::Error) -> u8 {
-    use crate::engine::RunError;
-    use crate::state::{LockError, StateError};
+    use convers8_campaign::engine::RunError;
+    use convers8_campaign::state::{LockError, StateError};
     let held = err.chain().any(|cause| {
         cause
             .downcast_ref::<LockError>()

@@ -10,10 +10,10 @@ use std::process::ExitCode;
 
 use super::common::CampaignArgs;
 use super::output::say;
-use super::validate::ScratchPlan;
-use crate::api::model::MessageKind;
-use crate::plan::{self, InputCheck};
-use crate::state::{RecipientState, StateDb};
+use convers8_campaign::api::model::MessageKind;
+use convers8_campaign::plan::ScratchPlan;
+use convers8_campaign::plan::{self, InputCheck};
+use convers8_campaign::state::{RecipientState, StateDb};
 
 const EXAMPLES: &str = "\
 Examples:

@@ -3,7 +3,7 @@
 //!
 //! Read-only on the state (it works while a run is sending) and thin: the
 //! export, the spreadsheet-safe cells and the all-or-nothing file write live
-//! in [`crate::report`]. Also home of [`open_state`], which `status` shares.
+//! in [`convers8_campaign::report`]. Also home of [`open_state`], which `status` shares.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,8 +12,8 @@ use anyhow::Context;
 
 use super::common::CampaignArgs;
 use super::output::say;
-use crate::report::{self, ExportFormat};
-use crate::state::{StateDb, StateError};
+use convers8_campaign::report::{self, ExportFormat};
+use convers8_campaign::state::{StateDb, StateError};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -100,14 +100,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if let Err(err) = report::export(&db, &states, format, &mut out) {
                 // A closed pipe (`report | head`) is a normal end, not an error.
-                let closed_pipe = err.chain().any(|c| {
-                    c.downcast_ref::<std::io::Error>()
-                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-                        || c.downcast_ref::<csv::Error>().is_some_and(|e| {
-                            matches!(e.kind(), csv::ErrorKind::Io(io)
-                                if io.kind() == std::io::ErrorKind::BrokenPipe)
-                        })
-                });
+                let closed_pipe = report::is_closed_pipe(&err);
                 if !closed_pipe {
                     return Err(err);
                 }
@@ -132,13 +125,13 @@ fn protected_files(args: &CampaignArgs) -> Vec<(String, PathBuf)> {
         bases.push(real);
     }
     for base in bases {
-        for suffix in crate::state::lock::COMPANION_SUFFIXES
+        for suffix in convers8_campaign::state::lock::COMPANION_SUFFIXES
             .iter()
             .chain(&[".lock"])
         {
             files.push((
                 "a file of the state".to_owned(),
-                crate::state::lock::with_suffix(&base, suffix),
+                convers8_campaign::state::lock::with_suffix(&base, suffix),
             ));
         }
     }

@@ -15,8 +15,8 @@ use anyhow::Context;
 
 use super::common::{ApiArgs, CampaignArgs};
 use super::output::{out, say};
-use crate::plan::{self, InputCheck};
-use crate::state::{RetrySelection, StateDb};
+use convers8_campaign::plan::{self, InputCheck};
+use convers8_campaign::state::{RetrySelection, StateDb};
 
 const EXAMPLES: &str = "\
 Examples:

@@ -11,10 +11,11 @@ use anyhow::Context;
 use super::common::{ApiArgs, CampaignArgs, rerun_command};
 use super::exit;
 use super::output::say;
+use super::progress;
 use super::signals;
-use crate::campaign::Campaign;
-use crate::engine::{self, RunEnd, RunOptions, RunReport, Stop, StopReason, progress};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use convers8_campaign::campaign::Campaign;
+use convers8_campaign::engine::{self, RunEnd, RunOptions, RunReport, Stop, StopReason};
+use convers8_campaign::sandbox::{Sandbox, SandboxConfig};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -119,7 +120,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             options.limit = args.limit;
             options.dry_run = args.dry_run;
             if args.resend_uncertain {
-                options.reset = Some(crate::state::RetrySelection::Uncertain);
+                options.reset = Some(convers8_campaign::state::RetrySelection::Uncertain);
             }
             options.add_new_recipients = args.add_new_recipients;
             options.max_runtime = args.max_runtime;
@@ -158,9 +159,9 @@ pub(super) async fn execute(
             "sending to a local sandbox at {} (nothing leaves this machine)",
             server.base_url()
         );
-        let mut client = crate::api::ClientConfig::new(
+        let mut client = convers8_campaign::api::ClientConfig::new(
             server.base_url(),
-            crate::api::ApiKey::new(key, "the sandbox")?,
+            convers8_campaign::api::ApiKey::new(key, "the sandbox")?,
         );
         client.timeout = campaign.send.timeout;
         sandbox = Some(server);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::output::out;
-use crate::sandbox::{Sandbox, SandboxConfig};
+use convers8_campaign::sandbox::{Sandbox, SandboxConfig};
 
 const API_KEY_ENV: &str = "CONVERS8_API_KEY";
 const DEFAULT_API_KEY: &str = "sandbox-key";

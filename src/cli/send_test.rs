@@ -15,10 +15,10 @@ use anyhow::{Context, anyhow, bail};
 
 use super::common::ApiArgs;
 use super::output::out;
-use crate::api::{ApiError, Client};
-use crate::campaign::Campaign;
-use crate::plan::RowPlanner;
-use crate::recipients::{RecipientReader, normalize_phone};
+use convers8_campaign::api::{ApiError, Client};
+use convers8_campaign::campaign::Campaign;
+use convers8_campaign::plan::RowPlanner;
+use convers8_campaign::recipients::{RecipientReader, normalize_phone};
 
 /// A rate-limited test is tried again this many times in all: nothing was
 /// accepted, so a retry cannot send it twice.
@@ -143,9 +143,9 @@ fn readdress(body: &str, to: &str) -> anyhow::Result<String> {
 
 async fn send(
     client: &Client,
-    kind: crate::api::model::MessageKind,
+    kind: convers8_campaign::api::model::MessageKind,
     body: String,
-) -> Result<crate::api::model::SendResponse, ApiError> {
+) -> Result<convers8_campaign::api::model::SendResponse, ApiError> {
     let mut attempt = 1;
     loop {
         match client.send_raw(kind, body.clone()).await {

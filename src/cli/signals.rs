@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::exit;
 use super::output::say;
-use crate::engine::{Stop, StopReason};
+use convers8_campaign::engine::{Stop, StopReason};
 
 /// Signals this close to the first one are the same request.
 pub const SAME_REQUEST: Duration = Duration::from_secs(1);

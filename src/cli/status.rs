@@ -4,13 +4,13 @@
 //! Read-only: it opens the state file read-only and never takes the run lock,
 //! so it works while another process is sending. A missing state file is an
 //! error, and nothing is created. The gathering and the wording live in
-//! [`crate::report`].
+//! [`convers8_campaign::report`].
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use super::common::CampaignArgs;
-use crate::report;
+use convers8_campaign::report;
 
 const EXAMPLES: &str = "\
 Examples:

@@ -3,18 +3,14 @@
 //!
 //! It plans into a scratch state in a temporary directory (the same planner
 //! `run` uses, so what passes here plans the same way there) and must write
-//! nothing beside the campaign. Also home of [`ScratchPlan`], which `preview`
-//! shares.
+//! nothing beside the campaign (see `ScratchPlan`, which `preview` shares).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
-use crate::campaign::Campaign;
-use crate::plan::{self, PlanMode, PlanSummary, RowProblem};
-use crate::state::StateDb;
+use convers8_campaign::campaign::Campaign;
+use convers8_campaign::plan::{RowProblem, ScratchPlan};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -43,32 +39,6 @@ pub struct ValidateArgs {
     pub json: bool,
 }
 
-/// A plan made in a temporary directory, removed when this is dropped.
-pub(super) struct ScratchPlan {
-    pub db: StateDb,
-    pub summary: PlanSummary,
-    // Kept last so the database closes before its directory is removed.
-    _dir: tempfile::TempDir,
-}
-
-impl ScratchPlan {
-    /// Plans `campaign` into a throwaway state; `on_problem` sees every row
-    /// that will not be sent.
-    pub fn new(
-        campaign: &Campaign,
-        on_problem: impl FnMut(&RowProblem),
-    ) -> anyhow::Result<ScratchPlan> {
-        let dir = tempfile::tempdir().context("cannot create a temporary directory to plan in")?;
-        let mut db = StateDb::open_or_create(&dir.path().join("scratch.state.db"))?;
-        let summary = plan::plan_campaign(&mut db, campaign, PlanMode::Fresh, on_problem)?;
-        Ok(ScratchPlan {
-            db,
-            summary,
-            _dir: dir,
-        })
-    }
-}
-
 #[derive(serde::Serialize)]
 struct Verdict<'a> {
     campaign: &'a str,
@@ -78,7 +48,7 @@ struct Verdict<'a> {
     valid: u64,
     invalid: u64,
     duplicate: u64,
-    /// The first problems (at most [`plan::PROBLEMS_KEPT`]).
+    /// The first problems (at most `plan::PROBLEMS_KEPT`).
     problems: &'a [RowProblem],
     /// Set when `[api] base_url` sends the key somewhere other than the API.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,7 +68,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         .api
         .base_url
         .as_deref()
-        .filter(|base| !crate::api::is_production(base))
+        .filter(|base| !convers8_campaign::api::is_production(base))
         .map(|base| super::common::foreign_base_url(&campaign, base));
     let mut out = std::io::stdout().lock();
     if args.json {

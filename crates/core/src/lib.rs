@@ -15,13 +15,14 @@
 //! - [`state`]: the SQLite state file — schema, claims, batched result writes, counts.
 //! - [`engine`]: the run loop — pacing, retries, circuit breaker, shutdown, progress.
 //! - [`report`]: status and per-recipient export.
-//! - [`cli`]: the command line; the only module that knows about flags.
 //!
-//! The command-line binary is a thin wrapper over [`cli::main`].
+//! The command line (`convers8-campaign`, the workspace's root package) is a
+//! client of this crate: it parses flags, listens for signals, draws the
+//! progress and chooses exit codes. Nothing here knows about flags, prints,
+//! or ends the process.
 
 pub mod api;
 pub mod campaign;
-pub mod cli;
 pub mod engine;
 pub mod plan;
 pub mod recipients;

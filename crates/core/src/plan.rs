@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+use anyhow::Context;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
@@ -369,6 +370,32 @@ pub fn plan_campaign(
         PlanMode::Fresh => db.write_plan(fill),
         PlanMode::AddNewRecipients => db.add_to_plan(fill),
         PlanMode::Replace => db.replace_plan(fill),
+    }
+}
+
+/// A plan made in a temporary directory, removed when this is dropped.
+pub struct ScratchPlan {
+    pub db: StateDb,
+    pub summary: PlanSummary,
+    // Kept last so the database closes before its directory is removed.
+    _dir: tempfile::TempDir,
+}
+
+impl ScratchPlan {
+    /// Plans `campaign` into a throwaway state; `on_problem` sees every row
+    /// that will not be sent.
+    pub fn new(
+        campaign: &Campaign,
+        on_problem: impl FnMut(&RowProblem),
+    ) -> anyhow::Result<ScratchPlan> {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory to plan in")?;
+        let mut db = StateDb::open_or_create(&dir.path().join("scratch.state.db"))?;
+        let summary = plan_campaign(&mut db, campaign, PlanMode::Fresh, on_problem)?;
+        Ok(ScratchPlan {
+            db,
+            summary,
+            _dir: dir,
+        })
     }
 }
 

@@ -351,6 +351,19 @@ pub fn neutralise(cell: &str) -> Cow<'_, str> {
     }
 }
 
+/// Whether an export failed only because its reader went away (`report |
+/// head`): a normal end for a command line, not an error.
+pub fn is_closed_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<csv::Error>().is_some_and(|e| {
+                matches!(e.kind(), csv::ErrorKind::Io(io)
+                    if io.kind() == std::io::ErrorKind::BrokenPipe)
+            })
+    })
+}
+
 /// Refuses an output path that is one of `protected` (`(what, path)`: the
 /// state file and its companions, the campaign file, the CSV) however it is
 /// spelled: the same file by device and inode when both exist, else the same
