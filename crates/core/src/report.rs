@@ -464,7 +464,7 @@ pub fn write_private_file<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Outcome, PlanInfo, PlannedRow, timestamp};
+    use crate::state::{Outcome, PlanInfo, PlannedRow, RowOutcome, timestamp};
 
     /// A state with `n` pending rows and a run started by this process (so
     /// its pid is alive); returns the run's start as the state recorded it.
@@ -510,17 +510,16 @@ mod tests {
     fn send(db: &mut StateDb, n: usize, from: DateTime<Utc>, over: chrono::Duration) {
         let claimed = db.claim(n).expect("claim");
         assert_eq!(claimed.len(), n);
-        let outcomes: Vec<Outcome> = claimed
+        let outcomes: Vec<RowOutcome> = claimed
             .iter()
             .enumerate()
-            .map(|(i, c)| Outcome {
+            .map(|(i, c)| RowOutcome {
                 id: c.id,
-                state: RecipientState::Sent,
                 attempts: 1,
-                message_id: Some(format!("m{}", c.row)),
-                error_code: None,
-                error_details: None,
                 at: from + over * i as i32 / n as i32,
+                outcome: Outcome::Sent {
+                    message_id: format!("m{}", c.row),
+                },
             })
             .collect();
         db.record(&outcomes).expect("record");

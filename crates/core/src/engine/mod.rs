@@ -36,8 +36,7 @@ use crate::api::{Client, ClientConfig};
 use crate::campaign::{Campaign, SendWindow};
 use crate::plan::{self, InputCheck, PlanMode, PlanSummary, RowProblem};
 use crate::state::{
-    Claimed, Counts, FileGone, LockError, Outcome, RecipientState, RetrySelection, StateDb,
-    StateError,
+    Claimed, Counts, FileGone, LockError, Outcome, RetrySelection, RowOutcome, StateDb, StateError,
 };
 use breaker::Breaker;
 pub use clock::{Clock, SystemClock};
@@ -842,14 +841,11 @@ async fn drain(tasks: &mut JoinSet<()>, stop: &Stop, grace: Duration) {
 fn give_back(handle: &writer::WriterHandle, stats: &RunStats, rows: impl Iterator<Item = Claimed>) {
     for row in rows {
         stats.released.fetch_add(1, Ordering::Relaxed);
-        let _ = handle.record(Outcome {
+        let _ = handle.record(RowOutcome {
             id: row.id,
-            state: RecipientState::Pending,
             attempts: 0,
-            message_id: None,
-            error_code: None,
-            error_details: None,
             at: Utc::now(),
+            outcome: Outcome::Released,
         });
     }
 }

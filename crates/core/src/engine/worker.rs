@@ -19,7 +19,7 @@ use super::retry::BackoffPolicy;
 use super::shutdown::{Stop, StopReason};
 use crate::api::model::MessageKind;
 use crate::api::{ApiError, Client, Disposition};
-use crate::state::{Claimed, Outcome, RecipientState};
+use crate::state::{Claimed, Outcome, RowOutcome};
 
 /// How many `rate_limit_exceeded` answers one message may get before it is
 /// failed: generous, since the pace adapts, but finite so a server that only
@@ -52,7 +52,7 @@ pub struct Delivery {
 
 impl Delivery {
     /// Sends one row until it has a final state, or the run stops.
-    pub async fn deliver(&self, row: Claimed) -> Outcome {
+    pub async fn deliver(&self, row: Claimed) -> RowOutcome {
         let mut attempts = 0u32;
         let mut failures = 0u32;
         let mut rate_limited = 0u32;
@@ -74,8 +74,13 @@ impl Delivery {
                     self.breaker.healthy();
                     self.pace.on_accepted();
                     self.stats.sent.fetch_add(1, Ordering::Relaxed);
-                    return outcome(&row, RecipientState::Sent, attempts)
-                        .with_message_id(response.message_id);
+                    return settle(
+                        &row,
+                        attempts,
+                        Outcome::Sent {
+                            message_id: response.message_id,
+                        },
+                    );
                 }
                 Err(error) => error,
             };
@@ -92,7 +97,9 @@ impl Delivery {
                     rate_limited += 1;
                     if rate_limited > RATE_LIMIT_RETRIES {
                         self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        return outcome(&row, RecipientState::Failed, attempts).with_error(
+                        return failed(
+                            &row,
+                            attempts,
                             &error,
                             Some(format!("still rate limited after {rate_limited} tries")),
                         );
@@ -114,14 +121,12 @@ impl Delivery {
                             error.details()
                         )));
                     }
-                    return outcome(&row, RecipientState::Failed, attempts)
-                        .with_error(&error, None);
+                    return failed(&row, attempts, &error, None);
                 }
                 Disposition::Uncertain => {
                     self.note_systemic(&error);
                     self.stats.uncertain.fetch_add(1, Ordering::Relaxed);
-                    return outcome(&row, RecipientState::Uncertain, attempts)
-                        .with_error(&error, None);
+                    return uncertain(&row, attempts, &error);
                 }
                 Disposition::Retry => {
                     failures += 1;
@@ -130,7 +135,9 @@ impl Delivery {
                     }
                     if failures >= self.max_attempts {
                         self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        return outcome(&row, RecipientState::Failed, attempts).with_error(
+                        return failed(
+                            &row,
+                            attempts,
                             &error,
                             Some(format!(
                                 "gave up after {failures} attempts: {}",
@@ -170,38 +177,35 @@ impl Delivery {
         false
     }
 
-    fn release(&self, row: &Claimed, attempts: u32) -> Outcome {
+    fn release(&self, row: &Claimed, attempts: u32) -> RowOutcome {
         self.stats.released.fetch_add(1, Ordering::Relaxed);
-        outcome(row, RecipientState::Pending, attempts)
+        settle(row, attempts, Outcome::Released)
     }
 }
 
-fn outcome(row: &Claimed, state: RecipientState, attempts: u32) -> Outcome {
-    Outcome {
+fn settle(row: &Claimed, attempts: u32, outcome: Outcome) -> RowOutcome {
+    RowOutcome {
         id: row.id,
-        state,
         attempts,
-        message_id: None,
-        error_code: None,
-        error_details: None,
         at: Utc::now(),
+        outcome,
     }
 }
 
-trait OutcomeExt {
-    fn with_message_id(self, id: String) -> Self;
-    fn with_error(self, error: &ApiError, details: Option<String>) -> Self;
+/// The stored code and details of a failure; `details` replaces the error's own.
+fn failure(error: &ApiError, details: Option<String>) -> (String, String) {
+    (
+        error.code().to_owned(),
+        details.unwrap_or_else(|| error.details()),
+    )
 }
 
-impl OutcomeExt for Outcome {
-    fn with_message_id(mut self, id: String) -> Self {
-        self.message_id = Some(id);
-        self
-    }
+fn failed(row: &Claimed, attempts: u32, error: &ApiError, details: Option<String>) -> RowOutcome {
+    let (code, details) = failure(error, details);
+    settle(row, attempts, Outcome::Failed { code, details })
+}
 
-    fn with_error(mut self, error: &ApiError, details: Option<String>) -> Self {
-        self.error_code = Some(error.code().to_owned());
-        self.error_details = Some(details.unwrap_or_else(|| error.details()));
-        self
-    }
+fn uncertain(row: &Claimed, attempts: u32, error: &ApiError) -> RowOutcome {
+    let (code, details) = failure(error, None);
+    settle(row, attempts, Outcome::Uncertain { code, details })
 }

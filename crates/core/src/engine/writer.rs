@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::shutdown::{Stop, StopReason};
-use crate::state::{Claimed, FileGone, Outcome, RecipientState, StateDb, StateError};
+use crate::state::{Claimed, FileGone, Outcome, RowOutcome, StateDb, StateError};
 
 /// Commit when this many outcomes are waiting...
 const BATCH_ROWS: usize = 512;
@@ -72,7 +72,7 @@ pub struct Closed {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Command>,
-    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    outcomes: Arc<Mutex<Vec<RowOutcome>>>,
 }
 
 /// The writer stopped: the state file could not be written.
@@ -154,7 +154,7 @@ impl WriterHandle {
 
     /// Queues an outcome for the next commit. Never blocks on the disk and
     /// wakes the writer only when a whole batch is waiting.
-    pub fn record(&self, outcome: Outcome) -> Result<(), WriterError> {
+    pub fn record(&self, outcome: RowOutcome) -> Result<(), WriterError> {
         let waiting = {
             let mut queue = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
             queue.push(outcome);
@@ -188,9 +188,9 @@ impl WriterHandle {
 /// error it met (after which it writes nothing more).
 struct Writer {
     db: StateDb,
-    buffer: Arc<Mutex<Vec<Outcome>>>,
+    buffer: Arc<Mutex<Vec<RowOutcome>>>,
     /// Swapped with the shared buffer, so workers never wait on a commit.
-    batch: Vec<Outcome>,
+    batch: Vec<RowOutcome>,
     failed: Option<WriteFailure>,
     stop: Stop,
 }
@@ -243,17 +243,17 @@ impl Writer {
 }
 
 /// Outcomes of rows that went out (not the ones given back unsent).
-fn settled(batch: &[Outcome]) -> u64 {
+fn settled(batch: &[RowOutcome]) -> u64 {
     batch
         .iter()
-        .filter(|o| o.state != RecipientState::Pending)
+        .filter(|o| o.outcome != Outcome::Released)
         .count() as u64
 }
 
 fn writer_loop(
     db: StateDb,
     rx: mpsc::Receiver<Command>,
-    buffer: Arc<Mutex<Vec<Outcome>>>,
+    buffer: Arc<Mutex<Vec<RowOutcome>>>,
     stop: Stop,
 ) -> (StateDb, Option<WriteFailure>) {
     let mut writer = Writer {

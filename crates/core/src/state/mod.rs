@@ -290,18 +290,53 @@ pub struct Claimed {
     pub attempts: u32,
 }
 
-/// The final word on a claimed row, from the engine.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
+/// What became of a claimed row: the engine's final word on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The API accepted the message.
+    Sent { message_id: String },
+    /// Rejected for good (validation, not found) or retries spent.
+    Failed { code: String, details: String },
+    /// The message may have been delivered (no answer after sending, a
+    /// gateway's page, an answer too large to read): never resent automatically.
+    Uncertain { code: String, details: String },
+    /// Given back unsent (the run stopped first, or the key was refused before
+    /// anything was accepted): `pending` again.
+    Released,
+}
+
+impl Outcome {
+    /// The state the row takes.
+    pub fn state(&self) -> RecipientState {
+        match self {
+            Outcome::Sent { .. } => RecipientState::Sent,
+            Outcome::Failed { .. } => RecipientState::Failed,
+            Outcome::Uncertain { .. } => RecipientState::Uncertain,
+            Outcome::Released => RecipientState::Pending,
+        }
+    }
+
+    /// `(message_id, error_code, error_details)` as stored.
+    fn columns(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        match self {
+            Outcome::Sent { message_id } => (Some(message_id), None, None),
+            Outcome::Failed { code, details } | Outcome::Uncertain { code, details } => {
+                (None, Some(code), Some(details))
+            }
+            Outcome::Released => (None, None, None),
+        }
+    }
+}
+
+/// The outcome of one claimed row, as the state records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowOutcome {
+    /// The claimed row's id ([`Claimed::id`]).
     pub id: i64,
-    /// `Sent`, `Failed`, `Uncertain`, or `Pending` to give the row back unsent.
-    pub state: RecipientState,
     /// Attempts made in this run.
     pub attempts: u32,
-    pub message_id: Option<String>,
-    pub error_code: Option<String>,
-    pub error_details: Option<String>,
     pub at: DateTime<Utc>,
+    pub outcome: Outcome,
 }
 
 /// How many rows are in each state.
@@ -797,7 +832,7 @@ impl StateDb {
     }
 
     /// Writes a batch of outcomes in one transaction.
-    pub fn record(&mut self, outcomes: &[Outcome]) -> Result<(), StateError> {
+    pub fn record(&mut self, outcomes: &[RowOutcome]) -> Result<(), StateError> {
         if outcomes.is_empty() {
             return Ok(());
         }
@@ -810,7 +845,7 @@ impl StateDb {
     /// file does not show as `sending`.
     pub fn record_and_claim(
         &mut self,
-        outcomes: &[Outcome],
+        outcomes: &[RowOutcome],
         n: usize,
     ) -> Result<Vec<Claimed>, StateError> {
         self.check_file()?;
@@ -838,13 +873,14 @@ impl StateDb {
                 .map_err(sql("recording results"))?;
             for o in outcomes {
                 let at = timestamp(o.at);
+                let (message_id, code, details) = o.outcome.columns();
                 stmt.execute(params![
                     o.id,
-                    o.state.as_str(),
+                    o.outcome.state().as_str(),
                     o.attempts as i64,
-                    o.message_id,
-                    o.error_code,
-                    o.error_details,
+                    message_id,
+                    code,
+                    details,
                     at,
                 ])
                 .map_err(sql("recording results"))?;

@@ -107,23 +107,19 @@ fn claim_record_and_recover() {
     assert_eq!(db.counts().expect("counts").sending, 3);
     let now = Utc::now();
     db.record(&[
-        Outcome {
+        RowOutcome {
             id: claimed[0].id,
-            state: RecipientState::Sent,
             attempts: 1,
-            message_id: Some("wamid.1".into()),
-            error_code: None,
-            error_details: None,
             at: now,
+            outcome: Outcome::Sent {
+                message_id: "wamid.1".into(),
+            },
         },
-        Outcome {
+        RowOutcome {
             id: claimed[1].id,
-            state: RecipientState::Pending,
             attempts: 0,
-            message_id: None,
-            error_code: None,
-            error_details: None,
             at: now,
+            outcome: Outcome::Released,
         },
     ])
     .expect("record");
@@ -155,18 +151,20 @@ fn record_ignores_rows_not_sending() {
     let mut db = StateDb::in_memory().expect("db");
     plan(&mut db, vec![pending(1, "+254700000001")]);
     let claimed = db.claim(1).expect("claim");
-    let sent = Outcome {
+    let sent = RowOutcome {
         id: claimed[0].id,
-        state: RecipientState::Sent,
         attempts: 1,
-        message_id: Some("m".into()),
-        error_code: None,
-        error_details: None,
         at: Utc::now(),
+        outcome: Outcome::Sent {
+            message_id: "m".into(),
+        },
     };
     db.record(std::slice::from_ref(&sent)).expect("record");
-    db.record(&[Outcome {
-        state: RecipientState::Failed,
+    db.record(&[RowOutcome {
+        outcome: Outcome::Failed {
+            code: "validation_error".into(),
+            details: "late".into(),
+        },
         ..sent
     }])
     .expect("record");
@@ -177,19 +175,26 @@ fn record_ignores_rows_not_sending() {
 fn retry_resets_only_the_selection() {
     let mut db = planned(3);
     let claimed = db.claim(3).expect("claim");
-    let outcome = |id, state, code: &str| Outcome {
+    let outcome = |id, failed: bool, code: &str| RowOutcome {
         id,
-        state,
         attempts: 1,
-        message_id: None,
-        error_code: Some(code.into()),
-        error_details: None,
         at: Utc::now(),
+        outcome: if failed {
+            Outcome::Failed {
+                code: code.into(),
+                details: String::new(),
+            }
+        } else {
+            Outcome::Uncertain {
+                code: code.into(),
+                details: String::new(),
+            }
+        },
     };
     db.record(&[
-        outcome(claimed[0].id, RecipientState::Failed, "validation_error"),
-        outcome(claimed[1].id, RecipientState::Failed, "internal_error"),
-        outcome(claimed[2].id, RecipientState::Uncertain, "no_answer"),
+        outcome(claimed[0].id, true, "validation_error"),
+        outcome(claimed[1].id, true, "internal_error"),
+        outcome(claimed[2].id, false, "no_answer"),
     ])
     .expect("record");
     let only_500 = RetrySelection::Failed {
