@@ -158,6 +158,97 @@ fn a_planted_symlink_is_never_written_through() {
     assert!(stderr(&out).contains("a folder"), "{}", stderr(&out));
 }
 
+#[cfg(unix)]
+#[test]
+fn a_state_reached_by_another_name_after_a_crash_is_refused_not_planned_again() {
+    // Regression: SQLite keeps a crashed run's latest claims and sends in a
+    // log named after the path it used; through a hard link, or after a
+    // rename, the state looked unplanned and everyone was messaged again.
+    let sandbox = TestSandbox::slow(20);
+    let dir = CampaignDir::new(&text_campaign("concurrency = 4", "Hi"), &kenyan_csv(300));
+    let mut child = spawn_run(&sandbox, &dir);
+    sandbox.wait_for_messages(30);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let root = dir.dir.path();
+    let wal = root.join("campaign.state.db-wal");
+    assert!(
+        std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0),
+        "the crash left its latest changes in the log"
+    );
+
+    let hard = root.join("hard.db");
+    std::fs::hard_link(dir.state(), &hard).expect("hard link");
+    for args in [&["run"][..], &["status"]] {
+        let out = bin(&sandbox)
+            .args(args)
+            .arg(dir.toml())
+            .arg("--state")
+            .arg(&hard)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("hard links"), "{}", stderr(&out));
+    }
+    std::fs::remove_file(&hard).expect("rm link");
+
+    let renamed = root.join("renamed.db");
+    std::fs::rename(dir.state(), &renamed).expect("mv");
+    let out = bin(&sandbox)
+        .arg("run")
+        .arg(dir.toml())
+        .arg("--state")
+        .arg(&renamed)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("campaign.state.db-wal") && stderr(&out).contains("move it back"),
+        "{}",
+        stderr(&out)
+    );
+    // Put back where its log is, the campaign finishes; nobody twice.
+    std::fs::rename(&renamed, dir.state()).expect("mv back");
+    run_ok(bin(&sandbox).arg("run").arg(dir.toml()));
+    assert!(
+        sandbox.per_phone().values().all(|&n| n == 1),
+        "messaged twice"
+    );
+    let counts = dir.counts();
+    assert_eq!(counts.sent + counts.uncertain, 300, "{counts:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_state_path_leading_to_another_programs_database_is_left_untouched() {
+    let dir = CampaignDir::new(&text_campaign("", "Hi"), &kenyan_csv(3));
+    let other = dir.dir.path().join("accounts.db");
+    {
+        let conn = rusqlite::Connection::open(&other).expect("other db");
+        conn.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)")
+            .expect("create");
+    }
+    let before = std::fs::read(&other).expect("read");
+    std::os::unix::fs::symlink(&other, dir.state()).expect("symlink");
+    let out = bare_bin()
+        .args(["run", "--dry-run"])
+        .arg(dir.toml())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a state file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(&other).expect("read"),
+        before,
+        "not a byte changed"
+    );
+    assert!(!dir.dir.path().join("accounts.db-wal").exists());
+}
+
 // ---------------------------------------------------------------------------
 // 2. A run notices when its state file is gone or replaced.
 
@@ -397,7 +488,7 @@ fn timeout_s_int_gives_the_graceful_stop() {
     let dir = CampaignDir::new(&text_campaign("concurrency = 4", "Hi"), &kenyan_csv(200));
     run_ok(bin(&sandbox).args(["run", "--dry-run"]).arg(dir.toml()));
     let out = Command::new("timeout")
-        .args(["--preserve-status", "-s", "INT", "2"])
+        .args(["--preserve-status", "-s", "INT", "5"])
         .arg(env!("CARGO_BIN_EXE_convers8-campaign"))
         .arg("run")
         .arg(dir.toml())
@@ -458,7 +549,9 @@ fn a_second_signal_after_a_second_quits_at_once() {
     }
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, "INT");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Well past the one second in which a repeat counts as the same request,
+    // even if the first signal is heard late on a loaded machine.
+    std::thread::sleep(Duration::from_secs(3));
     signal(&child, "TERM");
     let out = wait_exit(child, Duration::from_secs(15));
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
@@ -533,6 +626,28 @@ fn retry_outside_the_window_changes_nothing() {
         healthy.messages().is_empty(),
         "nobody resent without a decision"
     );
+}
+
+#[test]
+fn rows_selected_for_resend_that_a_run_does_not_reach_keep_their_state() {
+    // Regression: `--resend-uncertain --limit 1` put every uncertain row back
+    // to pending; the next plain `run` resent the rest without being asked.
+    let dir = campaign_with_uncertain_rows();
+    let healthy = TestSandbox::unlimited();
+    run_ok(
+        bin(&healthy)
+            .args(["run", "--resend-uncertain", "--limit", "1"])
+            .arg(dir.toml()),
+    );
+    let counts = dir.counts();
+    assert_eq!((counts.sent, counts.uncertain, counts.pending), (1, 1, 0));
+    let out = run_ok(bin(&healthy).arg("run").arg(dir.toml()));
+    assert!(
+        stdout(&out).contains("nothing left to send"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(healthy.messages().len(), 1);
 }
 
 // ---------------------------------------------------------------------------

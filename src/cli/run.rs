@@ -267,11 +267,11 @@ fn print_report(name: &str, report: &RunReport, resume: &str) {
             "  planned again: the inputs changed before anything was sent"
         );
     }
-    if report.reset_rows > 0 {
+    if report.resend_selected > 0 {
         let _ = writeln!(
             out,
-            "  {} rows were put back to pending for this run",
-            report.reset_rows
+            "  {} settled rows were selected to send again in this run; those it did not reach keep their state",
+            report.resend_selected
         );
     }
     if s.settled() + s.released > 0 {

@@ -37,6 +37,10 @@ pub const BASE_URL_ENV: &str = "CONVERS8_BASE_URL";
 /// KB); anything larger is a broken or hostile server, and reading it whole
 /// would let one answer take as much memory as the server cares to send.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// The cap for a page of the contacts list, which is the one answer that
+/// grows with the data (names have no documented length): 16 times the
+/// per-message cap, still a bound on what one answer can cost.
+pub const MAX_CONTACTS_PAGE_BYTES: usize = 16 * MAX_RESPONSE_BYTES;
 
 /// Whether `base_url` is the production server ([`DEFAULT_BASE_URL`]), up to
 /// the case of its host, a trailing dot or slash and an explicit default port.
@@ -345,7 +349,9 @@ impl Client {
         url.query_pairs_mut()
             .append_pair("page", &page.to_string())
             .append_pair("per_page", &per_page.to_string());
-        let value: serde_json::Value = self.call(Method::GET, url, None).await?;
+        let value: serde_json::Value = self
+            .call_capped(Method::GET, url, None, MAX_CONTACTS_PAGE_BYTES)
+            .await?;
         parse_contacts_page(value)
     }
 
@@ -394,6 +400,18 @@ impl Client {
         url: Url,
         body: Option<String>,
     ) -> Result<T, ApiError> {
+        self.call_capped(method, url, body, MAX_RESPONSE_BYTES)
+            .await
+    }
+
+    /// One request; its answer's body is read up to `limit` bytes.
+    async fn call_capped<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<String>,
+        limit: usize,
+    ) -> Result<T, ApiError> {
         let url_text = url.to_string();
         let mut request = self
             .http
@@ -417,14 +435,14 @@ impl Client {
         // The status line arrived, so the request was processed: a failure while
         // reading the rest loses only the answer's body. A failure status still
         // means what it says; a success whose body is lost may have delivered.
-        let bytes = match read_capped(response, MAX_RESPONSE_BYTES).await {
+        let bytes = match read_capped(response, limit).await {
             Ok(bytes) => bytes,
             // Not read, so its status cannot be trusted to mean what it says.
             Err(BodyError::TooLarge) => {
                 return Err(ApiError::Oversized {
                     url: url_text,
                     status: status.as_u16(),
-                    limit: MAX_RESPONSE_BYTES,
+                    limit,
                 });
             }
             Err(BodyError::Transport(_)) if !status.is_success() => {
@@ -470,8 +488,10 @@ async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Ve
 }
 
 /// Whether `url` names this machine, so plain http carries the key no further
-/// than the loopback interface: `localhost` and `*.localhost` (reserved for
-/// loopback by RFC 6761), 127.0.0.0/8, `::1` and `::ffff:127.x.x.x`.
+/// than the loopback interface: `localhost`, 127.0.0.0/8, `::1` and
+/// `::ffff:127.x.x.x`. (`*.localhost` is reserved for loopback by RFC 6761,
+/// but the system resolver does not enforce it: a DNS answer could send the
+/// key elsewhere in clear text.)
 fn is_loopback(url: &Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
@@ -487,7 +507,7 @@ fn is_loopback(url: &Url) -> bool {
         return v4.is_loopback();
     }
     let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    name == "localhost" || name.ends_with(".localhost")
+    name == "localhost"
 }
 
 /// `base` with `path` appended to its own path (a base may carry a prefix).
@@ -598,8 +618,6 @@ mod tests {
             "http://localhost:8080",
             "http://LocalHost:8080/api",
             "http://localhost.:8080",
-            "http://sandbox.localhost",
-            "http://A.B.LOCALHOST.:1",
             "http://127.0.0.1:9",
             "http://127.255.3.4",
             "http://127.1",
@@ -627,6 +645,7 @@ mod tests {
             "http://[::ffff:10.0.0.1]",
             "http://[::127.0.0.1]",
             "http://localhost.example.com",
+            "http://sandbox.localhost",
             "http://mylocalhost",
             "http://127.0.0.1.nip.io",
         ] {

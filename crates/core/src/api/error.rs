@@ -59,9 +59,9 @@ pub enum ApiError {
         "no answer from the API at {url} after sending ({reason}): the request may have taken effect (a message may have been delivered)"
     )]
     MaybeDelivered { url: String, reason: String },
-    /// A 502 or 504 without the API's error envelope: a proxy in front of
-    /// the API gave up waiting for it, possibly after forwarding the request,
-    /// so the message may have been delivered. (The API's own 5xx carries its
+    /// A 502 or 504 (or a CDN's 520, 524, 598, 599) without the API's error
+    /// envelope: a proxy in front of the API gave up waiting for it, possibly
+    /// after forwarding the request, so the message may have been delivered. (The API's own 5xx carries its
     /// envelope and is a [`ApiError::Server`].)
     #[error(
         "a gateway in front of the API answered HTTP {status} ({excerpt}): the request may have reached the API (a message may have been delivered)"
@@ -191,10 +191,12 @@ impl ApiError {
                 401 | 403 => ApiError::Unauthorized {
                     message: format!("HTTP {}", status.as_u16()),
                 },
-                // A proxy's own 502/504 page: it may have forwarded the request
-                // before giving up on the API. A 503 is a proxy (or the API)
-                // declining to take the request at all, so it stays retryable.
-                s @ (502 | 504) => ApiError::Gateway {
+                // A proxy's own page after it may have forwarded the request:
+                // 502/504, and the CDN codes for an origin that broke or timed
+                // out mid-answer (Cloudflare's 520 and 524, 598/599 elsewhere).
+                // A 503 (or a CDN's 521–523: origin down, unreachable) is a
+                // refusal to take the request at all, so it stays retryable.
+                s @ (502 | 504 | 520 | 524 | 598 | 599) => ApiError::Gateway {
                     status: s,
                     excerpt: excerpt(body),
                 },
@@ -436,6 +438,11 @@ mod tests {
                 b"upstream request timeout".as_slice(),
             ),
             (StatusCode::BAD_GATEWAY, b"".as_slice()),
+            (
+                StatusCode::from_u16(524).expect("status"),
+                b"A timeout occurred".as_slice(),
+            ),
+            (StatusCode::from_u16(520).expect("status"), b"".as_slice()),
             (
                 StatusCode::GATEWAY_TIMEOUT,
                 b"{\"message\": \"Endpoint request timed out\"}".as_slice(),

@@ -147,8 +147,9 @@ pub struct RunReport {
     pub plan: Option<PlanSummary>,
     /// Rows a previous run left mid-send, now `uncertain`.
     pub recovered_uncertain: u64,
-    /// Rows put back to pending by [`RunOptions::reset`].
-    pub reset_rows: u64,
+    /// Settled rows [`RunOptions::reset`] let this run send again (those it
+    /// did not get to keep their state).
+    pub resend_selected: u64,
     /// The plan was made again because the inputs changed before anything was sent.
     pub replanned: bool,
     pub snapshot: Snapshot,
@@ -250,7 +251,9 @@ pub async fn run(
     let mut db = StateDb::open_for_run(&options.state_path)?;
 
     let (plan, replanned) = prepare_plan(&mut db, campaign, options, progress)?;
-    let recovered_uncertain = db.mark_interrupted_uncertain()?;
+    let path = options.state_path.clone();
+    let lost = |db: &StateDb, e: StateError| state_error(db, &path, e, 0);
+    let recovered_uncertain = db.mark_interrupted_uncertain().map_err(|e| lost(&db, e))?;
     if recovered_uncertain > 0 {
         progress.note(&format!(
             "{recovered_uncertain} rows were being sent when the last run stopped: they are now uncertain and will not be resent automatically (`retry --uncertain` resends them)"
@@ -261,7 +264,7 @@ pub async fn run(
         end: RunEnd::Completed,
         plan,
         recovered_uncertain,
-        reset_rows: 0,
+        resend_selected: 0,
         replanned,
         snapshot: Snapshot::default(),
         requests: 0,
@@ -309,7 +312,9 @@ pub async fn run(
                 opens_at.format("%H:%M UTC")
             ));
             if let Some(reason) =
-                wait_for_window(window, options.clock.as_ref(), deadline, &stop).await
+                wait_for_window(window, options.clock.as_ref(), deadline, &stop, &mut db)
+                    .await
+                    .map_err(|e| lost(&db, e))?
             {
                 report.end = RunEnd::Stopped(reason);
                 return Ok(report);
@@ -327,15 +332,13 @@ pub async fn run(
         }
     }
 
-    // Only now, when messages will really leave, do the selected rows go back.
-    if let Some(selection) = &options.reset {
-        report.reset_rows = db.reset_for_retry(selection)?;
-    }
-    let counts = db.counts()?;
-    let run_id = db.start_run()?;
-    let to_send = options
-        .limit
-        .map_or(counts.pending, |l| l.min(counts.pending));
+    // Only now, when messages will really leave, may this run claim the
+    // selected rows — and only this run: the selection is not written down.
+    report.resend_selected = resettable;
+    db.resend_during_run(options.reset.clone());
+    let run_id = db.start_run().map_err(|e| lost(&db, e))?;
+    let claimable = counts.pending + resettable;
+    let to_send = options.limit.map_or(claimable, |l| l.min(claimable));
     let (db, sending) = send_rows(
         db, campaign, options, client, progress, stop, to_send, deadline,
     )
@@ -344,6 +347,9 @@ pub async fn run(
         None => db,
         Some(failure) => return Err(write_failure_error(&db, &options.state_path, failure)),
     };
+    if let Some(e) = sending.after_error {
+        return Err(lost(&db, e));
+    }
 
     let stats = &sending.stats;
     let (sent, failed, uncertain) = (
@@ -357,7 +363,8 @@ pub async fn run(
     {
         *next_at = next_daily_slot(&db, daily)?;
     }
-    db.finish_run(run_id, &end_label(&report.end), sent, failed, uncertain)?;
+    db.finish_run(run_id, &end_label(&report.end), sent, failed, uncertain)
+        .map_err(|e| lost(&db, e))?;
     report.snapshot = sending.snapshot;
     report.requests = stats.requests.load(Ordering::Relaxed);
     report.retries = stats.retries.load(Ordering::Relaxed);
@@ -365,17 +372,31 @@ pub async fn run(
     Ok(report)
 }
 
-/// The run's last word when the writer stopped: for a state file taken away,
-/// what this run knew is saved beside it first, so the operator can put it back.
+/// The run's last word when the writer stopped.
 fn write_failure_error(db: &StateDb, state_path: &Path, failure: writer::WriteFailure) -> RunError {
-    let Some(what) = failure.gone else {
-        return RunError::Other(anyhow::anyhow!(
+    match failure.gone {
+        Some(what) => state_lost(db, state_path, what, failure.unrecorded),
+        None => RunError::Other(anyhow::anyhow!(
             "cannot record results in the state file {}: {} ({} outcomes could not be recorded; rows left `sending` become `uncertain` on the next run)",
             state_path.display(),
             failure.message,
             failure.unrecorded
-        ));
-    };
+        )),
+    }
+}
+
+/// A state error as the run reports it: a state file taken away becomes
+/// [`RunError::StateLost`], after saving what this handle still knows.
+fn state_error(db: &StateDb, state_path: &Path, e: StateError, unrecorded: u64) -> RunError {
+    match e {
+        StateError::Gone { what, .. } => state_lost(db, state_path, what, unrecorded),
+        other => other.into(),
+    }
+}
+
+/// What this run knew is saved beside the lost state first, so the operator
+/// can put it back instead of starting a state that would plan everyone again.
+fn state_lost(db: &StateDb, state_path: &Path, what: FileGone, unrecorded: u64) -> RunError {
     let copy = with_file_suffix(
         state_path,
         &format!(".rescued-{}", Utc::now().format("%Y%m%dT%H%M%SZ")),
@@ -390,7 +411,7 @@ fn write_failure_error(db: &StateDb, state_path: &Path, failure: writer::WriteFa
     RunError::StateLost {
         path: state_path.display().to_string(),
         what,
-        unrecorded: failure.unrecorded,
+        unrecorded,
         copy,
     }
 }
@@ -487,7 +508,8 @@ async fn wait_for_window(
     clock: &dyn Clock,
     deadline: Option<Instant>,
     stop: &Stop,
-) -> Option<StopReason> {
+    db: &mut StateDb,
+) -> Result<Option<StopReason>, StateError> {
     let runtime_over = async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d).await,
@@ -496,9 +518,11 @@ async fn wait_for_window(
     };
     tokio::pin!(runtime_over);
     loop {
+        // Hours of waiting with the state open: notice if it is taken away.
+        db.check_file()?;
         let now = clock.now();
         if window.contains(now) {
-            return None;
+            return Ok(None);
         }
         let wait = (window.next_open(now) - now)
             .to_std()
@@ -506,8 +530,8 @@ async fn wait_for_window(
             .min(WINDOW_RECHECK);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = &mut runtime_over => return Some(StopReason::MaxRuntime),
-            _ = stop.stopped() => return Some(stop.reason().unwrap_or(StopReason::Interrupted)),
+            _ = &mut runtime_over => return Ok(Some(StopReason::MaxRuntime)),
+            _ = stop.stopped() => return Ok(Some(stop.reason().unwrap_or(StopReason::Interrupted))),
         }
     }
 }
@@ -553,6 +577,8 @@ struct Sending {
     snapshot: Snapshot,
     /// The writer stopped: the state did not record everything.
     failure: Option<writer::WriteFailure>,
+    /// Settling the rows cut off at the end failed (the state file may be gone).
+    after_error: Option<StateError>,
 }
 
 /// The send loop proper: the feeder claims, workers deliver, the writer records.
@@ -647,10 +673,15 @@ async fn send_rows(
         )
         .into());
     };
+    let mut after_error = None;
     if closed.failure.is_none() {
         // Requests cut off by the drain deadline may have been delivered.
-        let cut_off = db.mark_interrupted_uncertain()?;
-        stats.uncertain.fetch_add(cut_off, Ordering::Relaxed);
+        match db.mark_interrupted_uncertain() {
+            Ok(cut_off) => {
+                stats.uncertain.fetch_add(cut_off, Ordering::Relaxed);
+            }
+            Err(e) => after_error = Some(e),
+        }
     }
     let mut final_snapshot = snapshot(&stats, None, to_send, started);
     let elapsed = started.elapsed().as_secs_f64();
@@ -665,6 +696,7 @@ async fn send_rows(
             stats,
             snapshot: final_snapshot,
             failure: closed.failure,
+            after_error,
         },
     ))
 }

@@ -88,6 +88,18 @@ pub enum LockError {
         "{path} is left over from a state file that is no longer at {state}: a new state beside it would inherit its write-ahead log. If that state was deleted on purpose, delete {path} too; if it was moved, move it back"
     )]
     Leftover { path: String, state: String },
+    #[error(
+        "the state file {path} has {links} names (hard links): SQLite keeps its latest changes in a log named after one of them, so another name can miss them. Use one name and remove the others"
+    )]
+    HardLinked { path: String, links: u64 },
+    #[error(
+        "{log} holds changes not yet in any state file here: it belongs to {base}, which is gone. If {state} was moved or renamed from {base} (after a crash, say), move it back and run there; if that state was deleted on purpose, delete {log} too"
+    )]
+    StrayLog {
+        log: String,
+        base: String,
+        state: String,
+    },
     #[error("cannot lock the state file {path}: {reason}")]
     Io { path: String, reason: String },
 }
@@ -123,7 +135,7 @@ impl RunLock {
             OpenError::Lock(e) => e,
             OpenError::Io(e) => io_err(e),
         })?;
-        match file.try_lock() {
+        match try_lock(&file, created) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 // The state names its holder; reached by a hard link (whose
@@ -157,6 +169,9 @@ impl RunLock {
         };
         if !created && meta.len() == 0 {
             return refuse(LockError::Empty { path: display }, lock);
+        }
+        if let Err(e) = check_names(state_path, &meta) {
+            return refuse(e, lock);
         }
         if created && let Some(leftover) = existing_companion(state_path) {
             return refuse(
@@ -206,6 +221,24 @@ impl RunLock {
             && meta.len() == 0
         {
             let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Takes the lock without waiting — except on a file this process has just
+/// created: a run starting at the same moment may have opened it in between
+/// and be about to refuse it as empty (it cannot tell it from someone else's
+/// empty file) and let go. Without the short wait both would give up and
+/// leave the empty file behind to block every later run.
+fn try_lock(file: &File, created: bool) -> Result<(), TryLockError> {
+    let mut tries = if created { 50 } else { 1 };
+    loop {
+        match file.try_lock() {
+            Err(TryLockError::WouldBlock) if tries > 1 => {
+                tries -= 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
         }
     }
 }
@@ -317,6 +350,52 @@ fn open_or_create(path: &Path) -> Result<(File, bool), OpenError> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Refuses a state SQLite could read without its latest changes: one with
+/// several names (hard links), or one beside a non-empty write-ahead log
+/// whose own database is gone — most likely this very state under its old
+/// name (moved or renamed after a crash). SQLite pairs the log with the name,
+/// so under the new name it would see an older state and plan everyone again.
+pub fn check_names(state: &Path, meta: &std::fs::Metadata) -> Result<(), LockError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if meta.nlink() > 1 {
+            return Err(LockError::HardLinked {
+                path: state.display().to_string(),
+                links: meta.nlink(),
+            });
+        }
+    }
+    let _ = meta;
+    let Ok(real) = std::fs::canonicalize(state) else {
+        return Ok(());
+    };
+    let (Some(dir), Some(own)) = (real.parent(), real.file_name()) else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(base) = name.to_str().and_then(|n| n.strip_suffix("-wal")) else {
+            continue;
+        };
+        if std::ffi::OsStr::new(base) == own {
+            continue;
+        }
+        let holds_changes = entry.metadata().is_ok_and(|m| m.is_file() && m.len() > 0);
+        if holds_changes && std::fs::symlink_metadata(dir.join(base)).is_err() {
+            return Err(LockError::StrayLog {
+                log: entry.path().display().to_string(),
+                base: dir.join(base).display().to_string(),
+                state: state.display().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refuses companions SQLite would write through: symlinks, folders, FIFOs.

@@ -97,6 +97,11 @@ pub enum StateError {
         "the state file {path} is empty (0 bytes): it is not a state this tool wrote; check --state, or delete the file if it is yours and holds nothing"
     )]
     Empty { path: String },
+    /// The path leads to a file that is not a state of this tool.
+    #[error(
+        "{path} is not a state file of convers8-campaign: it is {what}; check --state (nothing in it was changed)"
+    )]
+    NotAState { path: String, what: String },
     /// The file a run locked is no longer at its path (deleted, moved,
     /// replaced, truncated): nothing more is written to it.
     #[error("the state file {path} {what}")]
@@ -435,6 +440,28 @@ pub enum RetrySelection {
     Uncertain,
 }
 
+/// The claim's extra condition for a resend selection, with its parameters
+/// (bound after the claim's own two).
+fn resend_clause(selection: Option<&RetrySelection>) -> (String, Vec<String>) {
+    match selection {
+        None => (String::new(), Vec::new()),
+        Some(RetrySelection::Uncertain) => (" OR state = 'uncertain'".to_owned(), Vec::new()),
+        Some(RetrySelection::Failed { codes }) if codes.is_empty() => {
+            (" OR state = 'failed'".to_owned(), Vec::new())
+        }
+        Some(RetrySelection::Failed { codes }) => {
+            let marks = (0..codes.len())
+                .map(|i| format!("?{}", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                format!(" OR (state = 'failed' AND error_code IN ({marks}))"),
+                codes.clone(),
+            )
+        }
+    }
+}
+
 /// How [`StateDb::write_rows`] treats the rows already planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WriteMode {
@@ -459,6 +486,11 @@ pub struct StateDb {
     /// The file's size at the last check: a state file never shrinks (the
     /// tool never vacuums), so a smaller one was truncated under the run.
     last_size: u64,
+    /// Settled rows this run may claim besides pending ones (`retry`,
+    /// `run --resend-uncertain`). Held here, not written to the file: rows the
+    /// run does not get to keep their state, so no later run resends them
+    /// without being asked.
+    resend: Option<RetrySelection>,
 }
 
 impl fmt::Debug for StateDb {
@@ -514,6 +546,9 @@ impl StateDb {
             });
         }
         refuse_empty(path)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            lock::check_names(path, &meta)?;
+        }
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -528,10 +563,12 @@ impl StateDb {
             path: path.display().to_string(),
             lock: None,
             last_size: 0,
+            resend: None,
         };
         db.conn
             .busy_timeout(Duration::from_secs(5))
             .map_err(|e| db.sql("configuring", e))?;
+        check_owner(&db.conn, &db.path)?;
         let version: i64 = db
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -582,6 +619,8 @@ impl StateDb {
         // cut can never turn a sent row back into a pending one.
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(|e| sql("configuring", e))?;
+        // Before anything that writes (switching to WAL is a write).
+        check_owner(&conn, &path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| sql("enabling WAL", e))?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -607,11 +646,18 @@ impl StateDb {
             path,
             lock: None,
             last_size: 0,
+            resend: None,
         })
     }
 
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Lets this handle's claims take the rows `selection` picks as well as
+    /// pending ones, for as long as it is open.
+    pub fn resend_during_run(&mut self, selection: Option<RetrySelection>) {
+        self.resend = selection;
     }
 
     /// Whether this handle holds the run lock (opened by [`StateDb::open_for_run`]).
@@ -667,9 +713,14 @@ impl StateDb {
             options.mode(0o600);
         }
         options.open(to).map_err(err)?;
-        self.conn
+        if let Err(e) = self
+            .conn
             .execute("VACUUM INTO ?1", [to.display().to_string()])
-            .map_err(|e| self.sql("saving a copy", e))?;
+        {
+            // An empty "copy" would look like a rescue and hold nothing.
+            let _ = std::fs::remove_file(to);
+            return Err(self.sql("saving a copy", e));
+        }
         Ok(())
     }
 
@@ -888,15 +939,21 @@ impl StateDb {
         }
         let mut claimed = Vec::new();
         if n > 0 {
+            let (also, codes) = resend_clause(self.resend.as_ref());
             let mut stmt = tx
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE recipients SET state = 'sending', updated_at = ?1
-                     WHERE id IN (SELECT id FROM recipients WHERE state = 'pending' ORDER BY id LIMIT ?2)
-                     RETURNING id, row, phone, body, attempts",
-                )
+                     WHERE id IN (SELECT id FROM recipients
+                                  WHERE state = 'pending'{also} ORDER BY id LIMIT ?2)
+                     RETURNING id, row, phone, body, attempts"
+                ))
                 .map_err(sql("claiming rows"))?;
+            let now = timestamp(Utc::now());
+            let limit = n as i64;
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit];
+            values.extend(codes.iter().map(|c| c as &dyn rusqlite::ToSql));
             claimed = stmt
-                .query_map(params![timestamp(Utc::now()), n as i64], |r| {
+                .query_map(values.as_slice(), |r| {
                     Ok(Claimed {
                         id: r.get(0)?,
                         row: r.get::<_, i64>(1)? as u64,
@@ -992,50 +1049,7 @@ impl StateDb {
             .map_err(|e| self.sql("counting errors", e))
     }
 
-    /// Puts the selected rows back to `pending`; returns how many.
-    pub fn reset_for_retry(&mut self, selection: &RetrySelection) -> Result<u64, StateError> {
-        self.check_file()?;
-        let now = timestamp(Utc::now());
-        let n = match selection {
-            RetrySelection::Uncertain => self.conn.execute(
-                "UPDATE recipients SET state = 'pending', updated_at = ?1 WHERE state = 'uncertain'",
-                [&now],
-            ),
-            RetrySelection::Failed { codes } if codes.is_empty() => self.conn.execute(
-                "UPDATE recipients SET state = 'pending', updated_at = ?1 WHERE state = 'failed'",
-                [&now],
-            ),
-            RetrySelection::Failed { codes } => {
-                let tx = self
-                    .conn
-                    .transaction()
-                    .map_err(|e| StateError::Sql {
-                        path: self.path.clone(),
-                        operation: "resetting rows",
-                        source: e,
-                    })?;
-                let mut total = 0;
-                for code in codes {
-                    total += tx
-                        .execute(
-                            "UPDATE recipients SET state = 'pending', updated_at = ?1
-                             WHERE state = 'failed' AND error_code = ?2",
-                            params![now, code],
-                        )
-                        .map_err(|e| StateError::Sql {
-                            path: self.path.clone(),
-                            operation: "resetting rows",
-                            source: e,
-                        })?;
-                }
-                tx.commit().map(|()| total)
-            }
-        };
-        n.map(|n| n as u64)
-            .map_err(|e| self.sql("resetting rows for retry", e))
-    }
-
-    /// How many rows a retry selection would reset.
+    /// How many rows a retry selection picks.
     pub fn count_for_retry(&self, selection: &RetrySelection) -> Result<u64, StateError> {
         let n: i64 = match selection {
             RetrySelection::Uncertain => self.conn.query_row(
@@ -1243,6 +1257,28 @@ fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecipientRecord> {
         updated_at: r.get(8)?,
         sent_at: r.get(9)?,
     })
+}
+
+/// Refuses a file that is not a state of this tool, before touching it.
+fn check_owner(conn: &Connection, path: &str) -> Result<(), StateError> {
+    let not_a_state = |what: String| StateError::NotAState {
+        path: path.to_owned(),
+        what,
+    };
+    match schema::check_owner(conn) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(what)) => Err(not_a_state(what)),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            Err(not_a_state("not an SQLite database".to_owned()))
+        }
+        Err(source) => Err(StateError::Sql {
+            path: path.to_owned(),
+            operation: "reading the file's header",
+            source,
+        }),
+    }
 }
 
 /// Who holds the run lock on the state at `path`, as recorded in it

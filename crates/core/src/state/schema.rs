@@ -74,6 +74,30 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// `PRAGMA application_id` of a state file ("C8CC"), so a path that leads
+/// to some other program's SQLite database is refused before anything in it
+/// changes. Files from versions before it was set have 0 and a schema version.
+pub const APPLICATION_ID: i32 = 0x4338_4343;
+
+/// Why an SQLite file is not a state of this tool, or `Ok` when it is one (or
+/// empty, about to become one). Reads only.
+pub fn check_owner(conn: &Connection) -> rusqlite::Result<Result<(), String>> {
+    let id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if id != 0 && id != APPLICATION_ID {
+        return Ok(Err(format!(
+            "an SQLite database of another program (application id {id:#x})"
+        )));
+    }
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if id == 0 && version == 0 && objects > 0 {
+        return Ok(Err(format!(
+            "an SQLite database with {objects} tables and indexes of its own"
+        )));
+    }
+    Ok(Ok(()))
+}
+
 /// The schema version this build writes.
 pub fn latest_version() -> i64 {
     MIGRATIONS.len() as i64
@@ -91,6 +115,10 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), i64>> {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", index as i64 + 1)?;
         tx.commit()?;
+    }
+    let id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if id != APPLICATION_ID {
+        conn.pragma_update(None, "application_id", APPLICATION_ID)?;
     }
     Ok(Ok(()))
 }
@@ -117,6 +145,27 @@ mod tests {
             )
             .expect("count");
         assert_eq!(tables, 4);
+    }
+
+    #[test]
+    fn other_programs_databases_are_told_apart() {
+        let conn = Connection::open_in_memory().expect("memory db");
+        assert_eq!(
+            check_owner(&conn).expect("sql"),
+            Ok(()),
+            "empty: becomes ours"
+        );
+        conn.execute_batch("CREATE TABLE accounts (id INTEGER)")
+            .expect("create");
+        assert!(
+            check_owner(&conn).expect("sql").is_err(),
+            "someone's tables"
+        );
+        let mut ours = Connection::open_in_memory().expect("memory db");
+        migrate(&mut ours).expect("sql").expect("version");
+        assert_eq!(check_owner(&ours).expect("sql"), Ok(()));
+        ours.pragma_update(None, "application_id", 7).expect("set");
+        assert!(check_owner(&ours).expect("sql").is_err(), "another id");
     }
 
     #[test]

@@ -201,14 +201,28 @@ fn retry_resets_only_the_selection() {
         codes: vec!["internal_error".into()],
     };
     assert_eq!(db.count_for_retry(&only_500).expect("count"), 1);
-    assert_eq!(db.reset_for_retry(&only_500).expect("reset"), 1);
-    assert_eq!(
-        db.reset_for_retry(&RetrySelection::Uncertain)
-            .expect("reset"),
-        1
+    // A resend selection is claimed like pending rows, and only by this handle.
+    db.resend_during_run(Some(only_500));
+    let claimed = db.claim(10).expect("claim");
+    assert_eq!(claimed.iter().map(|c| c.row).collect::<Vec<_>>(), [2]);
+    db.resend_during_run(Some(RetrySelection::Uncertain));
+    let claimed = db.claim(10).expect("claim");
+    assert_eq!(claimed.iter().map(|c| c.row).collect::<Vec<_>>(), [3]);
+    db.resend_during_run(None);
+    assert!(
+        db.claim(10).expect("claim").is_empty(),
+        "nothing else is claimable"
     );
+    // Rows claimed and given back unsent are pending; the others keep their state.
+    db.record(&[RowOutcome {
+        id: claimed[0].id,
+        attempts: 0,
+        at: Utc::now(),
+        outcome: Outcome::Released,
+    }])
+    .expect("record");
     let counts = db.counts().expect("counts");
-    assert_eq!((counts.pending, counts.failed), (2, 1));
+    assert_eq!((counts.pending, counts.failed, counts.sending), (1, 1, 1));
     assert_eq!(
         db.error_counts().expect("errors"),
         vec![("validation_error".to_owned(), 1)]
