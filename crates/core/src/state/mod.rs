@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 pub use lock::{FileGone, LockError, RunLock};
 
-/// Where a recipient is in its life (see DESIGN.md).
+/// Where a recipient is in its life (docs/design.md, "A recipient's life").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecipientState {
