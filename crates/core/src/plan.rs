@@ -22,7 +22,7 @@ use crate::campaign::Campaign;
 use crate::recipients::{RawRow, RecipientReader, normalize_phone};
 use crate::render::{Renderer, RowContext};
 use crate::state::{
-    Inserted, PlanInfo, PlanProblem, PlannedRow, RecipientState, StateDb, timestamp,
+    Inserted, PlanInfo, PlanProblem, PlannedRow, ProblemCode, RecipientState, StateDb, timestamp,
 };
 
 /// How many row problems a summary keeps to show (all are in the state).
@@ -43,7 +43,7 @@ pub struct RowProblem {
     pub row: u64,
     pub line: u64,
     pub state: RecipientState,
-    pub code: String,
+    pub code: ProblemCode,
     pub details: String,
 }
 
@@ -193,7 +193,7 @@ impl<'c> RowPlanner<'c> {
             phone: None,
             name: None,
             outcome: Err(PlanProblem {
-                code: "bad_row",
+                code: ProblemCode::BadRow,
                 details,
             }),
         };
@@ -229,7 +229,7 @@ impl<'c> RowPlanner<'c> {
                     phone: Some(raw_phone.trim().to_owned()).filter(|p| !p.is_empty()),
                     name,
                     outcome: Err(PlanProblem {
-                        code: "invalid_phone",
+                        code: ProblemCode::InvalidPhone,
                         details: why,
                     }),
                 };
@@ -258,18 +258,18 @@ impl<'c> RowPlanner<'c> {
             row,
         };
         let content = self.renderer.render(&ctx).map_err(|e| PlanProblem {
-            code: "missing_variable",
+            code: ProblemCode::MissingVariable,
             details: e.to_string(),
         })?;
         let kind = self.campaign.message.kind;
         // The same rules the API applies, checked now so a title that renders
         // too long fails here, not as thousands of validation errors mid-run.
         let typed = MessageContent::from_json(kind, content.clone()).map_err(|e| PlanProblem {
-            code: "content_rule",
+            code: ProblemCode::ContentRule,
             details: format!("rendered content does not fit a {kind} message: {e}"),
         })?;
         rules::check_content(&typed).map_err(|details| PlanProblem {
-            code: "content_rule",
+            code: ProblemCode::ContentRule,
             details,
         })?;
         Ok(build_body(kind, phone, name, content).to_string())
@@ -428,23 +428,19 @@ fn record_row(
             summary.duplicate += 1;
             (
                 RecipientState::Duplicate,
-                "duplicate".to_owned(),
+                ProblemCode::Duplicate,
                 format!("same phone as row {of_row}"),
             )
         }
         (Inserted::Invalid, Err(p)) => {
             summary.invalid += 1;
-            (
-                RecipientState::Invalid,
-                p.code.to_owned(),
-                p.details.clone(),
-            )
+            (RecipientState::Invalid, p.code, p.details.clone())
         }
         (Inserted::Invalid, Ok(_)) => {
             summary.invalid += 1;
             (
                 RecipientState::Invalid,
-                "invalid_phone".into(),
+                ProblemCode::InvalidPhone,
                 "no phone".into(),
             )
         }

@@ -137,9 +137,42 @@ pub struct PlannedRow {
 /// Why a row will not be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanProblem {
-    /// `invalid_phone`, `missing_variable`, `bad_row`, `content_rule`.
-    pub code: &'static str,
+    pub code: ProblemCode,
     pub details: String,
+}
+
+/// Why a planned row is `invalid` or `duplicate`; stored as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemCode {
+    /// The phone cell is empty or does not parse to a number (E.164).
+    InvalidPhone,
+    /// A template needs a column this row leaves empty.
+    MissingVariable,
+    /// The CSV row itself is broken (wrong field count, bad bytes).
+    BadRow,
+    /// The rendered content breaks one of WhatsApp's limits.
+    ContentRule,
+    /// The same phone as an earlier row.
+    Duplicate,
+}
+
+impl ProblemCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemCode::InvalidPhone => "invalid_phone",
+            ProblemCode::MissingVariable => "missing_variable",
+            ProblemCode::BadRow => "bad_row",
+            ProblemCode::ContentRule => "content_rule",
+            ProblemCode::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl fmt::Display for ProblemCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What happened to a row when it went into the plan.
@@ -223,7 +256,7 @@ impl<'tx> PlanSink<'tx> {
                     Some((of_row, _)) => (
                         RecipientState::Duplicate,
                         None,
-                        Some("duplicate"),
+                        Some(ProblemCode::Duplicate.as_str()),
                         Some(format!("same phone as row {of_row}")),
                         Inserted::Duplicate { of_row },
                     ),
@@ -239,7 +272,7 @@ impl<'tx> PlanSink<'tx> {
             (Ok(_), None) => (
                 RecipientState::Invalid,
                 None,
-                Some("invalid_phone"),
+                Some(ProblemCode::InvalidPhone.as_str()),
                 Some("no phone".to_owned()),
                 Inserted::Invalid,
             ),
@@ -261,7 +294,7 @@ impl<'tx> PlanSink<'tx> {
                 (
                     RecipientState::Invalid,
                     None,
-                    Some(problem.code),
+                    Some(problem.code.as_str()),
                     Some(problem.details.clone()),
                     Inserted::Invalid,
                 )

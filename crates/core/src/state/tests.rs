@@ -63,7 +63,7 @@ fn plan_decides_duplicates_and_counts_add_up() {
                 phone: Some("0712".into()),
                 name: None,
                 outcome: Err(PlanProblem {
-                    code: "invalid_phone",
+                    code: ProblemCode::InvalidPhone,
                     details: "bad".into(),
                 }),
             },
@@ -262,7 +262,7 @@ fn add_mode_does_not_plan_an_unusable_row_twice() {
         phone: None,
         name: None,
         outcome: Err(PlanProblem {
-            code: "bad_row",
+            code: ProblemCode::BadRow,
             details: "line 3: has 1 field".into(),
         }),
     };
