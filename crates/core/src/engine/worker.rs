@@ -133,7 +133,8 @@ impl Delivery {
                         return outcome(&row, RecipientState::Failed, attempts).with_error(
                             &error,
                             Some(format!(
-                                "gave up after {failures} attempts: {}",
+                                "gave up after {failures} {}: {}",
+                                if failures == 1 { "attempt" } else { "attempts" },
                                 error.details()
                             )),
                         );
