@@ -88,12 +88,9 @@ fn validate_counts_rows_lists_problems_and_writes_nothing() {
         text.contains("5 rows: 2 valid, 2 invalid, 1 duplicate"),
         "{text}"
     );
+    assert!(text.contains("row 2 (line 3): invalid_phone:"), "{text}");
     assert!(
-        text.contains("row 2 (line 3): invalid invalid_phone:"),
-        "{text}"
-    );
-    assert!(
-        text.contains("row 3 (line 4): duplicate duplicate: same phone as row 1"),
+        text.contains("row 3 (line 4): duplicate: same phone as row 1"),
         "{text}"
     );
     assert_eq!(before, listing(dir.dir.path()), "validate wrote a file");
@@ -227,7 +224,7 @@ fn preview_shows_the_exact_bodies_and_why_a_row_is_skipped() {
     );
     let out = run_ok(bare_bin().args(["preview", "--row", "2"]).arg(dir.toml()));
     assert!(
-        stdout(&out).contains("row 2 will not be sent: invalid invalid_phone"),
+        stdout(&out).contains("row 2 will not be sent: invalid_phone"),
         "{}",
         stdout(&out)
     );
@@ -539,25 +536,94 @@ fn completions_are_generated_for_bash() {
     );
 }
 
+/// `--help` of `command` on a terminal `columns` wide (clap reads
+/// `COLUMNS` when stdout is not a terminal).
+fn help_at(command: &[&str], columns: u32) -> String {
+    let out = run_ok(
+        bare_bin()
+            .args(command)
+            .arg("--help")
+            .env("COLUMNS", columns.to_string()),
+    );
+    stdout(&out)
+}
+
+/// The help's text from its "Examples:" line to the end.
+fn examples_section(help: &str) -> &str {
+    let at = help.find("\nExamples:\n").map_or(0, |i| i + 1);
+    &help[at..]
+}
+
 #[test]
 fn every_command_help_shows_an_example() {
     for command in [
-        "validate",
-        "preview",
-        "status",
-        "report",
-        "retry",
-        "completions",
+        &[][..],
+        &["validate"],
+        &["preview"],
+        &["run"],
+        &["send-test"],
+        &["status"],
+        &["report"],
+        &["retry"],
+        &["contacts"],
+        &["contacts", "list"],
+        &["contacts", "get"],
+        &["contacts", "create"],
+        &["contacts", "import"],
+        &["sandbox"],
+        &["completions"],
     ] {
-        let out = run_ok(bare_bin().args([command, "--help"]));
-        let text = stdout(&out);
-        assert!(text.contains("Examples:"), "{command}: {text}");
+        let name = command.join(" ");
+        let text = help_at(command, 80);
+        assert!(text.contains("\nExamples:\n"), "{name}: {text}");
+        let invocation = format!("convers8-campaign {name}").trim_end().to_owned();
+        let examples = examples_section(&text);
         assert!(
-            text.contains(&format!("convers8-campaign {command}")),
-            "{command}: {text}"
+            examples
+                .lines()
+                .any(|l| l.trim_start().starts_with(&invocation)),
+            "{name}: no example of {invocation:?}: {text}"
         );
-        assert!(text.contains("Exit codes:"), "{command}: {text}");
+        assert!(text.contains("Exit codes:"), "{name}: {text}");
+        // No example line is broken: the section is the same on a terminal
+        // 40, 80 or 200 columns wide (clap wraps nothing in it), and every
+        // line fits 80 columns, so a terminal of 80 does not wrap it either.
+        for columns in [40, 200] {
+            assert_eq!(
+                examples_section(&help_at(command, columns)),
+                examples,
+                "{name}: the examples change at {columns} columns"
+            );
+        }
+        for line in examples.lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "{name}: wider than 80 columns: {line:?}"
+            );
+        }
+        // A command line is whole: it ends, or continues with a backslash.
+        let mut continued = false;
+        for line in examples.lines() {
+            let starts_command = line.trim_start().starts_with("convers8-campaign ");
+            if continued {
+                assert!(
+                    line.starts_with("      "),
+                    "{name}: a continuation is indented: {line:?}"
+                );
+            }
+            if starts_command || continued {
+                continued = line.ends_with('\\');
+            }
+        }
+        assert!(!continued, "{name}: the last example ends in a backslash");
     }
+    // The jq example reads a field validate --json really has.
+    let help = help_at(&["validate"], 80);
+    assert!(help.contains("| jq -e .ok"), "{help}");
+    let dir = CampaignDir::new(&text_campaign("", "Hi"), &kenyan_csv(1));
+    let out = run_ok(bare_bin().args(["validate", "--json"]).arg(dir.toml()));
+    let verdict: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(verdict["ok"], true);
 }
 
 #[test]

@@ -1,8 +1,13 @@
 //! What several commands share: the campaign argument and how it is loaded,
-//! where the state file is, and how the API key and base URL are found.
-//! Flags become checked values here; nothing below the CLI sees a flag.
+//! where the state file is (a `--sandbox` rehearsal's too), how the API key
+//! (from a file, stdin or the environment) and base URL are found, and how
+//! the program names itself in hints ([`program`]). Flags become checked
+//! values here; nothing below the CLI sees a flag.
 
+use std::ffi::OsString;
+use std::io::{BufRead, IsTerminal, Read};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::Context;
 
@@ -34,6 +39,57 @@ impl CampaignArgs {
             .clone()
             .unwrap_or_else(|| state::default_state_path(&self.campaign))
     }
+
+    /// The state file, a `--sandbox` rehearsal's when `sandbox` is set:
+    /// `--state` when given, else beside the campaign.
+    pub fn state_path_for(&self, sandbox: bool) -> PathBuf {
+        match (&self.state, sandbox) {
+            (None, true) => sandbox_state_path(&self.state_path()),
+            _ => self.state_path(),
+        }
+    }
+
+    /// Opens the state read-only, saying how to create it when it is missing.
+    /// When neither the state nor the campaign file exists, the campaign
+    /// path is the likelier typo, so the error names it.
+    pub fn open_state(&self, sandbox: bool) -> anyhow::Result<state::StateDb> {
+        let path = self.state_path_for(sandbox);
+        match state::StateDb::open_read_only(&path) {
+            Err(state::StateError::Missing { .. })
+                if self.state.is_none() && !self.campaign.exists() =>
+            {
+                anyhow::bail!(
+                    "no campaign file at {} (and no state file beside it): check the path",
+                    self.campaign.display()
+                )
+            }
+            Err(state::StateError::Missing { path }) => {
+                let run = format!(
+                    "{}{}",
+                    rerun_command("run", &self.campaign, self.state.as_deref()),
+                    if sandbox { " --sandbox" } else { "" }
+                );
+                anyhow::bail!(
+                    "no state file at {path}: run the campaign first (`{run}`, or with --dry-run to plan only)"
+                )
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+/// Where a `--sandbox` rehearsal keeps its state: `<stem>.sandbox.state.db`
+/// beside the campaign, so a real run never mistakes it for sends. `run`,
+/// `status` and `report` share this rule.
+pub fn sandbox_state_path(default: &Path) -> PathBuf {
+    let name = default
+        .file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .replace(".state.db", ".sandbox.state.db")
+        })
+        .unwrap_or_else(|| "campaign.sandbox.state.db".to_owned());
+    default.with_file_name(name)
 }
 
 /// How to reach the API.
@@ -43,7 +99,7 @@ pub struct ApiArgs {
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
 
-    /// Read the API key from this file (first line) instead of $CONVERS8_API_KEY.
+    /// Read the API key from this file (first line) instead of $CONVERS8_API_KEY; - reads stdin.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
 
@@ -69,6 +125,9 @@ impl ApiArgs {
     /// The key from `--api-key-file`, else the environment; `None` when neither has one.
     pub fn api_key(&self) -> anyhow::Result<Option<ApiKey>> {
         if let Some(path) = &self.api_key_file {
+            if path.as_os_str() == "-" {
+                return stdin_key().map(Some);
+            }
             return Ok(Some(ApiKey::from_file(path)?));
         }
         Ok(ApiKey::from_env()?)
@@ -127,23 +186,329 @@ pub fn foreign_base_url(campaign: &Campaign, base: &str) -> String {
     )
 }
 
-/// The command a user types to run `args` again (for "resume with" hints).
+/// `--api-key-file -`: the first line of stdin, read once however often
+/// the key is asked for (a retry checks the key, then runs).
+fn stdin_key() -> anyhow::Result<ApiKey> {
+    static KEY: OnceLock<Result<ApiKey, String>> = OnceLock::new();
+    KEY.get_or_init(|| read_stdin_key().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn read_stdin_key() -> anyhow::Result<ApiKey> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        // A key typed here would be echoed on the screen and kept in scrollback.
+        anyhow::bail!(
+            "--api-key-file -: stdin is a terminal; pipe the key in instead (e.g. `pass show convers8 | convers8-campaign run CAMPAIGN --api-key-file -`) or name a file"
+        );
+    }
+    let mut line = String::new();
+    // A key is a few dozen bytes: a line longer than this is not one.
+    let read = stdin
+        .lock()
+        .take(64 * 1024)
+        .read_line(&mut line)
+        .context("--api-key-file -: cannot read the API key from stdin")?;
+    if read == 0 {
+        anyhow::bail!("--api-key-file -: stdin is empty: pipe the API key in on its first line");
+    }
+    Ok(ApiKey::new(line, "stdin (--api-key-file -)")?)
+}
+
+/// The command a user types to run `subcommand` on the campaign again (for
+/// "to continue:" and other hints), named as this program was invoked.
 pub fn rerun_command(subcommand: &str, campaign: &Path, state: Option<&Path>) -> String {
-    let mut cmd = format!("convers8-campaign {subcommand} {}", shell_quote(campaign));
+    let mut cmd = format!("{} {subcommand} {}", program(), shell_quote(campaign));
     if let Some(state) = state {
         cmd.push_str(&format!(" --state {}", shell_quote(state)));
     }
     cmd
 }
 
-fn shell_quote(path: &Path) -> String {
+/// The name this program goes by in hints, as the user can type it again:
+/// `cargo run --release --` when `cargo run --release` started it, the bare
+/// name when it was found on `PATH`, else the path it was started by.
+pub fn program() -> &'static str {
+    static PROGRAM: OnceLock<String> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        describe_program(&Invocation {
+            argv0: std::env::args_os().next(),
+            exe: std::env::current_exe().ok(),
+            cargo: std::env::var_os("CARGO").is_some() && !parent_is_cargo_build(),
+            manifest_dir: std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from),
+            cwd: std::env::current_dir().ok(),
+            path: std::env::var_os("PATH"),
+        })
+    })
+}
+
+/// The program's name when nothing better is known.
+const NAME: &str = "convers8-campaign";
+
+/// What [`program`] looks at, gathered so the rule can be tested.
+#[derive(Debug, Default)]
+struct Invocation {
+    argv0: Option<OsString>,
+    /// This executable's own path.
+    exe: Option<PathBuf>,
+    /// `$CARGO` is set (cargo sets it for what `cargo run` starts), and the
+    /// parent process is not itself a cargo build (a test harness).
+    cargo: bool,
+    /// `$CARGO_MANIFEST_DIR`: the package `cargo run` ran.
+    manifest_dir: Option<PathBuf>,
+    cwd: Option<PathBuf>,
+    /// `$PATH`.
+    path: Option<OsString>,
+}
+
+fn describe_program(how: &Invocation) -> String {
+    if how.cargo
+        && let Some(cargo) = how
+            .exe
+            .as_deref()
+            .and_then(|exe| cargo_run_prefix(exe, how.manifest_dir.as_deref(), how.cwd.as_deref()))
+    {
+        return cargo;
+    }
+    let Some(argv0) = how.argv0.as_deref().filter(|a| !a.is_empty()) else {
+        return NAME.to_owned();
+    };
+    let typed = Path::new(argv0);
+    // No slash: the shell found it on PATH under this name.
+    if !argv0.to_string_lossy().contains('/') {
+        return shell_quote(typed);
+    }
+    // A path: its bare name when PATH finds this same file under it.
+    if let (Some(name), Some(path)) = (typed.file_name(), how.path.as_deref())
+        && let Some(found) = std::env::split_paths(path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+        && same_file(&found, how.exe.as_deref().unwrap_or(typed))
+    {
+        return shell_quote(Path::new(name));
+    }
+    shell_quote(typed)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// `cargo run [--release | --profile P] [--target T] [--manifest-path M] --`
+/// when `exe` sits in a cargo target directory (`<target>/[<triple>/]<profile>/`,
+/// recognised by the `CACHEDIR.TAG` cargo writes there).
+fn cargo_run_prefix(exe: &Path, manifest_dir: Option<&Path>, cwd: Option<&Path>) -> Option<String> {
+    let profile_dir = exe.parent()?;
+    let profile = profile_dir.file_name()?.to_str()?;
+    if matches!(profile, "deps" | "examples" | "build" | "incremental") {
+        return None;
+    }
+    let mut target_dir = profile_dir.parent()?;
+    let mut triple = None;
+    if !is_cargo_target_dir(target_dir) {
+        let name = target_dir.file_name()?.to_str()?;
+        // Target triples have dashes: x86_64-unknown-linux-gnu.
+        if !name.contains('-') {
+            return None;
+        }
+        triple = Some(name);
+        target_dir = target_dir.parent()?;
+        if !is_cargo_target_dir(target_dir) {
+            return None;
+        }
+    }
+    let mut cmd = String::from("cargo run");
+    match profile {
+        "debug" => {}
+        "release" => cmd.push_str(" --release"),
+        other => cmd.push_str(&format!(" --profile {}", shell_quote(Path::new(other)))),
+    }
+    if let Some(triple) = triple {
+        cmd.push_str(&format!(" --target {triple}"));
+    }
+    // cargo looks for the manifest from the current directory up.
+    if let Some(dir) = manifest_dir
+        && !cwd.is_some_and(|cwd| cwd.starts_with(dir))
+    {
+        cmd.push_str(&format!(
+            " --manifest-path {}",
+            shell_quote(&dir.join("Cargo.toml"))
+        ));
+    }
+    cmd.push_str(" --");
+    Some(cmd)
+}
+
+fn is_cargo_target_dir(dir: &Path) -> bool {
+    dir.join("CACHEDIR.TAG").is_file() || dir.join(".rustc_info.json").is_file()
+}
+
+/// Whether the parent process is a program of a cargo build (a test harness
+/// under `target/…/deps`): it passes cargo's environment on without being
+/// `cargo run`. (`cargo run` replaces itself with this program, so its
+/// parent is the shell.) Known on Linux only.
+fn parent_is_cargo_build() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::os::unix::process::parent_id();
+        let Ok(exe) = std::fs::read_link(format!("/proc/{parent}/exe")) else {
+            return false;
+        };
+        exe.ancestors().skip(1).any(is_cargo_target_dir)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// A path as a shell word: as it is when it needs no quoting, else in single quotes.
+pub fn shell_quote(path: &Path) -> String {
     let text = path.display().to_string();
-    if text
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_./+:@".contains(c))
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./+:@".contains(c))
     {
         text
     } else {
         format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake cargo target directory: `<tmp>/target/<profile>/convers8-campaign`.
+    fn built(profile: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::create_dir_all(target.join(profile)).unwrap();
+        std::fs::write(
+            target.join("CACHEDIR.TAG"),
+            "Signature: 8a477f597d28d172789f06886806bc55",
+        )
+        .unwrap();
+        let exe = target.join(profile).join(NAME);
+        std::fs::write(&exe, "").unwrap();
+        (dir, exe)
+    }
+
+    #[test]
+    fn cargo_run_users_get_a_cargo_run_line() {
+        let (dir, exe) = built("release");
+        let how = Invocation {
+            argv0: Some("target/release/convers8-campaign".into()),
+            exe: Some(exe.clone()),
+            cargo: true,
+            manifest_dir: Some(dir.path().to_owned()),
+            cwd: Some(dir.path().to_owned()),
+            path: None,
+        };
+        assert_eq!(describe_program(&how), "cargo run --release --");
+
+        // From another directory, cargo needs the manifest.
+        let elsewhere = Invocation {
+            cwd: Some(PathBuf::from("/")),
+            ..how
+        };
+        assert_eq!(
+            describe_program(&elsewhere),
+            format!(
+                "cargo run --release --manifest-path {} --",
+                dir.path().join("Cargo.toml").display()
+            )
+        );
+
+        let (dir, exe) = built("debug");
+        let how = Invocation {
+            argv0: Some("target/debug/convers8-campaign".into()),
+            exe: Some(exe),
+            cargo: true,
+            manifest_dir: Some(dir.path().to_owned()),
+            cwd: Some(dir.path().join("campaigns")),
+            path: None,
+        };
+        assert_eq!(describe_program(&how), "cargo run --");
+
+        let (_dir, exe) = built("fast");
+        let how = Invocation {
+            exe: Some(exe),
+            cargo: true,
+            ..Invocation::default()
+        };
+        assert_eq!(describe_program(&how), "cargo run --profile fast --");
+    }
+
+    #[test]
+    fn others_get_the_name_they_typed() {
+        // Found on PATH.
+        let how = Invocation {
+            argv0: Some(NAME.into()),
+            ..Invocation::default()
+        };
+        assert_eq!(describe_program(&how), NAME);
+
+        // A path that PATH also finds: the bare name.
+        let (dir, exe) = built("release");
+        let how = Invocation {
+            argv0: Some(exe.clone().into()),
+            exe: Some(exe.clone()),
+            cargo: false,
+            path: Some(exe.parent().unwrap().as_os_str().to_owned()),
+            ..Invocation::default()
+        };
+        assert_eq!(describe_program(&how), NAME);
+
+        // A path PATH does not find: the path, quoted for a shell when needed.
+        let how = Invocation {
+            argv0: Some("./target/release/convers8-campaign".into()),
+            exe: Some(exe.clone()),
+            path: Some("/nonexistent".into()),
+            ..Invocation::default()
+        };
+        assert_eq!(describe_program(&how), "./target/release/convers8-campaign");
+        let how = Invocation {
+            argv0: Some("/opt/my tools/convers8-campaign".into()),
+            ..Invocation::default()
+        };
+        assert_eq!(describe_program(&how), "'/opt/my tools/convers8-campaign'");
+
+        // $CARGO set, but not a cargo build (an installed binary): its name.
+        let how = Invocation {
+            argv0: Some(NAME.into()),
+            exe: Some(PathBuf::from("/usr/local/bin/convers8-campaign")),
+            cargo: true,
+            ..Invocation::default()
+        };
+        assert_eq!(describe_program(&how), NAME);
+        drop(dir);
+    }
+
+    #[test]
+    fn the_sandbox_state_sits_beside_the_campaign() {
+        assert_eq!(
+            sandbox_state_path(Path::new("c/black-friday.state.db")),
+            PathBuf::from("c/black-friday.sandbox.state.db")
+        );
+        let args = CampaignArgs {
+            campaign: PathBuf::from("c/bf.toml"),
+            state: None,
+        };
+        assert_eq!(
+            args.state_path_for(true),
+            PathBuf::from("c/bf.sandbox.state.db")
+        );
+        assert_eq!(args.state_path_for(false), PathBuf::from("c/bf.state.db"));
+        let args = CampaignArgs {
+            state: Some(PathBuf::from("mine.db")),
+            ..args
+        };
+        assert_eq!(args.state_path_for(true), PathBuf::from("mine.db"));
     }
 }

@@ -5,19 +5,19 @@
 
 use std::process::ExitCode;
 
-use clap::CommandFactory;
-
 const EXAMPLES: &str = "\
 Examples:
   # bash: load now, or install for every new shell
   source <(convers8-campaign completions bash)
-  convers8-campaign completions bash > ~/.local/share/bash-completion/completions/convers8-campaign
+  convers8-campaign completions bash \\
+      > ~/.local/share/bash-completion/completions/convers8-campaign
 
   # zsh (a directory on $fpath)
   convers8-campaign completions zsh > ~/.zfunc/_convers8-campaign
 
   # fish
-  convers8-campaign completions fish > ~/.config/fish/completions/convers8-campaign.fish
+  convers8-campaign completions fish \\
+      > ~/.config/fish/completions/convers8-campaign.fish
 
 Exit codes: 0 printed, 2 usage.";
 
@@ -31,7 +31,7 @@ pub struct CompletionsArgs {
 }
 
 pub fn run(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
-    let mut command = super::Cli::command();
+    let mut command = super::command();
     let name = command.get_name().to_owned();
     clap_complete::generate(args.shell, &mut command, name, &mut std::io::stdout());
     Ok(ExitCode::SUCCESS)

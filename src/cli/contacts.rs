@@ -45,28 +45,35 @@ const LIST_EXAMPLES: &str = "\
 Examples:
   convers8-campaign contacts list
   convers8-campaign contacts list --page 2 --per-page 50
-  convers8-campaign contacts list --all --json | jq -r '.contacts[].phone_number'";
+  convers8-campaign contacts list --all --json \\
+      | jq -r '.contacts[].phone_number'
+
+Exit codes: 0 listed, 1 error (key rejected, the API refused), 2 usage.";
 
 const GET_EXAMPLES: &str = "\
 Examples:
   convers8-campaign contacts get contact_20250411ABC
   convers8-campaign contacts get contact_20250411ABC --json
 
-An unknown id prints \"contact 'ID' not found\" and exits 1.";
+An unknown id prints \"contact 'ID' not found\" and exits 1.
+Exit codes: 0 shown, 1 error (not found, key rejected), 2 usage.";
 
 const CREATE_EXAMPLES: &str = "\
 Examples:
   convers8-campaign contacts create --name 'Jane Smith' --phone +254712345678
-  convers8-campaign contacts create --name 'Wanjiru Kamau' --phone '0712 345 678' --default-country KE
+  convers8-campaign contacts create --name 'Wanjiru Kamau' \\
+      --phone '0712 345 678' --default-country KE
 
 The phone is checked and sent in international (E.164) form; a number the
-campaign planner would refuse is refused here, before any request.";
+campaign planner would refuse is refused here, before any request.
+Exit codes: 0 created, 1 error (bad phone, key rejected, the API refused),
+2 usage.";
 
 const IMPORT_EXAMPLES: &str = "\
 Examples:
   convers8-campaign contacts import customers.csv --default-country KE
-  convers8-campaign contacts import export.csv --phone-column Mobile --name-column 'Full name' \\
-      --delimiter ';' --concurrency 8
+  convers8-campaign contacts import export.csv --phone-column Mobile \\
+      --name-column 'Full name' --delimiter ';' --concurrency 8
   convers8-campaign contacts import customers.csv --json > import-results.jsonl
 
 Prints a line per row that was not created (invalid phone, no name, duplicate

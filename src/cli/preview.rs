@@ -4,12 +4,16 @@
 //! When the campaign has a state file the bodies come from it (they are what
 //! a run will really send); otherwise the campaign is planned into a scratch
 //! state that is thrown away. It must write nothing beside the campaign.
+//!
+//! `--json` prints JSON Lines and nothing else on stdout: one object per
+//! recipient, `{"row", "phone", "state", "endpoint", "body"}` with the body
+//! as a JSON value; notes go to stderr.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use super::common::CampaignArgs;
-use super::output::say;
+use super::output::{plural, say};
 use convers8_campaign::api::model::MessageKind;
 use convers8_campaign::plan::ScratchPlan;
 use convers8_campaign::plan::{self, InputCheck};
@@ -23,6 +27,10 @@ Examples:
   # Ten of them, or the one for CSV data row 42 (or why it will not be sent)
   convers8-campaign preview campaigns/text/campaign.toml -n 10
   convers8-campaign preview campaigns/text/campaign.toml --row 42
+
+  # For scripts: one JSON object per recipient (row, phone, body)
+  convers8-campaign preview campaigns/text/campaign.toml -n 100 --json \\
+      | jq -r '.body.content.text'
 
 Exit codes: 0 shown, 1 error (bad campaign file or CSV, no such row), 2 usage.";
 
@@ -42,6 +50,11 @@ pub struct PreviewArgs {
     #[arg(long, value_name = "R", conflicts_with = "count",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub row: Option<u64>,
+
+    /// Print JSON Lines only: one object per recipient, {row, phone, state,
+    /// endpoint, body} with the body as JSON (notes go to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub async fn run(args: PreviewArgs) -> anyhow::Result<ExitCode> {
@@ -71,11 +84,17 @@ pub async fn run(args: PreviewArgs) -> anyhow::Result<ExitCode> {
     };
     // Built first, so an error (no such row) is the only line printed.
     let mut text = Vec::new();
-    match args.row {
-        Some(row) => preview_row(&db, kind, row, &mut text)?,
-        None => preview_first(&db, kind, args.count, &mut text)?,
+    let mut notes = Vec::new();
+    match (args.row, args.json) {
+        (Some(row), false) => preview_row(&db, kind, row, &mut text)?,
+        (None, false) => preview_first(&db, kind, args.count, &mut text)?,
+        (Some(row), true) => json_row(&db, kind, row, &mut text)?,
+        (None, true) => json_first(&db, kind, args.count, &mut text, &mut notes)?,
     }
     say!("{source}");
+    for note in notes {
+        say!("{note}");
+    }
     if changed {
         say!(
             "warning: the campaign or its CSV changed since it was planned: `run` will refuse until that is resolved"
@@ -94,17 +113,7 @@ fn preview_first(
 ) -> anyhow::Result<()> {
     let rows = db.planned_bodies(RecipientState::Pending, count as usize)?;
     if rows.is_empty() {
-        let c = db.counts()?;
-        let _ = writeln!(
-            out,
-            "nothing left to send: {} rows = sent {} + failed {} + uncertain {} + invalid {} + duplicate {} (`--row R` shows a row's body)",
-            c.total(),
-            c.sent,
-            c.failed,
-            c.uncertain,
-            c.invalid,
-            c.duplicate
-        );
+        let _ = writeln!(out, "{}", nothing_left(db)?);
         return Ok(());
     }
     for (i, (row, phone, body)) in rows.iter().enumerate() {
@@ -116,28 +125,41 @@ fn preview_first(
     Ok(())
 }
 
+/// Why `preview` shows no body: every row has its final state.
+fn nothing_left(db: &StateDb) -> anyhow::Result<String> {
+    let c = db.counts()?;
+    Ok(format!(
+        "nothing left to send: {} = sent {} + failed {} + uncertain {} + invalid {} + duplicate {} (`--row R` shows a row's body)",
+        plural(c.total(), "row"),
+        c.sent,
+        c.failed,
+        c.uncertain,
+        c.invalid,
+        c.duplicate
+    ))
+}
+
+/// `row R will not be sent: invalid_phone: …` — the code says what the
+/// state would repeat (`duplicate`'s code is `duplicate`).
+fn why_not(record: &convers8_campaign::state::RecipientRecord) -> String {
+    format!(
+        "{}: {}",
+        record
+            .error_code
+            .as_deref()
+            .unwrap_or(record.state.as_str()),
+        record.error_details.as_deref().unwrap_or("no details")
+    )
+}
+
 fn preview_row(
     db: &StateDb,
     kind: MessageKind,
     row: u64,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let Some((record, body)) = db.recipient_at_row(row)? else {
-        let rows = db.plan_info()?.map_or(0, |p| p.csv_rows);
-        anyhow::bail!(
-            "row {row} is not in the CSV (it has {rows} data rows): rows count from 1, after the header"
-        );
-    };
-    let reason = || {
-        format!(
-            "{}: {}",
-            record
-                .error_code
-                .as_deref()
-                .unwrap_or(record.state.as_str()),
-            record.error_details.as_deref().unwrap_or("no details")
-        )
-    };
+    let (record, body) = find_row(db, row)?;
+    let reason = || why_not(&record);
     let note = match record.state {
         RecipientState::Pending => String::new(),
         RecipientState::Sending => " — being sent now".to_owned(),
@@ -158,12 +180,7 @@ fn preview_row(
             reason()
         ),
         RecipientState::Invalid | RecipientState::Duplicate => {
-            let _ = writeln!(
-                out,
-                "row {row} will not be sent: {} {}",
-                record.state,
-                reason()
-            );
+            let _ = writeln!(out, "row {row} will not be sent: {}", reason());
             return Ok(());
         }
     };
@@ -193,4 +210,103 @@ fn write_body(
     let _ = writeln!(out, "row {row} → {phone} (POST {}){note}", kind.path());
     let _ = writeln!(out, "{}", serde_json::to_string_pretty(&value)?);
     Ok(())
+}
+
+/// The row's record and planned body, or an error naming the CSV's size.
+fn find_row(
+    db: &StateDb,
+    row: u64,
+) -> anyhow::Result<(convers8_campaign::state::RecipientRecord, Option<String>)> {
+    match db.recipient_at_row(row)? {
+        Some(found) => Ok(found),
+        None => {
+            let rows = db.plan_info()?.map_or(0, |p| p.csv_rows);
+            anyhow::bail!(
+                "row {row} is not in the CSV (it has {}): rows count from 1, after the header",
+                plural(rows, "data row")
+            )
+        }
+    }
+}
+
+/// One line of `preview --json`, fields in this order.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    row: u64,
+    phone: Option<&'a str>,
+    state: &'a str,
+    /// The API path the body is posted to.
+    endpoint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_details: Option<&'a str>,
+    /// The request body as JSON; null for a row that will not be sent.
+    body: serde_json::Value,
+}
+
+/// One JSON line: the recipient and its body as JSON, with what the state
+/// says about it when it is not simply waiting to be sent.
+fn json_line(
+    out: &mut dyn Write,
+    kind: MessageKind,
+    record: Option<&convers8_campaign::state::RecipientRecord>,
+    row: u64,
+    phone: Option<&str>,
+    body: Option<&str>,
+) -> anyhow::Result<()> {
+    let body = match body {
+        Some(body) => serde_json::from_str::<serde_json::Value>(body)
+            .map_err(|e| anyhow::anyhow!("row {row}: the planned body is not JSON ({e})"))?,
+        None => serde_json::Value::Null,
+    };
+    let line = JsonLine {
+        row,
+        phone,
+        state: record.map_or(RecipientState::Pending, |r| r.state).as_str(),
+        endpoint: kind.path(),
+        message_id: record.and_then(|r| r.message_id.as_deref()),
+        error_code: record.and_then(|r| r.error_code.as_deref()),
+        error_details: record.and_then(|r| r.error_details.as_deref()),
+        body,
+    };
+    let _ = writeln!(out, "{}", serde_json::to_string(&line)?);
+    Ok(())
+}
+
+fn json_first(
+    db: &StateDb,
+    kind: MessageKind,
+    count: u64,
+    out: &mut dyn Write,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let rows = db.planned_bodies(RecipientState::Pending, count as usize)?;
+    if rows.is_empty() {
+        notes.push(nothing_left(db)?);
+    }
+    for (row, phone, body) in &rows {
+        json_line(out, kind, None, *row, Some(phone), Some(body))?;
+    }
+    Ok(())
+}
+
+/// `--row R --json`: the row whatever its state; `body` is null for a row
+/// that will not be sent, with `error_code` and `error_details` saying why.
+fn json_row(db: &StateDb, kind: MessageKind, row: u64, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (record, body) = find_row(db, row)?;
+    let body = match record.state {
+        RecipientState::Invalid | RecipientState::Duplicate => None,
+        _ => body,
+    };
+    json_line(
+        out,
+        kind,
+        Some(&record),
+        row,
+        record.phone.as_deref(),
+        body.as_deref(),
+    )
 }

@@ -3,25 +3,28 @@
 //!
 //! Read-only on the state (it works while a run is sending) and thin: the
 //! export, the spreadsheet-safe cells and the all-or-nothing file write live
-//! in [`convers8_campaign::report`]. Also home of [`open_state`], which `status` shares.
+//! in [`convers8_campaign::report`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 
 use super::common::CampaignArgs;
-use super::output::say;
+use super::output::{plural, say};
 use convers8_campaign::report::{self, ExportFormat};
-use convers8_campaign::state::{StateDb, StateError};
 
 const EXAMPLES: &str = "\
 Examples:
   # Everything, as CSV, into a file readable by you only
   convers8-campaign report campaigns/text/campaign.toml -o results.csv
 
-  # What needs attention, as JSON Lines
-  convers8-campaign report campaigns/text/campaign.toml --format json --state-filter failed,uncertain
+  # What needs attention, as JSON Lines, into jq (-o - is stdout too)
+  convers8-campaign report campaigns/text/campaign.toml \\
+      --format json --state-filter failed,uncertain | jq -r .phone
+
+  # A --sandbox rehearsal's rows (its state is <stem>.sandbox.state.db)
+  convers8-campaign report campaigns/text/campaign.toml --sandbox -o -
 
 Columns: row, phone, name, state, attempts, message_id, error_code,
 error_details, updated_at, sent_at. CSV cells starting with = + - @, a tab or a
@@ -29,7 +32,8 @@ carriage return get a ' in front so a spreadsheet shows them as text; phones in
 E.164 form (+ and digits) are written as they are. --format json writes one
 JSON object per line (JSON Lines).
 
-Exit codes: 0 written, 1 error (no state file, unknown state, unwritable file), 2 usage.";
+Exit codes: 0 written, 1 error (no state file, unknown state, unwritable
+file), 2 usage.";
 
 /// Export one line per recipient: row, phone, name, state, attempts, ids, errors, times.
 #[derive(Debug, clap::Args)]
@@ -46,9 +50,13 @@ pub struct ReportArgs {
     #[arg(long, value_name = "STATES")]
     pub state_filter: Option<String>,
 
-    /// Write to this file (created owner-only, replaced whole) instead of stdout.
+    /// Write to this file (created owner-only, replaced whole); - or no -o: stdout.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Report on the `run --sandbox` rehearsal: its state, <stem>.sandbox.state.db.
+    #[arg(long)]
+    pub sandbox: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -67,13 +75,16 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         Format::Csv => ExportFormat::Csv,
         Format::Json => ExportFormat::Json,
     };
-    match &args.output {
+    let sandbox = args.sandbox;
+    // `-o -` is stdout, as no -o is.
+    let output = args.output.as_deref().filter(|p| *p != Path::new("-"));
+    match output {
         Some(path) => {
-            report::refuse_protected(path, &protected_files(&args.campaign))?;
+            report::refuse_protected(path, &protected_files(&args.campaign, sandbox))?;
             // The state is opened inside, after the file's directory proved
             // writable: a bad path then fails before anything is read.
             let n = report::write_private_file(path, |out| {
-                let db = open_state(&args.campaign)?;
+                let db = args.campaign.open_state(sandbox)?;
                 // The files the plan was made from, whatever the campaign says now.
                 if let Some(plan) = db.plan_info()? {
                     report::refuse_protected(
@@ -93,10 +104,10 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
                 report::export(&db, &states, format, out)
                     .with_context(|| format!("cannot write the report to {}", path.display()))
             })?;
-            say!("wrote {n} recipients to {}", path.display());
+            say!("wrote {} to {}", plural(n, "recipient"), path.display());
         }
         None => {
-            let db = open_state(&args.campaign)?;
+            let db = args.campaign.open_state(sandbox)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if let Err(err) = report::export(&db, &states, format, &mut out) {
                 // A closed pipe (`report | head`) is a normal end, not an error.
@@ -114,8 +125,8 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
 /// the state and SQLite's files beside it (and the lock file older versions
 /// kept), the campaign file and its CSV. (The files the plan was made from
 /// are checked once the state is open.)
-fn protected_files(args: &CampaignArgs) -> Vec<(String, PathBuf)> {
-    let state = args.state_path();
+fn protected_files(args: &CampaignArgs, sandbox: bool) -> Vec<(String, PathBuf)> {
+    let state = args.state_path_for(sandbox);
     let mut files = vec![
         ("the state file".to_owned(), state.clone()),
         ("the campaign file".to_owned(), args.campaign.clone()),
@@ -139,20 +150,4 @@ fn protected_files(args: &CampaignArgs) -> Vec<(String, PathBuf)> {
         files.push(("the campaign's CSV".to_owned(), campaign.recipients.csv));
     }
     files
-}
-
-/// Opens the campaign's state read-only. When neither the state nor the
-/// campaign file exists, the campaign path is the likelier typo, so the
-/// error names it.
-pub(super) fn open_state(args: &CampaignArgs) -> anyhow::Result<StateDb> {
-    let path = args.state_path();
-    match StateDb::open_read_only(&path) {
-        Err(StateError::Missing { .. }) if args.state.is_none() && !args.campaign.exists() => {
-            anyhow::bail!(
-                "no campaign file at {} (and no state file beside it): check the path",
-                args.campaign.display()
-            )
-        }
-        other => Ok(other?),
-    }
 }

@@ -13,25 +13,32 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::common::{ApiArgs, CampaignArgs};
-use super::output::{out, say};
+use super::common::{ApiArgs, CampaignArgs, rerun_command};
+use super::exit;
+use super::output::{out, plural, say};
+use super::run::{RunSummary, SummaryArgs, ThisRun};
 use convers8_campaign::plan::{self, InputCheck};
-use convers8_campaign::state::{RetrySelection, StateDb};
+use convers8_campaign::state::RetrySelection;
 
-const EXAMPLES: &str = "\
+const EXAMPLES: &str = concat!(
+    "\
 Examples:
   # Resend rows that failed with a 5xx after every attempt
-  convers8-campaign retry campaigns/text/campaign.toml --failed --codes internal_error
+  convers8-campaign retry campaigns/text/campaign.toml --failed \\
+      --codes internal_error
 
-  # From cron or a script (no terminal to confirm on)
-  convers8-campaign retry campaigns/text/campaign.toml --failed --yes
+  # From cron or a script (no terminal to confirm on), a JSON summary
+  convers8-campaign retry campaigns/text/campaign.toml --failed --yes --json
 
-  # Rows whose send may or may not have arrived: they may get the message twice
+  # Rows whose send may or may not have arrived: they may get it twice
   convers8-campaign retry campaigns/text/campaign.toml --uncertain
 
-Exit codes: as `run`: 0 done, 1 error (no state, no key, cancelled, key
-rejected, breaker), 2 usage, 75 try later (lock held, outside the send window,
-daily limit reached), 130 interrupted.";
+Without a terminal, retry needs --yes (it never waits for an answer); it
+exits 1 when there is no state, no key, or the confirmation is declined.
+
+",
+    exit::table!()
+);
 
 /// Put failed or uncertain rows back to pending and send them, like `run`.
 #[derive(Debug, clap::Args)]
@@ -43,6 +50,9 @@ pub struct RetryArgs {
 
     #[command(flatten)]
     pub api: ApiArgs,
+
+    #[command(flatten)]
+    pub summary: SummaryArgs,
 
     /// Retry rows that failed (a permanent error, or attempts spent).
     #[arg(long)]
@@ -69,6 +79,16 @@ pub struct RetryArgs {
 }
 
 pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
+    let result = retry(&args).await;
+    if args.summary.json
+        && let Err(err) = &result
+    {
+        super::run::print_error_summary(&args.campaign.state_path(), err);
+    }
+    result
+}
+
+async fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
     let campaign = args.campaign.load()?;
     let state_path = args.campaign.state_path();
     let selection = if args.uncertain {
@@ -89,7 +109,7 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
         RetrySelection::Failed { codes } => format!("failed ({})", codes.join(", ")),
     };
 
-    let db = StateDb::open_read_only(&state_path)?;
+    let db = args.campaign.open_state(false)?;
     match plan::check_inputs(&db, &campaign)? {
         InputCheck::Unchanged => {}
         InputCheck::NotPlanned => anyhow::bail!(
@@ -97,22 +117,57 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
             state_path.display()
         ),
         InputCheck::CsvChanged { .. } | InputCheck::MessageChanged { .. } => anyhow::bail!(
-            "{} or its CSV changed since it was planned, so nothing can be sent from {}: `convers8-campaign run` on it explains what to do",
+            "{} or its CSV changed since it was planned, so nothing can be sent from {}: `{}` explains what to do",
             args.campaign.campaign.display(),
-            state_path.display()
+            state_path.display(),
+            rerun_command(
+                "run",
+                &args.campaign.campaign,
+                args.campaign.state.as_deref()
+            )
         ),
     }
     let n = db.count_for_retry(&selection)?;
-    drop(db);
     if n == 0 {
-        out!("no {what} rows to retry in {}", state_path.display());
+        let message = format!("no {what} rows to retry in {}", state_path.display());
+        if args.summary.json {
+            let counts = db.counts()?;
+            let summary = RunSummary {
+                campaign: campaign.name.clone(),
+                end: "nothing_to_do",
+                message,
+                exit_code: 0,
+                counts: counts.into(),
+                this_run: ThisRun::default(),
+                window_opens_at: None,
+                next_daily_slot: None,
+                state: state_path.display().to_string(),
+                unfinished: counts.pending > 0,
+                resume: rerun_command(
+                    "run",
+                    &args.campaign.campaign,
+                    args.campaign.state.as_deref(),
+                ),
+            };
+            out!("{}", serde_json::to_string(&summary)?);
+        } else {
+            out!("{message}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
+    drop(db);
     // Checked before asking, so a missing key fails at once.
     args.api
         .require_client_config(campaign.api.base_url.as_deref(), campaign.send.timeout)?;
 
-    say!("{n} {what} rows will go back to pending and be sent");
+    say!(
+        "{} back to pending and be sent",
+        if n == 1 {
+            format!("1 {what} row will go")
+        } else {
+            format!("{n} {what} rows will go")
+        }
+    );
     if matches!(selection, RetrySelection::Uncertain) {
         say!(
             "warning: these recipients may already have the message: the API has no idempotency key, so they may receive it twice"
@@ -121,9 +176,16 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
     if !args.yes {
         confirm(n)?;
     }
-    super::run::execute(&campaign, &args.campaign, &args.api, false, |options| {
-        options.reset = Some(selection);
-    })
+    super::run::execute(
+        &campaign,
+        &args.campaign,
+        &args.api,
+        false,
+        &args.summary,
+        |options| {
+            options.reset = Some(selection);
+        },
+    )
     .await
 }
 
@@ -131,12 +193,16 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
 fn confirm(n: u64) -> anyhow::Result<()> {
     if !std::io::stdin().is_terminal() {
         anyhow::bail!(
-            "stdin is not a terminal, so retry cannot ask for confirmation: add --yes to put {n} rows back to pending and send them"
+            "stdin is not a terminal, so retry cannot ask for confirmation: add --yes to put {} back to pending and send {}",
+            plural(n, "row"),
+            them(n)
         );
     }
     let _ = write!(
         std::io::stderr(),
-        "Put {n} rows back to pending and send them now? [y/N] "
+        "Put {} back to pending and send {} now? [y/N] ",
+        plural(n, "row"),
+        them(n)
     );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
@@ -148,4 +214,8 @@ fn confirm(n: u64) -> anyhow::Result<()> {
         anyhow::bail!("cancelled: no row was changed");
     }
     Ok(())
+}
+
+fn them(n: u64) -> &'static str {
+    if n == 1 { "it" } else { "them" }
 }

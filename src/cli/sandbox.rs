@@ -22,12 +22,15 @@ Examples:
   convers8-campaign sandbox
 
   # A flaky, slow server for a rehearsal, reproducible with a seed
-  convers8-campaign sandbox --addr 127.0.0.1:9090 --api-key test-key --rate 20 \\
-      --fail-rate 0.02 --drop-rate 0.01 --latency-ms 80 --jitter-ms 40 --seed 7 \\
-      --log sent.jsonl
+  convers8-campaign sandbox --addr 127.0.0.1:9090 --api-key test-key \\
+      --rate 20 --fail-rate 0.02 --drop-rate 0.01 --latency-ms 80 \\
+      --jitter-ms 40 --seed 7 --log sent.jsonl
 
 Then point a campaign at it: CONVERS8_BASE_URL=http://127.0.0.1:9090
-Inspect what it accepted: curl http://127.0.0.1:9090/_sandbox/messages";
+Inspect what it accepted: curl http://127.0.0.1:9090/_sandbox/messages
+
+Exit codes: 0 stopped by Ctrl-C or SIGTERM, 1 error (address in use, bad
+flags), 2 usage.";
 
 /// Run a local Convers8 server (the sandbox) for tests and rehearsals.
 #[derive(Debug, clap::Args)]

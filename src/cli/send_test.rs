@@ -32,7 +32,8 @@ Examples:
   convers8-campaign send-test campaigns/text/campaign.toml --to +254712345678
 
   # Row 7's message; a national number uses the campaign's default_country
-  convers8-campaign send-test campaigns/text/campaign.toml --to 0712345678 --row 7
+  convers8-campaign send-test campaigns/text/campaign.toml \\
+      --to 0712345678 --row 7
 
 The test is not recorded in the state file: the row is still sent by `run`.
 Exit codes: 0 sent, 1 error (bad campaign or row, bad --to, the API refused).";

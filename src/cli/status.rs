@@ -22,7 +22,11 @@ Examples:
   # For scripts
   convers8-campaign status campaigns/text/campaign.toml --json | jq .counts
 
-Exit codes: 0 shown, 1 error (no state file yet: run the campaign first), 2 usage.";
+  # A --sandbox rehearsal (its state is <stem>.sandbox.state.db)
+  convers8-campaign status campaigns/text/campaign.toml --sandbox
+
+Exit codes: 0 shown, 1 error (no state file yet: run the campaign first),
+2 usage.";
 
 /// Show counts per state, the run in progress (pace, ETA), errors and run times.
 #[derive(Debug, clap::Args)]
@@ -34,10 +38,14 @@ pub struct StatusArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Show the `run --sandbox` rehearsal: its state, <stem>.sandbox.state.db.
+    #[arg(long)]
+    pub sandbox: bool,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let db = super::report::open_state(&args.campaign)?;
+    let db = args.campaign.open_state(args.sandbox)?;
     let status = report::gather_status(&db, chrono::Utc::now())?;
     let mut out = std::io::stdout().lock();
     // A closed stdout (piped into `head`) is not worth an error.

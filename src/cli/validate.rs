@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::output::plural;
 use convers8_campaign::campaign::Campaign;
 use convers8_campaign::plan::{RowProblem, ScratchPlan};
 
@@ -16,11 +17,18 @@ const EXAMPLES: &str = "\
 Examples:
   convers8-campaign validate campaigns/text/campaign.toml
 
-  # In CI: fail on any invalid or duplicate row, read the result with jq
-  convers8-campaign validate campaigns/text/campaign.toml --strict --json | jq .valid
+  # In CI: fail on any invalid or duplicate row; jq reads the verdict (.ok)
+  # and the counts (.valid, .invalid, .duplicate are numbers of rows)
+  convers8-campaign validate campaigns/text/campaign.toml --strict --json \\
+      | jq -e .ok
+
+  # The problems, one per line
+  convers8-campaign validate campaigns/text/campaign.toml --json \\
+      | jq -c '.problems[]'
 
 Exit codes: 0 the campaign can be sent, 1 it cannot (an error in the campaign
-file or CSV, no valid row, or with --strict any invalid or duplicate row), 2 usage.";
+file or CSV, no valid row, or with --strict any invalid or duplicate row),
+2 usage.";
 
 /// Check the campaign file and every CSV row, without sending anything.
 #[derive(Debug, clap::Args)]
@@ -97,14 +105,19 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         );
         let _ = writeln!(
             out,
-            "  {} rows: {} valid, {} invalid, {} duplicate",
-            s.rows, s.pending, s.invalid, s.duplicate
+            "  {}: {} valid, {} invalid, {} duplicate",
+            plural(s.rows, "row"),
+            s.pending,
+            s.invalid,
+            s.duplicate
         );
+        // The code says what the state would repeat ("invalid
+        // invalid_phone", "duplicate duplicate"): the code alone.
         for p in &s.problems {
             let _ = writeln!(
                 out,
-                "  row {} (line {}): {} {}: {}",
-                p.row, p.line, p.state, p.code, p.details
+                "  row {} (line {}): {}: {}",
+                p.row, p.line, p.code, p.details
             );
         }
         if let Some(warning) = &base_url_warning {
@@ -118,7 +131,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             );
         }
         if ok {
-            let _ = writeln!(out, "ok: {} messages would be sent", s.pending);
+            let _ = writeln!(out, "ok: {} would be sent", plural(s.pending, "message"));
         }
     }
     drop(out);
@@ -133,8 +146,13 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     }
     if !ok {
         // Only --strict gets here: there are sendable rows but also bad ones.
+        let (rows, are, duplicates, them) = if bad_rows == 1 {
+            ("1 row".to_owned(), "is", "a duplicate", "it")
+        } else {
+            (format!("{bad_rows} rows"), "are", "duplicates", "them")
+        };
         anyhow::bail!(
-            "{}: {bad_rows} rows are invalid or duplicates (--strict): fix them or drop --strict",
+            "{}: {rows} {are} invalid or {duplicates} (--strict): fix {them} or drop --strict",
             args.campaign.display()
         );
     }

@@ -140,7 +140,8 @@ impl Delivery {
                             attempts,
                             &error,
                             Some(format!(
-                                "gave up after {failures} attempts: {}",
+                                "gave up after {failures} {}: {}",
+                                if failures == 1 { "attempt" } else { "attempts" },
                                 error.details()
                             )),
                         );
