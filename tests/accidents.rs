@@ -471,6 +471,30 @@ fn a_closed_pipe_does_not_stop_a_send() {
     assert_eq!((counts.sent, counts.sending, counts.uncertain), (50, 0, 0));
 }
 
+#[cfg(unix)]
+#[test]
+fn a_stalled_stderr_does_not_stall_a_send() {
+    // Regression: with a reader that stopped reading (a paused terminal, a
+    // stuck log pipe) progress and log writes blocked, and the send with them.
+    let sandbox = TestSandbox::unlimited();
+    let dir = CampaignDir::new(&text_campaign("", "Hi"), &kenyan_csv(300));
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let child = bin(&sandbox)
+        // Trace-level logs fill the pipe's buffer long before the list is done.
+        .env("RUST_LOG", "trace")
+        .arg("run")
+        .arg(dir.toml())
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .expect("runs");
+    let out = wait_exit(child, Duration::from_secs(120));
+    drop(reader);
+    assert_eq!(out.status.code(), Some(0));
+    let counts = dir.counts();
+    assert_eq!((counts.sent, counts.sending, counts.uncertain), (300, 0, 0));
+}
+
 // ---------------------------------------------------------------------------
 // 6. Signals as schedulers send them.
 

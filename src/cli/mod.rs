@@ -23,6 +23,7 @@ mod sandbox;
 mod send_test;
 mod signals;
 mod status;
+mod stderr;
 mod validate;
 
 const AFTER_HELP: &str = concat!(
@@ -139,6 +140,7 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             output::error_line(&format!("cannot start the async runtime: {err}"));
+            stderr::flush(std::time::Duration::from_secs(2));
             return ExitCode::from(exit::ERROR);
         }
     };
@@ -158,13 +160,16 @@ pub fn main() -> ExitCode {
     });
     // Requests cut off at shutdown must not hold the process open.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(err) => {
             output::error_line(&one_line(&err));
             ExitCode::from(exit_code_for(&err))
         }
-    }
+    };
+    // The last lines should reach stderr; a stalled one must not hold the exit.
+    stderr::flush(std::time::Duration::from_secs(2));
+    code
 }
 
 /// The error and its causes on one line, without repeating a cause that the
@@ -207,7 +212,7 @@ fn init_tracing(style: Style) {
     let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(stderr::MakeQueueWriter)
         .with_timer(output::Rfc3339)
         // Its default reports a failed write with `eprintln!`, which panics
         // on the same full disk or closed pipe: a log line is not worth a run.

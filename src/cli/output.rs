@@ -120,10 +120,10 @@ pub fn json_line(
     )
 }
 
-/// Writes `line` (one line, no newline) to stderr as it is; a failure to
-/// write is ignored.
+/// Writes `line` (one line, no newline) to stderr as it is, through the
+/// background writer ([`super::stderr`]): never waits, never panics.
 pub fn stderr_raw(line: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    super::stderr::line(line);
 }
 
 /// Writes an event to stderr in the process's style: `message` with a

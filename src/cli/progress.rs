@@ -44,7 +44,10 @@ pub struct Bar {
 
 impl Bar {
     pub fn new() -> Bar {
-        Bar::with_target(ProgressDrawTarget::stderr())
+        // Drawn through the stderr queue, so a paused terminal pauses no send.
+        Bar::with_target(ProgressDrawTarget::term_like(Box::new(
+            super::stderr::QueueTerm,
+        )))
     }
 
     fn with_target(target: ProgressDrawTarget) -> Bar {

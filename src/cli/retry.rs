@@ -8,7 +8,7 @@
 //! daily limit, a lock held) changes nothing. Without a terminal it never
 //! waits for an answer: it needs `--yes`.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -193,18 +193,13 @@ async fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
 fn confirm(n: u64) -> anyhow::Result<()> {
     if !std::io::stdin().is_terminal() {
         anyhow::bail!(
-            "stdin is not a terminal, so retry cannot ask for confirmation: add --yes to put {} back to pending and send {}",
-            plural(n, "row"),
-            them(n)
+            "stdin is not a terminal, so retry cannot ask for confirmation: add --yes to send {} again",
+            plural(n, "row")
         );
     }
-    let _ = write!(
-        std::io::stderr(),
-        "Put {} back to pending and send {} now? [y/N] ",
-        plural(n, "row"),
-        them(n)
-    );
-    let _ = std::io::stderr().flush();
+    super::stderr::write(format!("Send {} again now? [y/N] ", plural(n, "row"),).into_bytes());
+    // The question must be on the screen before waiting for the answer.
+    super::stderr::flush(std::time::Duration::from_secs(5));
     let mut answer = String::new();
     std::io::stdin()
         .lock()
@@ -214,8 +209,4 @@ fn confirm(n: u64) -> anyhow::Result<()> {
         anyhow::bail!("cancelled: no row was changed");
     }
     Ok(())
-}
-
-fn them(n: u64) -> &'static str {
-    if n == 1 { "it" } else { "them" }
 }

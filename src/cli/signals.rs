@@ -51,6 +51,7 @@ pub fn stop_on_signals(stop: Stop, what_stops: &'static str) -> SignalGuard {
             signals.next().await;
             if first.elapsed() >= SAME_REQUEST {
                 say!("quitting at once");
+                super::stderr::flush(std::time::Duration::from_millis(500));
                 std::process::exit(i32::from(exit::INTERRUPTED));
             }
         }
