@@ -448,3 +448,125 @@ fn a_row_the_api_rejects_is_reported_and_fails_the_import() {
     );
     drop(server.runtime);
 }
+
+/// The number after `label` in `text` ("not imported 12" → 12).
+fn count_after(text: &str, label: &str) -> Option<u64> {
+    let at = text.find(label)? + label.len();
+    let digits: String = text[at..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+#[cfg(unix)]
+#[test]
+fn import_drains_on_sigterm_and_reports_every_contact_it_created() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    const ROWS: u64 = 40;
+    // Each answer takes 300 ms: when the first arrives, the next rows are on the wire.
+    let sandbox = TestSandbox::slow(300);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("people.csv");
+    std::fs::write(&csv, common::kenyan_csv(ROWS as usize)).expect("write csv");
+    let mut child = bin(&sandbox)
+        .args(["contacts", "import"])
+        .arg(&csv)
+        .args(["--concurrency", "4", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the import starts");
+
+    // Rows arrive on stdout as they finish; a thread hands them over.
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let row: Value = serde_json::from_str(&line).expect("each line is JSON");
+            if tx.send(row).is_err() {
+                break;
+            }
+        }
+    });
+    let mut rows = Vec::new();
+    loop {
+        let row = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a row is reported within 20 s");
+        let created = row["outcome"] == "created";
+        rows.push(row);
+        if created {
+            break;
+        }
+    }
+    let pid = child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the import") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the import did not exit within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    reader.join().expect("stdout reader");
+    rows.extend(rx.try_iter());
+    let err = stderr(&child.wait_with_output().expect("stderr"));
+
+    // A graceful stop, not a death by signal (which has no exit code).
+    assert_eq!(status.code(), Some(130), "exit {status:?}; stderr:\n{err}");
+    let created: Vec<&Value> = rows.iter().filter(|r| r["outcome"] == "created").collect();
+    let summary = err
+        .lines()
+        .find(|l| l.contains("created ") && l.ends_with(&format!("({ROWS} rows)")))
+        .unwrap_or_else(|| panic!("a summary of all {ROWS} rows on stderr:\n{err}"));
+    assert_eq!(
+        count_after(summary, "created "),
+        Some(created.len() as u64),
+        "{summary}"
+    );
+    let not_imported = count_after(summary, "not imported ")
+        .unwrap_or_else(|| panic!("the summary says how many were not imported: {summary}"));
+    assert!(not_imported > 0, "stopped early: {summary}");
+    assert_eq!(
+        created.len() as u64 + not_imported,
+        ROWS,
+        "every row was created or not imported: {summary}"
+    );
+    assert!(
+        err.contains(&format!(
+            "interrupted: {not_imported} of {ROWS} rows were not imported"
+        )),
+        "{err}"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["outcome"] == "created" || r["outcome"] == "not_imported"),
+        "{rows:?}"
+    );
+
+    // Nobody lost: every contact the sandbox created was reported as created.
+    let mut on_server: Vec<String> = all_contacts(&sandbox)[2..]
+        .iter()
+        .map(|c| c["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let mut reported: Vec<String> = created
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    on_server.sort();
+    reported.sort();
+    assert_eq!(on_server, reported);
+}

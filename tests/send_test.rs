@@ -185,3 +185,41 @@ fn help_shows_an_example() {
         "{help}"
     );
 }
+
+#[test]
+fn a_rate_limited_test_waits_out_retry_after_and_is_sent_once() {
+    // One message per 4 s: the second test, a moment after the first, is refused
+    // with a Retry-After and must wait it out.
+    let sandbox = TestSandbox::start(convers8_campaign::sandbox::SandboxConfig {
+        rate: 0.25,
+        burst: 1,
+        ..Default::default()
+    });
+    let dir = CampaignDir::new(
+        &text_campaign("concurrency = 2", TEXT),
+        "phone,name\n+254710000001,Ann\n",
+    );
+    for _ in 0..2 {
+        let out = run_ok(
+            bin(&sandbox)
+                .arg("send-test")
+                .arg(dir.toml())
+                .args(["--to", "+254799000111"]),
+        );
+        assert!(
+            stdout(&out).starts_with("sent a test of row 1 to +254799000111"),
+            "{}",
+            stdout(&out)
+        );
+        if sandbox.stats().rate_limited > 0 {
+            let err = stderr(&out);
+            assert!(
+                err.contains("rate limited by the API") && err.contains("trying again in"),
+                "the wait is explained: {err}"
+            );
+        }
+    }
+    assert!(sandbox.stats().rate_limited >= 1, "{:?}", sandbox.stats());
+    assert_eq!(sandbox.messages().len(), 2, "each test sent exactly once");
+    assert!(!dir.state().exists());
+}

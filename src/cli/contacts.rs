@@ -1,48 +1,44 @@
 //! `convers8-campaign contacts`: the guide's contacts endpoints — `list`,
-//! `get`, `create` — and `import`, which creates one contact per CSV row with
-//! the campaign's phone normalisation and a bounded number of requests in flight.
+//! `get`, `create` — and `import`, which creates one contact per CSV row.
 //!
-//! This file owns the flags, the table and JSON output, and the import loop:
-//! dedupe within the file, rate-limit retries under one shared pace, and one
-//! outcome per row. It must not read a campaign or touch a state file, and it
-//! never prints the API key: every message comes from the server's answer or
-//! the request's URL, never from the key.
+//! This file owns the flags, the table and JSON output, and the words and
+//! exit codes of an import; the import itself (dedupe within the file, one
+//! shared pace, retries, draining on a stop, one outcome per row) is the
+//! library's `contacts::import`, stopped by this command's Ctrl-C/SIGTERM
+//! handling (`signals`). It must not read a campaign or touch a state file,
+//! and it never prints the API key: every message comes from the server's
+//! answer or the request's URL, never from the key.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use phonenumber::country::Id as Country;
-use serde::Serialize;
-use tokio::task::JoinSet;
 use unicode_width::UnicodeWidthStr;
 
 use super::common::ApiArgs;
-use super::exit;
 use super::output::say;
-use convers8_campaign::api::model::{Contact, ContactsPage, NewContact};
-use convers8_campaign::api::{ApiError, Client, Disposition};
+use super::{exit, signals};
+use convers8_campaign::api::model::{Contact, ContactsPage, NewContact, codes};
+use convers8_campaign::api::{ApiError, Client};
 use convers8_campaign::campaign::RecipientsSpec;
-use convers8_campaign::engine::pace::Pace;
-use convers8_campaign::engine::retry::BackoffPolicy;
-use convers8_campaign::recipients::{RecipientReader, RecipientsError, normalize_phone};
+use convers8_campaign::contacts::import::{
+    self, ImportEnd, ImportError, ImportEvents, ImportOptions, ImportSummary, RowReport, RowStatus,
+};
+use convers8_campaign::engine::Stop;
+use convers8_campaign::recipients::{RecipientsError, normalize_phone};
 
 /// Per request, from connect to the last byte: the campaign default.
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts per imported row for failures known to be safe to retry
-/// (rate limited, 5xx, connection refused before sending).
-const IMPORT_ATTEMPTS: u32 = 5;
 /// The widest a name may print in the table; longer ones end in `…`.
 const NAME_COLUMN_MAX: usize = 40;
 
 const LIST_EXAMPLES: &str = "\
 Examples:
+  # The first page of 10, then page 2 of 50
   convers8-campaign contacts list
   convers8-campaign contacts list --page 2 --per-page 50
   convers8-campaign contacts list --all --json \\
@@ -52,6 +48,7 @@ Exit codes: 0 listed, 1 error (key rejected, the API refused), 2 usage.";
 
 const GET_EXAMPLES: &str = "\
 Examples:
+  # One contact by the id `contacts list` shows
   convers8-campaign contacts get contact_20250411ABC
   convers8-campaign contacts get contact_20250411ABC --json
 
@@ -60,6 +57,7 @@ Exit codes: 0 shown, 1 error (not found, key rejected), 2 usage.";
 
 const CREATE_EXAMPLES: &str = "\
 Examples:
+  # The new contact is printed back; --json prints it as JSON
   convers8-campaign contacts create --name 'Jane Smith' --phone +254712345678
   convers8-campaign contacts create --name 'Wanjiru Kamau' \\
       --phone '0712 345 678' --default-country KE
@@ -71,22 +69,33 @@ Exit codes: 0 created, 1 error (bad phone, key rejected, the API refused),
 
 const IMPORT_EXAMPLES: &str = "\
 Examples:
+  # National numbers (07...) read as Kenyan
   convers8-campaign contacts import customers.csv --default-country KE
-  convers8-campaign contacts import export.csv --phone-column Mobile \\
-      --name-column 'Full name' --delimiter ';' --concurrency 8
-  convers8-campaign contacts import customers.csv --json > import-results.jsonl
 
-Prints a line per row that was not created (invalid phone, no name, duplicate
-phone within the file, rejected by the API) and a final summary
-\"created X, invalid Y, duplicate Z, failed W\". With --json, one JSON object
-per row goes to stdout and the summary to stderr. Rate-limited rows wait
-(honouring Retry-After) and are tried again, up to 5 attempts.
+  # Another export's columns and separator
+  convers8-campaign contacts import crm.csv --phone-column Tel --delimiter ';'
+  convers8-campaign contacts import crm.csv --name-column 'Full name'
 
-Exit codes: 0 every row was created or skipped as invalid/duplicate; 1 some
-row failed at the API, or the key was rejected (the import stops at once),
-or the file cannot be read; 130 interrupted (rows in flight finish first).
-Importing the same file twice creates the contacts twice: the API does not
-deduplicate.";
+  # More requests in flight; one JSON object per row for a script
+  convers8-campaign contacts import customers.csv --concurrency 8
+  convers8-campaign contacts import customers.csv --json > results.jsonl
+
+Prints a line per row that was not created (invalid phone, no name,
+duplicate phone within the file, rejected by the API) and a summary
+\"created X, invalid Y, duplicate Z, failed W (N rows)\". With --json, one
+JSON object per row goes to stdout and the summary to stderr. Rate-limited
+rows wait (honouring Retry-After) and are tried again; server errors up to
+5 attempts. A row with no answer after sending may have been created: it
+is reported as uncertain and never sent again.
+
+Ctrl-C or SIGTERM stops reading rows and lets the requests in flight
+finish; the summary then says how many rows were not imported.
+
+Exit codes: 0 every row was created or skipped as invalid/duplicate;
+1 some row failed or may have been created, the key was rejected (the
+import stops), or the file cannot be read; 130 interrupted.
+Importing the same file twice creates the contacts twice: the API does
+not deduplicate.";
 
 /// Manage the contacts of your Convers8 account.
 #[derive(Debug, clap::Subcommand)]
@@ -453,290 +462,210 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
 
 // ---------------------------------------------------------------- import
 
-/// What became of one CSV row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Outcome {
-    Created,
-    Invalid,
-    Duplicate,
-    Failed,
-}
-
-/// One row's outcome, as `--json` prints it. Every key is always present
-/// (null when it does not apply), so scripts can rely on the shape.
-#[derive(Debug, Serialize)]
-struct RowReport {
-    row: u64,
-    line: u64,
-    outcome: Outcome,
-    /// E.164 when the phone parsed, the cell as written otherwise.
-    phone: Option<String>,
-    name: Option<String>,
-    /// The new contact's id.
-    id: Option<String>,
-    /// `invalid_phone`, `no_name`, `bad_row`, `duplicate`, or the API's error code.
-    code: Option<String>,
-    details: Option<String>,
-}
-
-/// A row on its way to the API.
-struct Pending {
-    row: u64,
-    line: u64,
-    contact: NewContact,
-    /// Requests made for this row so far.
-    attempts: u32,
-}
-
-#[derive(Debug, Default)]
-struct Tally {
-    rows: u64,
-    created: u64,
-    invalid: u64,
-    duplicate: u64,
-    failed: u64,
-}
-
-impl Tally {
-    fn summary(&self) -> String {
-        format!(
-            "created {}, invalid {}, duplicate {}, failed {}",
-            self.created, self.invalid, self.duplicate, self.failed
-        )
-    }
-}
-
-/// Prints each row's outcome as it is known and keeps the counts.
-struct Reporter {
+/// Prints each row's outcome as it is known: in text, a line for each row
+/// that was not created; with `--json`, every row as one JSON object.
+struct Printer {
     json: bool,
-    tally: Tally,
 }
 
-impl Reporter {
-    fn record(&mut self, report: RowReport) {
-        match report.outcome {
-            Outcome::Created => self.tally.created += 1,
-            Outcome::Invalid => self.tally.invalid += 1,
-            Outcome::Duplicate => self.tally.duplicate += 1,
-            Outcome::Failed => self.tally.failed += 1,
-        }
+impl ImportEvents for Printer {
+    fn row(&mut self, report: &RowReport) {
+        let report = for_the_command_line(report);
         if self.json {
             // Serialising plain strings and numbers cannot fail.
             if let Ok(line) = serde_json::to_string(&report) {
                 emit(&format!("{line}\n"));
             }
-        } else if report.outcome != Outcome::Created {
-            let details = report.details.as_deref().unwrap_or_default();
-            let what = match report.code.as_deref() {
-                Some("invalid_phone") => format!("invalid phone: {details}"),
-                Some("validation_error" | "not_found") => format!("rejected: {details}"),
-                _ => details.to_owned(),
-            };
-            emit(&format!("row {}: {}\n", report.row, printable(&what)));
+            return;
         }
+        let code = report.code.as_deref();
+        match report.outcome {
+            RowStatus::Created => return,
+            // The import's one error line says the key was rejected.
+            RowStatus::NotImported if code == Some(codes::UNAUTHORIZED) => return,
+            _ => {}
+        }
+        let details = report.details.as_deref().unwrap_or_default();
+        let what = match (report.outcome, code) {
+            (RowStatus::NotImported, _) => format!("not imported: {details}"),
+            (_, Some("invalid_phone")) => format!("invalid phone: {details}"),
+            (_, Some("validation_error" | "not_found")) => format!("rejected: {details}"),
+            _ => details.to_owned(),
+        };
+        emit(&format!("row {}: {}\n", report.row, printable(&what)));
     }
 }
 
+/// The library's row report in this command's words: flag advice instead of
+/// campaign-file advice, and what to do about a contact that may exist.
+fn for_the_command_line(report: &RowReport) -> RowReport {
+    let mut report = report.clone();
+    let (outcome, code) = (report.outcome, report.code.clone());
+    report.details = report
+        .details
+        .map(|details| match (outcome, code.as_deref()) {
+            (_, Some("invalid_phone")) => phone_problem(&details),
+            (RowStatus::Uncertain, _) => format!(
+                "no usable answer ({details}); the contact may have been created: check `contacts list` before importing this row again"
+            ),
+            _ => details,
+        });
+    report
+}
+
+/// `created X, invalid Y, duplicate Z, failed W`, then what else happened.
+fn tally(s: &ImportSummary) -> String {
+    let mut text = format!(
+        "created {}, invalid {}, duplicate {}, failed {}",
+        s.created, s.invalid, s.duplicate, s.failed
+    );
+    if s.uncertain > 0 {
+        text.push_str(&format!(", uncertain {}", s.uncertain));
+    }
+    if s.not_imported() > 0 {
+        text.push_str(&format!(", not imported {}", s.not_imported()));
+    }
+    text
+}
+
+fn rows(n: u64) -> String {
+    format!("{n} row{}", if n == 1 { "" } else { "s" })
+}
+
 async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let spec = RecipientsSpec {
+    let source = RecipientsSpec {
         csv: args.csv.clone(),
         phone_column: args.phone_column.clone(),
         name_column: args.name_column.clone(),
         default_country: args.default_country,
         delimiter: args.delimiter,
     };
-    let mut reader = open_csv(&spec)?;
-    let Some(name_index) = reader.name_index() else {
-        bail!(
-            "{} has no column '{}' (its columns: {}): pass --name-column",
-            args.csv.display(),
-            args.name_column,
-            reader.headers().join(", ")
-        );
+    let options = ImportOptions {
+        concurrency: usize::try_from(args.concurrency).unwrap_or(1),
+        ..ImportOptions::new(source)
     };
-    let phone_index = reader.phone_index();
     let client = client(&args.api)?;
-
-    // One pace for every request: a 429 slows the whole import, not one row.
-    let pace = Arc::new(Pace::new(None));
-    let interrupted = watch_for_interrupt();
-    let concurrency = usize::try_from(args.concurrency).unwrap_or(1);
-    let mut reporter = Reporter {
-        json: args.json,
-        tally: Tally::default(),
-    };
-    // E.164 → the first row that had it.
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    // The set's length is the bound on requests in flight: one must finish
-    // before the next row is read, so a huge file never queues up in memory.
-    let mut tasks: JoinSet<(Pending, Result<Contact, ApiError>)> = JoinSet::new();
-    let mut read_error = None;
-
-    let stopped = loop {
-        while tasks.len() >= concurrency {
-            if let Some(done) = tasks.join_next().await {
-                finish(&mut reporter, done, &mut tasks).await?;
-            }
-        }
-        while let Some(done) = tasks.try_join_next() {
-            finish(&mut reporter, done, &mut tasks).await?;
-        }
-        if interrupted.load(Ordering::SeqCst) {
-            break true;
-        }
-        // A blocking read on the runtime: the reader refills a 64 KiB buffer
-        // from a local file, microseconds at a time, and nothing else here is
-        // waiting on this thread.
-        let raw = match reader.next_row() {
-            None => break false,
-            Some(Err(e)) => {
-                read_error = Some(e);
-                break false;
-            }
-            Some(Ok(raw)) => raw,
-        };
-        reporter.tally.rows += 1;
-        let problem = |outcome, phone, name, code: &str, details: String| RowReport {
-            row: raw.row,
-            line: raw.line,
-            outcome,
-            phone,
-            name,
-            id: None,
-            code: Some(code.to_owned()),
-            details: Some(details),
-        };
-        let record = match &raw.outcome {
-            Ok(record) => record,
-            Err(why) => {
-                reporter.record(problem(
-                    Outcome::Invalid,
-                    None,
-                    None,
-                    "bad_row",
-                    format!("line {} {why}", raw.line),
-                ));
-                continue;
-            }
-        };
-        let cell = record.get(phone_index).unwrap_or_default().trim();
-        let name = record
-            .get(name_index)
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned);
-        let phone = match normalize_phone(cell, args.default_country) {
-            Ok(phone) => phone,
-            Err(why) => {
-                let shown = Some(cell.to_owned()).filter(|c| !c.is_empty());
-                reporter.record(problem(
-                    Outcome::Invalid,
-                    shown,
-                    name,
-                    "invalid_phone",
-                    phone_problem(&why),
-                ));
-                continue;
-            }
-        };
-        let Some(name) = name else {
-            let details = format!("no name in column '{}'", reader.headers()[name_index]);
-            reporter.record(problem(
-                Outcome::Invalid,
-                Some(phone),
-                None,
-                "no_name",
-                details,
-            ));
-            continue;
-        };
-        if let Some(first) = seen.get(&phone) {
-            let details = format!("duplicate of row {first} ({phone})");
-            reporter.record(problem(
-                Outcome::Duplicate,
-                Some(phone),
-                Some(name),
-                "duplicate",
-                details,
-            ));
-            continue;
-        }
-        seen.insert(phone.clone(), raw.row);
-        let pending = Pending {
-            row: raw.row,
-            line: raw.line,
-            contact: NewContact {
-                name,
-                phone_number: phone,
-            },
-            attempts: 0,
-        };
-        let (client, pace, interrupted) = (client.clone(), pace.clone(), interrupted.clone());
-        tasks.spawn(async move {
-            let mut pending = pending;
-            let result = create_with_retries(
-                &client,
-                &pace,
-                &pending.contact,
-                &interrupted,
-                &mut pending.attempts,
-            )
-            .await;
-            (pending, result)
-        });
-    };
-    // Rows already sent are allowed to finish, so every one gets an outcome.
-    while let Some(done) = tasks.join_next().await {
-        finish(&mut reporter, done, &mut tasks).await?;
-    }
-
-    let tally = &reporter.tally;
-    let summary = format!(
-        "{}: {} ({} row{})",
-        args.csv.display(),
-        tally.summary(),
-        tally.rows,
-        if tally.rows == 1 { "" } else { "s" }
+    let stop = Stop::new();
+    let signals = signals::stop_on_signals(
+        stop.clone(),
+        "reading no more rows; letting the contacts in flight finish",
     );
-    if args.json {
-        say!("{summary}");
-    } else {
-        emit(&format!("{summary}\n"));
-    }
-    if let Some(e) = read_error {
-        return Err(anyhow::Error::new(e).context(format!(
-            "stopped after row {}: the rows after it were not imported",
-            tally.rows
+    let mut printer = Printer { json: args.json };
+    let summary = import::run(&client, &options, &mut printer, stop)
+        .await
+        .map_err(|e| import_error(e, &args.csv))?;
+    let result = finish_import(summary, &args);
+    // Listening until the summary is out: a later Ctrl-C still quits at once.
+    drop(signals);
+    result
+}
+
+/// Prints the summary and chooses the exit code.
+fn finish_import(mut summary: ImportSummary, args: &ImportArgs) -> anyhow::Result<ExitCode> {
+    let end = std::mem::take(&mut summary.end);
+    if let ImportEnd::KeyRejected { row, error } = end {
+        // One line: the rows were not created, and the key is what to fix.
+        let mut so_far = format!(
+            "created {}, invalid {}, duplicate {}, failed {}",
+            summary.created, summary.invalid, summary.duplicate, summary.failed
+        );
+        if summary.uncertain > 0 {
+            so_far.push_str(&format!(", uncertain {}", summary.uncertain));
+        }
+        return Err(anyhow::Error::new(error).context(format!(
+            "import stopped at row {row} ({so_far} so far; {} not imported)",
+            rows(summary.not_imported())
         )));
     }
-    if stopped {
-        say!(
-            "interrupted after row {}: the rows after it were not imported",
-            tally.rows
-        );
-        return Ok(ExitCode::from(exit::INTERRUPTED));
+    let line = format!(
+        "{}: {} ({})",
+        args.csv.display(),
+        tally(&summary),
+        rows(summary.rows)
+    );
+    if args.json {
+        say!("{line}");
+    } else {
+        emit(&format!("{line}\n"));
     }
-    if tally.failed > 0 {
-        bail!(
-            "{} of {} rows could not be created (see the rows above); fix them and import those rows again",
-            tally.failed,
-            tally.rows
-        );
+    match end {
+        ImportEnd::ReadFailed(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "stopped after row {}: the rows after it were not imported",
+                summary.rows_read()
+            )));
+        }
+        ImportEnd::Stopped(_) => {
+            say!("{}", interrupted(&summary));
+            return Ok(ExitCode::from(exit::INTERRUPTED));
+        }
+        ImportEnd::Completed | ImportEnd::KeyRejected { .. } => {}
+    }
+    let mut problems = Vec::new();
+    if summary.failed > 0 {
+        let codes: Vec<String> = summary
+            .failed_codes
+            .iter()
+            .map(|(code, n)| format!("{code} {n}"))
+            .collect();
+        problems.push(format!(
+            "{} of {} could not be created ({}; see the rows above): fix them and import those rows again",
+            summary.failed,
+            rows(summary.rows),
+            codes.join(", ")
+        ));
+    }
+    if summary.uncertain > 0 {
+        problems.push(format!(
+            "{} of {} may have been created (no usable answer; see the rows above): check `contacts list` before importing {} again",
+            summary.uncertain,
+            rows(summary.rows),
+            if summary.uncertain == 1 { "it" } else { "them" }
+        ));
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the CSV, rewording the campaign-file advice of a missing phone column as flag advice.
-fn open_csv(spec: &RecipientsSpec) -> anyhow::Result<RecipientReader> {
-    match RecipientReader::open(spec) {
-        Ok(reader) => Ok(reader),
-        Err(RecipientsError::NoPhoneColumn {
+/// Which rows an interrupted import did not create, so they can be imported again.
+fn interrupted(s: &ImportSummary) -> String {
+    let last = s.rows;
+    let unread = match s.first_unread() {
+        Some(first) if first == last => Some(format!("row {first}")),
+        Some(first) => Some(format!("rows {first} to {last}")),
+        None => None,
+    };
+    let which = match (s.stopped, unread) {
+        (0, None) => return "interrupted: every row was handled before the import stopped".into(),
+        (0, Some(unread)) => unread,
+        (n, None) => format!("the {} reported as not imported", rows(n)),
+        (n, Some(unread)) => format!("the {} reported as not imported, and {unread}", rows(n)),
+    };
+    format!(
+        "interrupted: {} of {} were not imported ({which}); import those rows again",
+        s.not_imported(),
+        rows(s.rows)
+    )
+}
+
+/// The library's refusals to start, in flag terms.
+fn import_error(error: ImportError, csv: &Path) -> anyhow::Error {
+    match error {
+        ImportError::Recipients(RecipientsError::NoPhoneColumn {
             path,
             column,
             columns,
-        }) => Err(no_phone_column(&path, &column, &columns)),
-        Err(e) => Err(e.into()),
+        }) => no_phone_column(&path, &column, &columns),
+        ImportError::NoNameColumn {
+            column, columns, ..
+        } => anyhow!(
+            "{} has no column '{column}' (its columns: {}): pass --name-column",
+            csv.display(),
+            columns.join(", ")
+        ),
+        other => other.into(),
     }
 }
 
@@ -751,118 +680,6 @@ fn no_phone_column(path: &Path, column: &str, columns: &[String]) -> anyhow::Err
         path.display(),
         columns.join(", ")
     )
-}
-
-/// Records a finished row. A rejected key ends the import at once: every
-/// other request would be rejected too, so the rest are abandoned.
-async fn finish(
-    reporter: &mut Reporter,
-    done: Result<(Pending, Result<Contact, ApiError>), tokio::task::JoinError>,
-    tasks: &mut JoinSet<(Pending, Result<Contact, ApiError>)>,
-) -> anyhow::Result<()> {
-    let (pending, result) = match done {
-        Ok(done) => done,
-        // Only a panic gets here (tasks are aborted only on the way out);
-        // which row it was is lost with the task.
-        Err(e) => {
-            reporter.tally.failed += 1;
-            emit(&format!("a row failed unexpectedly: {e}\n"));
-            return Ok(());
-        }
-    };
-    let mut report = RowReport {
-        row: pending.row,
-        line: pending.line,
-        outcome: Outcome::Created,
-        phone: Some(pending.contact.phone_number),
-        name: Some(pending.contact.name),
-        id: None,
-        code: None,
-        details: None,
-    };
-    match result {
-        Ok(contact) => report.id = Some(contact.id),
-        Err(e @ ApiError::Unauthorized { .. }) => {
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-            let summary = reporter.tally.summary();
-            return Err(anyhow::Error::new(e).context(format!(
-                "import stopped at row {} ({summary} so far)",
-                pending.row
-            )));
-        }
-        Err(e) => {
-            report.outcome = Outcome::Failed;
-            report.code = Some(e.code().to_owned());
-            report.details = Some(match e.disposition() {
-                Disposition::Permanent => e.details(),
-                // A timeout after sending: creating it again could make a second copy.
-                Disposition::Uncertain => format!(
-                    "no usable answer ({}); the contact may have been created: check `contacts list` before importing this row again",
-                    e.details()
-                ),
-                _ => format!(
-                    "gave up after {} attempt{}: {e}",
-                    pending.attempts,
-                    if pending.attempts == 1 { "" } else { "s" }
-                ),
-            });
-        }
-    }
-    reporter.record(report);
-    Ok(())
-}
-
-/// Creates one contact, retrying what is known to be safe to retry: a rate
-/// limit (nothing was accepted), a 5xx, a connection refused before sending.
-async fn create_with_retries(
-    client: &Client,
-    pace: &Pace,
-    contact: &NewContact,
-    interrupted: &AtomicBool,
-    attempts: &mut u32,
-) -> Result<Contact, ApiError> {
-    let mut backoff = BackoffPolicy::default().start();
-    loop {
-        pace.wait().await;
-        *attempts += 1;
-        let error = match client.create_contact(contact).await {
-            Ok(created) => {
-                pace.on_accepted();
-                return Ok(created);
-            }
-            Err(error) => error,
-        };
-        let floor = match (&error, error.disposition()) {
-            (ApiError::RateLimited { retry_after, .. }, _) => {
-                pace.on_rate_limited(*retry_after);
-                *retry_after
-            }
-            (_, Disposition::Retry) => None,
-            _ => return Err(error),
-        };
-        // After Ctrl-C a row waiting to retry gives up instead of holding the exit.
-        if *attempts >= IMPORT_ATTEMPTS || interrupted.load(Ordering::SeqCst) {
-            return Err(error);
-        }
-        tokio::time::sleep(backoff.next_delay(floor)).await;
-    }
-}
-
-/// Ctrl-C stops reading rows and lets the rows in flight finish; a second
-/// Ctrl-C exits at once.
-fn watch_for_interrupt() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let seen = flag.clone();
-    tokio::spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            if seen.swap(true, Ordering::SeqCst) {
-                std::process::exit(i32::from(exit::INTERRUPTED));
-            }
-            say!("interrupted: finishing the rows in flight (Ctrl-C again to quit now)");
-        }
-    });
-    flag
 }
 
 #[cfg(test)]

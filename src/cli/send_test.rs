@@ -14,14 +14,23 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 
 use super::common::ApiArgs;
-use super::output::out;
+use super::output::{out, say};
+use convers8_campaign::api::model::{MessageKind, SendResponse};
 use convers8_campaign::api::{ApiError, Client};
 use convers8_campaign::campaign::Campaign;
+use convers8_campaign::engine::Stop;
+use convers8_campaign::engine::call::{
+    Answer, CallEvents, CallPolicy, GaveUp, call_until_answered,
+};
+use convers8_campaign::engine::pace::Pace;
+use convers8_campaign::engine::retry::BackoffPolicy;
 use convers8_campaign::plan::RowPlanner;
 use convers8_campaign::recipients::{RecipientReader, normalize_phone};
 
-/// A rate-limited test is tried again this many times in all: nothing was
-/// accepted, so a retry cannot send it twice.
+/// A test refused without taking effect is tried at most this many times
+/// for server errors and refused connections, and as many times again for
+/// rate limits: nothing was accepted, so a retry cannot send it twice. An
+/// answer lost after sending is never retried.
 const ATTEMPTS: u32 = 3;
 
 const EXAMPLES: &str = "\
@@ -142,21 +151,47 @@ fn readdress(body: &str, to: &str) -> anyhow::Result<String> {
     Ok(value.to_string())
 }
 
-async fn send(
-    client: &Client,
-    kind: convers8_campaign::api::model::MessageKind,
-    body: String,
-) -> Result<convers8_campaign::api::model::SendResponse, ApiError> {
-    let mut attempt = 1;
-    loop {
-        match client.send_raw(kind, body.clone()).await {
-            Err(ApiError::RateLimited { retry_after, .. }) if attempt < ATTEMPTS => {
-                attempt += 1;
-                let wait = retry_after.unwrap_or(Duration::from_secs(1));
-                tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
-            }
-            other => return other,
+/// Sends the one test message through the engine's call helper, so it is
+/// retried (or not) exactly as a campaign's message would be.
+async fn send(client: &Client, kind: MessageKind, body: String) -> anyhow::Result<SendResponse> {
+    let pace = Pace::new(None);
+    // Nothing stops a single request early: Ctrl-C ends the process.
+    let stop = Stop::new();
+    let policy = CallPolicy {
+        // Not the run's 100 rate-limit retries: an operator is waiting.
+        rate_limit_retries: ATTEMPTS - 1,
+        ..CallPolicy::new(&pace, &stop, BackoffPolicy::default(), ATTEMPTS)
+    };
+    let called =
+        call_until_answered(&policy, &Waiting, || client.send_raw(kind, body.clone())).await;
+    match called.answer {
+        Answer::Answered(sent) => Ok(sent),
+        Answer::Failed(failure) => {
+            let error = anyhow::Error::new(failure.error);
+            Err(match failure.gave_up {
+                GaveUp::Rejected => error,
+                GaveUp::AttemptsSpent { failures } => {
+                    error.context(format!("gave up after {failures} attempts"))
+                }
+                GaveUp::StillRateLimited { tries } => {
+                    error.context(format!("still rate limited after {tries} tries"))
+                }
+            })
         }
+        Answer::MaybeTookEffect(error) | Answer::KeyRejected(error) => Err(error.into()),
+        Answer::NotSent { last_error } => Err(match last_error {
+            Some(error) => anyhow::Error::new(error).context("not sent"),
+            None => anyhow!("not sent"),
+        }),
+    }
+}
+
+/// Tells the operator why the command is waiting.
+struct Waiting;
+
+impl CallEvents for Waiting {
+    fn on_backoff(&self, _attempts: u32, error: &ApiError, delay: Duration) {
+        say!("{error}; trying again in {:.1}s", delay.as_secs_f64());
     }
 }
 

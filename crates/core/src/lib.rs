@@ -13,7 +13,9 @@
 //! - [`render`]: handlebars templates (strict, no HTML escaping) into request content.
 //! - [`plan`]: turns a campaign and its CSV into planned rows in the state.
 //! - [`state`]: the SQLite state file — schema, claims, batched result writes, counts.
-//! - [`engine`]: the run loop — pacing, retries, circuit breaker, shutdown, progress.
+//! - [`engine`]: the run loop — pacing, retries, circuit breaker, shutdown,
+//!   progress — and the one "call until a final answer" helper.
+//! - [`contacts`]: importing a CSV of contacts, on the engine's pace, retries and stop.
 //! - [`report`]: status and per-recipient export.
 //!
 //! The command line (`convers8-campaign`, the workspace's root package) is a
@@ -23,6 +25,7 @@
 
 pub mod api;
 pub mod campaign;
+pub mod contacts;
 pub mod engine;
 pub mod plan;
 pub mod recipients;

@@ -3,8 +3,9 @@
 //! left or something says stop.
 //!
 //! Layout: [`pace`] (the shared adaptive rate), [`retry`] (backoff delays),
-//! [`breaker`] (systemic failures), [`worker`] (one row from claim to final
-//! state), [`writer`] (the single thread that writes the state), [`shutdown`]
+//! [`call`] (one request until it has a final answer, also used by contacts
+//! import and `send-test`), [`breaker`] (systemic failures), [`worker`] (one
+//! row from claim to final state), [`writer`] (the single thread that writes the state), [`shutdown`]
 //! (the one stop signal), [`progress`] (what the operator sees), [`clock`]
 //! (the wall clock the send window is judged by).
 //!
@@ -14,6 +15,7 @@
 //! stop by triggering the [`Stop`] it passes in.
 
 pub mod breaker;
+pub mod call;
 pub mod clock;
 pub mod pace;
 pub mod progress;

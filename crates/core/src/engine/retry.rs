@@ -5,7 +5,7 @@
 //! is applied here, because backon's own jitter only adds to the delay and so
 //! keeps retries of one burst clumped together. A server's `Retry-After` is a
 //! floor under the drawn delay. This module decides delays only; which
-//! failures are retried at all is the worker's call (see `worker`).
+//! failures are retried at all is decided in `call`.
 
 use std::time::Duration;
 

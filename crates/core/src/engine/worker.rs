@@ -1,30 +1,34 @@
-//! Delivering one claimed row: pace, send, classify, retry, and the row's
-//! final outcome.
+//! Delivering one claimed row: send it until it has a final answer, then
+//! say what that answer means for the row and for the run.
 //!
-//! The table in DESIGN.md is implemented here and only here: `rate_limit_exceeded`
-//! slows everyone and retries without spending the attempt budget; a rejected
-//! key stops the run with the row given back; validation and not-found fail
-//! the row; server errors and unreachable servers retry with backoff up to
-//! `max_attempts` and feed the circuit breaker; an answer lost after sending
-//! makes the row `uncertain`, never retried.
+//! The retry loop itself is [`call`](super::call)'s: a rate limit slows
+//! everyone and retries without spending the attempt budget, server errors
+//! and unreachable servers retry with backoff up to `max_attempts`, anything
+//! else ends the call. This module turns the ending into the row's outcome and
+//! feeds the run's counters and circuit breaker: a rejected key stops the run
+//! with the row given back; validation and not-found fail the row (and a
+//! streak of one code trips the breaker); server errors and unreachable
+//! servers count as systemic failures towards the breaker; an answer lost
+//! after sending makes the row `uncertain`, never retried; a stop before the
+//! request left gives the row back as pending.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use chrono::Utc;
 
 use super::breaker::Breaker;
+use super::call::{Answer, CallEvents, CallPolicy, Failure, GaveUp, call_until_answered};
 use super::pace::Pace;
 use super::retry::BackoffPolicy;
 use super::shutdown::{Stop, StopReason};
 use crate::api::model::MessageKind;
-use crate::api::{ApiError, Client, Disposition};
+use crate::api::{ApiError, Client};
 use crate::state::{Claimed, Outcome, RowOutcome};
 
-/// How many `rate_limit_exceeded` answers one message may get before it is
-/// failed: generous, since the pace adapts, but finite so a server that only
-/// ever says 429 cannot keep a run alive forever.
-pub const RATE_LIMIT_RETRIES: u32 = 100;
+/// Kept at its old path; the limit lives with the retry loop.
+pub use super::call::RATE_LIMIT_RETRIES;
 
 /// Counters of this run, read by progress reporting.
 #[derive(Debug, Default)]
@@ -53,115 +57,55 @@ pub struct Delivery {
 impl Delivery {
     /// Sends one row until it has a final state, or the run stops.
     pub async fn deliver(&self, row: Claimed) -> RowOutcome {
-        let mut attempts = 0u32;
-        let mut failures = 0u32;
-        let mut rate_limited = 0u32;
-        let mut backoff = self.backoff.start();
-        loop {
-            // A stop between attempts gives the row back: nothing of it is on the wire.
-            if self.stop.is_stopping() {
-                return self.release(&row, attempts);
+        let policy = CallPolicy::new(&self.pace, &self.stop, self.backoff, self.max_attempts);
+        let events = RowEvents {
+            delivery: self,
+            row: row.row,
+        };
+        let called = call_until_answered(&policy, &events, || {
+            self.client.send_raw(self.kind, row.body.clone())
+        })
+        .await;
+        let attempts = called.attempts;
+        match called.answer {
+            Answer::Answered(response) => {
+                self.breaker.healthy();
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                settle(
+                    &row,
+                    attempts,
+                    Outcome::Sent {
+                        message_id: response.message_id,
+                    },
+                )
             }
-            tokio::select! {
-                biased;
-                _ = self.stop.stopped() => return self.release(&row, attempts),
-                _ = self.pace.wait() => {}
+            Answer::Failed(failure) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let error = &failure.error;
+                if failure.gave_up == GaveUp::Rejected && self.breaker.rejected(error.code()) {
+                    self.stop.trigger(StopReason::Breaker(format!(
+                        "{} recipients in a row were rejected with {} (the last: {}): stopped before the rest of the list fails the same way; fix the cause, then `retry --failed`",
+                        self.breaker.threshold(),
+                        error.code(),
+                        error.details()
+                    )));
+                }
+                failed(&row, attempts, &failure)
             }
-            attempts += 1;
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let error = match self.client.send_raw(self.kind, row.body.clone()).await {
-                Ok(response) => {
-                    self.breaker.healthy();
-                    self.pace.on_accepted();
-                    self.stats.sent.fetch_add(1, Ordering::Relaxed);
-                    return settle(
-                        &row,
-                        attempts,
-                        Outcome::Sent {
-                            message_id: response.message_id,
-                        },
-                    );
-                }
-                Err(error) => error,
-            };
-            let retry_after = match &error {
-                ApiError::RateLimited { retry_after, .. } => *retry_after,
-                _ => None,
-            };
-            match error.disposition() {
-                Disposition::RateLimited => {
-                    // The server is alive and answering: not a breaker failure.
-                    self.breaker.answered();
-                    self.pace.on_rate_limited(retry_after);
-                    self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                    rate_limited += 1;
-                    if rate_limited > RATE_LIMIT_RETRIES {
-                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        return failed(
-                            &row,
-                            attempts,
-                            &error,
-                            Some(format!("still rate limited after {rate_limited} tries")),
-                        );
-                    }
-                }
-                Disposition::StopRun => {
-                    self.stop
-                        .trigger(StopReason::Unauthorized(error.to_string()));
-                    // Rejected before anything was accepted: safe to send later.
-                    return self.release(&row, attempts);
-                }
-                Disposition::Permanent => {
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    if self.breaker.rejected(error.code()) {
-                        self.stop.trigger(StopReason::Breaker(format!(
-                            "{} recipients in a row were rejected with {} (the last: {}): stopped before the rest of the list fails the same way; fix the cause, then `retry --failed`",
-                            self.breaker.threshold(),
-                            error.code(),
-                            error.details()
-                        )));
-                    }
-                    return failed(&row, attempts, &error, None);
-                }
-                Disposition::Uncertain => {
-                    self.note_systemic(&error);
-                    self.stats.uncertain.fetch_add(1, Ordering::Relaxed);
-                    return uncertain(&row, attempts, &error);
-                }
-                Disposition::Retry => {
-                    failures += 1;
-                    if self.note_systemic(&error) {
-                        return self.release(&row, attempts);
-                    }
-                    if failures >= self.max_attempts {
-                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        return failed(
-                            &row,
-                            attempts,
-                            &error,
-                            Some(format!(
-                                "gave up after {failures} {}: {}",
-                                if failures == 1 { "attempt" } else { "attempts" },
-                                error.details()
-                            )),
-                        );
-                    }
-                }
+            Answer::MaybeTookEffect(error) => {
+                self.note_systemic(&error);
+                self.stats.uncertain.fetch_add(1, Ordering::Relaxed);
+                uncertain(&row, attempts, &error)
             }
-            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            let delay = backoff.next_delay(retry_after);
-            tracing::debug!(
-                row = row.row,
-                attempt = attempts,
-                code = error.code(),
-                delay_ms = delay.as_millis() as u64,
-                "retrying after a transient failure"
-            );
-            tokio::select! {
-                biased;
-                _ = self.stop.stopped() => return self.release(&row, attempts),
-                _ = tokio::time::sleep(delay) => {}
+            Answer::KeyRejected(error) => {
+                self.stop
+                    .trigger(StopReason::Unauthorized(error.to_string()));
+                // Rejected before anything was accepted: safe to send later.
+                self.release(&row, attempts)
             }
+            // Stopped (or the breaker tripped) before the row left again:
+            // nothing of it was accepted.
+            Answer::NotSent { .. } => self.release(&row, attempts),
         }
     }
 
@@ -193,20 +137,50 @@ fn settle(row: &Claimed, attempts: u32, outcome: Outcome) -> RowOutcome {
     }
 }
 
-/// The stored code and details of a failure; `details` replaces the error's own.
-fn failure(error: &ApiError, details: Option<String>) -> (String, String) {
-    (
-        error.code().to_owned(),
-        details.unwrap_or_else(|| error.details()),
-    )
-}
-
-fn failed(row: &Claimed, attempts: u32, error: &ApiError, details: Option<String>) -> RowOutcome {
-    let (code, details) = failure(error, details);
+fn failed(row: &Claimed, attempts: u32, failure: &Failure) -> RowOutcome {
+    let code = failure.error.code().to_owned();
+    let details = failure.details();
     settle(row, attempts, Outcome::Failed { code, details })
 }
 
 fn uncertain(row: &Claimed, attempts: u32, error: &ApiError) -> RowOutcome {
-    let (code, details) = failure(error, None);
+    let (code, details) = (error.code().to_owned(), error.details());
     settle(row, attempts, Outcome::Uncertain { code, details })
+}
+
+/// What the run's counters and breaker hear while one row's call is under way.
+struct RowEvents<'a> {
+    delivery: &'a Delivery,
+    row: u64,
+}
+
+impl CallEvents for RowEvents<'_> {
+    fn on_request(&self) {
+        self.delivery.stats.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_rate_limited(&self, _error: &ApiError) {
+        // The server is alive and answering: not a breaker failure.
+        self.delivery.breaker.answered();
+        self.delivery
+            .stats
+            .rate_limited
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn keep_trying(&self, error: &ApiError) -> bool {
+        // A tripped breaker stops the run: give the row back rather than retry.
+        !self.delivery.note_systemic(error)
+    }
+
+    fn on_backoff(&self, attempts: u32, error: &ApiError, delay: Duration) {
+        self.delivery.stats.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            row = self.row,
+            attempt = attempts,
+            code = error.code(),
+            delay_ms = delay.as_millis() as u64,
+            "retrying after a transient failure"
+        );
+    }
 }
