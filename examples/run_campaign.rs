@@ -35,7 +35,11 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let report = engine::run(&campaign, &options, &progress, Stop::new()).await?;
+    // Ctrl-C stops claiming, lets the requests in flight finish and records them.
+    let stop = Stop::when(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    let report = engine::run(&campaign, &options, &progress, stop).await?;
     assert_eq!(report.end, RunEnd::Completed);
     println!(
         "done: {} sent, {} invalid, {} duplicate; the sandbox accepted {}",

@@ -548,7 +548,10 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let stop = Stop::new();
     let signals = signals::stop_on_signals(
         stop.clone(),
-        "reading no more rows; letting the contacts in flight finish",
+        signals::Words {
+            stopping: "reading no more rows; letting the contacts in flight finish",
+            quit_costs: "the rows in flight are then not reported",
+        },
     );
     let mut printer = Printer { json: args.json };
     let summary = import::run(&client, &options, &mut printer, stop)

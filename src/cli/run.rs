@@ -227,7 +227,10 @@ pub(super) async fn execute(
     let stop = Stop::new();
     let signals = signals::stop_on_signals(
         stop.clone(),
-        "letting requests in flight finish and recording them",
+        signals::Words {
+            stopping: "letting requests in flight finish and recording them",
+            quit_costs: "rows in flight then become uncertain",
+        },
     );
     let result = engine::run(campaign, &options, progress.as_ref(), stop).await;
     if let Some(server) = sandbox {

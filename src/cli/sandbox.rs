@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use super::output::out;
+use convers8_campaign::engine::Stop;
 use convers8_campaign::sandbox::{Sandbox, SandboxConfig};
 
 const API_KEY_ENV: &str = "CONVERS8_API_KEY";
@@ -163,7 +164,16 @@ impl SandboxArgs {
 pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let addr = args.addr;
     let (config, key_source) = args.into_config(std::env::var(API_KEY_ENV).ok())?;
-    let stop = shutdown_signal()?;
+    // Heard before the start-up line: a parent that reads the line and
+    // signals at once must not kill the server mid-answer.
+    let stop = Stop::new();
+    let _signals = super::signals::stop_on_signals(
+        stop.clone(),
+        super::signals::Words {
+            stopping: "finishing the answers in flight",
+            quit_costs: "requests in flight then get no answer",
+        },
+    );
     let sandbox = match Sandbox::start(config, addr).await {
         Ok(sandbox) => sandbox,
         // The io error already names the address (and a log file, if that failed).
@@ -177,37 +187,9 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         "sandbox listening on {} (api key: {key_source})",
         sandbox.base_url()
     );
-    stop.await;
+    stop.stopped().await;
     sandbox.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Registers for Ctrl-C and, on Unix, SIGTERM (what `kill` and service
-/// managers send) right away, and returns the wait. Registration must come
-/// before the start-up line: a parent that reads the line and signals at once
-/// would otherwise kill the process with the default action, mid-answer.
-#[cfg(unix)]
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-    })
-}
-
-#[cfg(not(unix))]
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
-    Ok(async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            // Without a way to hear Ctrl-C, serve until the process is killed.
-            tracing::warn!("cannot listen for Ctrl-C: {err}");
-            std::future::pending::<()>().await;
-        }
-    })
 }
 
 fn probability(value: &str) -> Result<f64, String> {

@@ -30,12 +30,20 @@ impl Drop for SignalGuard {
     }
 }
 
+/// What a command tells the operator when a signal stops it.
+#[derive(Debug, Clone, Copy)]
+pub struct Words {
+    /// Completes "stopping: …".
+    pub stopping: &'static str,
+    /// What quitting at once costs, e.g. "rows in flight then become uncertain".
+    pub quit_costs: &'static str,
+}
+
 /// Triggers `stop` on the first SIGINT/SIGTERM and exits with code 130 on a
-/// later one (the rows in flight then stay `sending` and become `uncertain`
-/// on the next run). `what_stops` completes "stopping: …" for the operator.
-/// Must be called inside the runtime; the handlers are installed before it
-/// returns, so a signal right after it is not lost.
-pub fn stop_on_signals(stop: Stop, what_stops: &'static str) -> SignalGuard {
+/// later one. Must be called inside the runtime; the handlers are installed
+/// before it returns, so a signal right after it is not lost (a parent that
+/// starts the sandbox and signals it at once must not kill it mid-answer).
+pub fn stop_on_signals(stop: Stop, words: Words) -> SignalGuard {
     let Some(mut signals) = Signals::install() else {
         say!("warning: cannot listen for Ctrl-C/SIGTERM; they will end the process at once");
         return SignalGuard(None);
@@ -45,7 +53,9 @@ pub fn stop_on_signals(stop: Stop, what_stops: &'static str) -> SignalGuard {
         let first = Instant::now();
         stop.trigger(StopReason::Interrupted);
         say!(
-            "stopping: {what_stops} (press Ctrl-C again after a second to quit at once; rows in flight then become uncertain)"
+            "stopping: {} (press Ctrl-C again after a second to quit at once; {})",
+            words.stopping,
+            words.quit_costs
         );
         loop {
             signals.next().await;

@@ -49,6 +49,23 @@ impl Stop {
         }
     }
 
+    /// A stop that triggers (as [`StopReason::Interrupted`]) when `shutdown`
+    /// completes — the caller's own signal, mini-redis style:
+    /// `Stop::when(tokio::signal::ctrl_c())`. Must be called inside a tokio
+    /// runtime; the watching task ends with the future.
+    pub fn when<F>(shutdown: F) -> Stop
+    where
+        F: std::future::Future + Send + 'static,
+    {
+        let stop = Stop::new();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.trigger(StopReason::Interrupted);
+        });
+        stop
+    }
+
     /// Asks every task to stop. Only the first reason is kept.
     pub fn trigger(&self, reason: StopReason) {
         self.tx.send_if_modified(|current| {
@@ -80,6 +97,18 @@ impl Stop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_shutdown_future_stops_the_run() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = Stop::when(async move {
+            let _ = rx.await;
+        });
+        assert!(!stop.is_stopping());
+        tx.send(()).expect("send");
+        stop.stopped().await;
+        assert_eq!(stop.reason(), Some(StopReason::Interrupted));
+    }
 
     #[tokio::test]
     async fn the_first_reason_wins_and_everyone_hears_it() {
