@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use convers8_campaign::campaign::Campaign;
-use convers8_campaign::plan::{self, PlanMode, RowProblem};
+use convers8_campaign::engine::plan::{self, PlanMode, RowProblem};
 use convers8_campaign::recipients::RecipientReader;
 use convers8_campaign::state::{RecipientState, StateDb};
 use proptest::prelude::*;

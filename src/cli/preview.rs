@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use super::common::CampaignArgs;
 use super::output::{plural, say};
 use convers8_campaign::api::model::MessageKind;
-use convers8_campaign::plan::ScratchPlan;
-use convers8_campaign::plan::{self, InputCheck};
+use convers8_campaign::engine::plan::ScratchPlan;
+use convers8_campaign::engine::plan::{self, InputCheck};
 use convers8_campaign::state::{RecipientState, StateDb};
 
 const EXAMPLES: &str = "\

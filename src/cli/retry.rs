@@ -17,7 +17,7 @@ use super::common::{ApiArgs, CampaignArgs, rerun_command};
 use super::exit;
 use super::output::{out, plural, say};
 use super::run::{RunSummary, SummaryArgs, ThisRun};
-use convers8_campaign::plan::{self, InputCheck};
+use convers8_campaign::engine::plan::{self, InputCheck};
 use convers8_campaign::state::RetrySelection;
 
 const EXAMPLES: &str = concat!(

@@ -23,8 +23,8 @@ use convers8_campaign::engine::call::{
     Answer, CallEvents, CallPolicy, GaveUp, call_until_answered,
 };
 use convers8_campaign::engine::pace::Pace;
+use convers8_campaign::engine::plan::RowPlanner;
 use convers8_campaign::engine::retry::BackoffPolicy;
-use convers8_campaign::plan::RowPlanner;
 use convers8_campaign::recipients::{RecipientReader, normalize_phone};
 
 /// A test refused without taking effect is tried at most this many times

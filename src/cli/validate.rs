@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use super::output::plural;
 use convers8_campaign::campaign::Campaign;
-use convers8_campaign::plan::{RowProblem, ScratchPlan};
+use convers8_campaign::engine::plan::{RowProblem, ScratchPlan};
 
 const EXAMPLES: &str = "\
 Examples:

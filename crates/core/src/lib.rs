@@ -11,7 +11,6 @@
 //! - [`campaign`]: the campaign TOML model and its validation.
 //! - [`recipients`]: streaming the recipient CSV and normalising phone numbers.
 //! - [`render`]: handlebars templates (strict, no HTML escaping) into request content.
-//! - [`plan`]: turns a campaign and its CSV into planned rows in the state.
 //! - [`state`]: the SQLite state file — schema, claims, batched result writes, counts.
 //! - [`engine`]: the run loop — pacing, retries, circuit breaker, shutdown,
 //!   progress — and the one "call until a final answer" helper.
@@ -27,7 +26,6 @@ pub mod api;
 pub mod campaign;
 pub mod contacts;
 pub mod engine;
-pub mod plan;
 pub mod recipients;
 pub mod render;
 pub mod report;

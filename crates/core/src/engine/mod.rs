@@ -2,11 +2,13 @@
 //! pace, send with bounded concurrency, classify, record — until nothing is
 //! left or something says stop.
 //!
-//! Layout: [`pace`] (the shared adaptive rate), [`retry`] (backoff delays),
-//! [`call`] (one request until it has a final answer, also used by contacts
-//! import and `send-test`), [`breaker`] (systemic failures), [`worker`] (one
-//! row from claim to final state), [`writer`] (the single thread that writes the state), [`shutdown`]
-//! (the one stop signal), [`progress`] (what the operator sees), [`clock`]
+//! Layout: [`plan`] (the campaign and its CSV into planned rows, before the
+//! first send), [`pace`] (the shared adaptive rate), [`retry`] (backoff
+//! delays), [`call`] (one request until it has a final answer, also used by
+//! contacts import and `send-test`), [`breaker`] (systemic failures),
+//! [`worker`] (one row from claim to final state), [`writer`] (the single
+//! thread that writes the state), [`shutdown`] (the one stop signal),
+//! [`progress`] (the events the operator's display is drawn from), [`clock`]
 //! (the wall clock the send window is judged by).
 //!
 //! The engine takes a checked [`Campaign`] and [`RunOptions`]; it never sees a
@@ -18,6 +20,7 @@ pub mod breaker;
 pub mod call;
 pub mod clock;
 pub mod pace;
+pub mod plan;
 pub mod progress;
 pub mod retry;
 pub mod shutdown;
@@ -36,13 +39,13 @@ use tokio::time::Instant;
 
 use crate::api::{Client, ClientConfig};
 use crate::campaign::{Campaign, SendWindow};
-use crate::plan::{self, InputCheck, PlanMode, PlanSummary, RowProblem};
 use crate::state::{
     Claimed, Counts, FileGone, LockError, Outcome, RetrySelection, RowOutcome, StateDb, StateError,
 };
 use breaker::Breaker;
 pub use clock::{Clock, SystemClock};
 use pace::Pace;
+use plan::{InputCheck, PlanMode, PlanSummary, RowProblem};
 pub use progress::{Progress, Snapshot};
 use retry::BackoffPolicy;
 pub use shutdown::{Stop, StopReason};
