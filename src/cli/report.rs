@@ -1,9 +1,10 @@
 //! `convers8-campaign report`: one line per recipient, as CSV or JSON Lines,
-//! to stdout or to an owner-only file.
+//! or one self-contained HTML page of aggregates, to stdout or to an
+//! owner-only file.
 //!
 //! Read-only on the state (it works while a run is sending) and thin: the
-//! export, the spreadsheet-safe cells and the all-or-nothing file write live
-//! in [`convers8_campaign::report`].
+//! export, the spreadsheet-safe cells, the HTML page and the all-or-nothing
+//! file write live in [`convers8_campaign::report`].
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use anyhow::Context;
 use super::common::CampaignArgs;
 use super::output::{plural, say};
 use convers8_campaign::report::{self, ExportFormat};
+use convers8_campaign::state::{RecipientState, StateDb};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -26,16 +28,21 @@ Examples:
   # A --sandbox rehearsal's rows (its state is <stem>.sandbox.state.db)
   convers8-campaign report campaigns/text/campaign.toml --sandbox -o -
 
+  # One page for a campaign manager: counts, sends over time, attempts, errors, runs
+  convers8-campaign report campaigns/text/campaign.toml --format html -o report.html
+
 Columns: row, phone, name, state, attempts, message_id, error_code,
 error_details, updated_at, sent_at. CSV cells starting with = + - @, a tab or a
 carriage return get a ' in front so a spreadsheet shows them as text; phones in
 E.164 form (+ and digits) are written as they are. --format json writes one
-JSON object per line (JSON Lines).
+JSON object per line (JSON Lines). --format html writes one self-contained
+page (inline CSS and SVG, no script, nothing fetched) of aggregates only: it
+lists no recipient, so it can be mailed.
 
-Exit codes: 0 written, 1 error (no state file, unknown state, unwritable
-file), 2 usage.";
+Exit codes: 0 written, 1 error (no state file, unknown state, --state-filter with
+html, unwritable file), 2 usage.";
 
-/// Export one line per recipient: row, phone, name, state, attempts, ids, errors, times.
+/// Export one line per recipient (row, phone, name, state, attempts, ids, errors, times), or an HTML page of aggregates.
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
 pub struct ReportArgs {
@@ -46,7 +53,7 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = Format::Csv)]
     pub format: Format,
 
-    /// Only these states, comma-separated (pending, sending, sent, failed, uncertain, invalid, duplicate).
+    /// Only these states, comma-separated (pending, sending, sent, failed, uncertain, invalid, duplicate); not with html.
     #[arg(long, value_name = "STATES")]
     pub state_filter: Option<String>,
 
@@ -64,6 +71,8 @@ pub enum Format {
     Csv,
     /// JSON Lines: one object per recipient per line.
     Json,
+    /// One self-contained HTML page: counts, sends over time, attempts, errors, runs; no recipients.
+    Html,
 }
 
 pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
@@ -71,10 +80,11 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         Some(text) => report::parse_state_filter(text)?,
         None => Vec::new(),
     };
-    let format = match args.format {
-        Format::Csv => ExportFormat::Csv,
-        Format::Json => ExportFormat::Json,
-    };
+    if matches!(args.format, Format::Html) && !states.is_empty() {
+        anyhow::bail!(
+            "--state-filter does not apply to --format html: the page counts every state; leave the filter out"
+        );
+    }
     let sandbox = args.sandbox;
     // `-o -` is stdout, as no -o is.
     let output = args.output.as_deref().filter(|p| *p != Path::new("-"));
@@ -101,15 +111,24 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
                         ],
                     )?;
                 }
-                report::export(&db, &states, format, out)
+                write_report(&db, &states, args.format, out)
                     .with_context(|| format!("cannot write the report to {}", path.display()))
             })?;
-            say!("wrote {} to {}", plural(n, "recipient"), path.display());
+            match args.format {
+                Format::Html => say!(
+                    "wrote the HTML report on {} to {}",
+                    plural(n, "recipient"),
+                    path.display()
+                ),
+                Format::Csv | Format::Json => {
+                    say!("wrote {} to {}", plural(n, "recipient"), path.display())
+                }
+            }
         }
         None => {
             let db = args.campaign.open_state(sandbox)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            if let Err(err) = report::export(&db, &states, format, &mut out) {
+            if let Err(err) = write_report(&db, &states, args.format, &mut out) {
                 // A closed pipe (`report | head`) is a normal end, not an error.
                 let closed_pipe = report::is_closed_pipe(&err);
                 if !closed_pipe {
@@ -119,6 +138,24 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the report in `format`; returns how many recipients it covers.
+fn write_report(
+    db: &StateDb,
+    states: &[RecipientState],
+    format: Format,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<u64> {
+    match format {
+        Format::Csv => report::export(db, states, ExportFormat::Csv, out),
+        Format::Json => report::export(db, states, ExportFormat::Json, out),
+        Format::Html => {
+            let page = report::html::gather(db, chrono::Utc::now())?;
+            page.write_html(out)?;
+            Ok(page.counts.total())
+        }
+    }
 }
 
 /// The files a report must never replace, found without opening the state:

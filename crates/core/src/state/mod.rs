@@ -8,6 +8,7 @@
 //! transaction per claim, results committed in groups).
 
 pub mod lock;
+pub mod reads;
 pub mod schema;
 
 use std::fmt;

@@ -9,6 +9,8 @@
 //! write to the state file or take the run lock: `status` has to work while
 //! another process is sending.
 
+pub mod html;
+
 use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
