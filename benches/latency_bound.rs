@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use convers8_campaign::state::StateDb;
+use convers8_campaign::state::{StateDb, StateRead};
 
 const CONCURRENCY: usize = 50;
 const LATENCY_MS: u64 = 100;

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use convers8_campaign::state::StateDb;
+use convers8_campaign::state::{StateDb, StateRead};
 
 const TIME: &str = "/usr/bin/time";
 const SQLITE3: &str = "/usr/bin/sqlite3";

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use common::*;
-use convers8_campaign::state::StateDb;
+use convers8_campaign::state::{StateDb, StateRead};
 
 const LEFT: usize = 1_000;
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use convers8_campaign::state::StateDb;
+use convers8_campaign::state::{StateDb, StateRead};
 
 fn main() {
     if skip_unless_bench("send_throughput") {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use convers8_campaign::sandbox::{RecordedMessage, SandboxConfig};
-use convers8_campaign::state::{RecipientState, StateDb};
+use convers8_campaign::state::{RecipientState, StateDb, StateRead, StateStore};
 use rand::{Rng, SeedableRng};
 
 const RECIPIENTS: usize = 20_000;
@@ -150,7 +150,7 @@ fn sigkill_at_random_moments_loses_nobody_and_messages_nobody_twice() {
         .map(|m| m.message_id)
         .collect();
     let mut uncertain_phones = Vec::new();
-    db.for_each_recipient(&[], |r| {
+    db.for_each_recipient(&[], &mut |r| {
         match r.state {
             RecipientState::Sent => {
                 let id = r.message_id.clone().unwrap_or_default();

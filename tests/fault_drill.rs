@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use convers8_campaign::sandbox::{RecordedMessage, SandboxConfig};
-use convers8_campaign::state::{RecipientState, StateDb};
+use convers8_campaign::state::{RecipientState, StateDb, StateRead};
 
 const RECIPIENTS: usize = 3_000;
 const STORM_EVERY: Duration = Duration::from_secs(2);
@@ -131,7 +131,7 @@ fn faults_never_double_send_and_states_match_the_sandbox_log() {
     let db = StateDb::open_read_only(&dir.state()).expect("state");
     let mut seen_rows = 0;
     let (mut uncertain_in_log, mut uncertain_not_in_log) = (0u64, 0u64);
-    db.for_each_recipient(&[], |r| {
+    db.for_each_recipient(&[], &mut |r| {
         seen_rows += 1;
         let phone = r.phone.clone().unwrap_or_default();
         let logged = by_phone.get(phone.as_str());

@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use convers8_campaign::campaign::Campaign;
-use convers8_campaign::engine::plan::{self, PlanMode, RowProblem};
+use convers8_campaign::engine::plan::{self, PlanWrite, RowProblem};
 use convers8_campaign::recipients::RecipientReader;
-use convers8_campaign::state::{RecipientState, StateDb};
+use convers8_campaign::state::{RecipientState, StateDb, StateRead};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------
@@ -188,7 +188,7 @@ fn check_plan(
     };
     let mut db = StateDb::in_memory().expect("in-memory state");
     let mut problems: Vec<RowProblem> = Vec::new();
-    let planned = plan::plan_campaign(&mut db, &campaign, PlanMode::Fresh, |p| {
+    let planned = plan::plan_campaign(&mut db, &campaign, PlanWrite::Fresh, |p| {
         problems.push(p.clone())
     });
     let summary = match planned {
@@ -235,7 +235,7 @@ fn check_plan(
 
     // Every row number 1..=rows exactly once, and each problem names its row.
     let mut states: BTreeMap<u64, (RecipientState, Option<String>)> = BTreeMap::new();
-    db.for_each_recipient(&[], |r| {
+    db.for_each_recipient(&[], &mut |r| {
         let again = states.insert(r.row, (r.state, r.error_code.clone()));
         assert!(again.is_none(), "row {} has two states", r.row);
         Ok(())
@@ -466,7 +466,7 @@ fn corpus_files_give_their_error_or_their_row_states() {
                 assert!(out.status.success(), "{name}: {err}");
                 let db = StateDb::open_read_only(&dir.state()).expect("the state opens");
                 let mut got = Vec::new();
-                db.for_each_recipient(&[], |r| {
+                db.for_each_recipient(&[], &mut |r| {
                     got.push(r);
                     Ok(())
                 })

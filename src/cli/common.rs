@@ -52,9 +52,9 @@ impl CampaignArgs {
     /// Opens the state read-only, saying how to create it when it is missing.
     /// When neither the state nor the campaign file exists, the campaign
     /// path is the likelier typo, so the error names it.
-    pub fn open_state(&self, sandbox: bool) -> anyhow::Result<state::StateDb> {
+    pub fn open_state(&self, sandbox: bool) -> anyhow::Result<Box<dyn state::StateRead>> {
         let path = self.state_path_for(sandbox);
-        match state::StateDb::open_read_only(&path) {
+        match state::open_for_reading(&path) {
             Err(state::StateError::Missing { .. })
                 if self.state.is_none() && !self.campaign.exists() =>
             {

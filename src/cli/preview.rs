@@ -17,7 +17,7 @@ use super::output::{plural, say};
 use convers8_campaign::api::model::MessageKind;
 use convers8_campaign::engine::plan::ScratchPlan;
 use convers8_campaign::engine::plan::{self, InputCheck};
-use convers8_campaign::state::{RecipientState, StateDb};
+use convers8_campaign::state::{self, RecipientState, StateRead};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -63,8 +63,11 @@ pub async fn run(args: PreviewArgs) -> anyhow::Result<ExitCode> {
     // Held so a scratch plan's directory lives until the preview is printed.
     let scratch;
     let (db, kind, source, changed) = if state_path.exists() {
-        let db = StateDb::open_read_only(&state_path)?;
-        let changed = !matches!(plan::check_inputs(&db, &campaign)?, InputCheck::Unchanged);
+        let db = state::open_for_reading(&state_path)?;
+        let changed = !matches!(
+            plan::check_inputs(db.as_ref(), &campaign)?,
+            InputCheck::Unchanged
+        );
         let kind = db
             .plan_info()?
             .and_then(|p| MessageKind::parse(&p.message_type))
@@ -80,16 +83,21 @@ pub async fn run(args: PreviewArgs) -> anyhow::Result<ExitCode> {
             "previewing from a fresh plan of {} (no state file yet; nothing is written)",
             campaign.recipients.csv.display()
         );
-        (scratch.db, campaign.message.kind, source, false)
+        (
+            Box::new(scratch.db) as Box<dyn StateRead>,
+            campaign.message.kind,
+            source,
+            false,
+        )
     };
     // Built first, so an error (no such row) is the only line printed.
     let mut text = Vec::new();
     let mut notes = Vec::new();
     match (args.row, args.json) {
-        (Some(row), false) => preview_row(&db, kind, row, &mut text)?,
-        (None, false) => preview_first(&db, kind, args.count, &mut text)?,
-        (Some(row), true) => json_row(&db, kind, row, &mut text)?,
-        (None, true) => json_first(&db, kind, args.count, &mut text, &mut notes)?,
+        (Some(row), false) => preview_row(db.as_ref(), kind, row, &mut text)?,
+        (None, false) => preview_first(db.as_ref(), kind, args.count, &mut text)?,
+        (Some(row), true) => json_row(db.as_ref(), kind, row, &mut text)?,
+        (None, true) => json_first(db.as_ref(), kind, args.count, &mut text, &mut notes)?,
     }
     say!("{source}");
     for note in notes {
@@ -106,7 +114,7 @@ pub async fn run(args: PreviewArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn preview_first(
-    db: &StateDb,
+    db: &dyn StateRead,
     kind: MessageKind,
     count: u64,
     out: &mut dyn Write,
@@ -126,7 +134,7 @@ fn preview_first(
 }
 
 /// Why `preview` shows no body: every row has its final state.
-fn nothing_left(db: &StateDb) -> anyhow::Result<String> {
+fn nothing_left(db: &dyn StateRead) -> anyhow::Result<String> {
     let c = db.counts()?;
     Ok(format!(
         "nothing left to send: {} = sent {} + failed {} + uncertain {} + invalid {} + duplicate {} (`--row R` shows a row's body)",
@@ -153,7 +161,7 @@ fn why_not(record: &convers8_campaign::state::RecipientRecord) -> String {
 }
 
 fn preview_row(
-    db: &StateDb,
+    db: &dyn StateRead,
     kind: MessageKind,
     row: u64,
     out: &mut dyn Write,
@@ -214,7 +222,7 @@ fn write_body(
 
 /// The row's record and planned body, or an error naming the CSV's size.
 fn find_row(
-    db: &StateDb,
+    db: &dyn StateRead,
     row: u64,
 ) -> anyhow::Result<(convers8_campaign::state::RecipientRecord, Option<String>)> {
     match db.recipient_at_row(row)? {
@@ -277,7 +285,7 @@ fn json_line(
 }
 
 fn json_first(
-    db: &StateDb,
+    db: &dyn StateRead,
     kind: MessageKind,
     count: u64,
     out: &mut dyn Write,
@@ -295,7 +303,12 @@ fn json_first(
 
 /// `--row R --json`: the row whatever its state; `body` is null for a row
 /// that will not be sent, with `error_code` and `error_details` saying why.
-fn json_row(db: &StateDb, kind: MessageKind, row: u64, out: &mut dyn Write) -> anyhow::Result<()> {
+fn json_row(
+    db: &dyn StateRead,
+    kind: MessageKind,
+    row: u64,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let (record, body) = find_row(db, row)?;
     let body = match record.state {
         RecipientState::Invalid | RecipientState::Duplicate => None,

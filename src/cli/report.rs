@@ -13,8 +13,8 @@ use anyhow::Context;
 
 use super::common::CampaignArgs;
 use super::output::{plural, say};
-use convers8_campaign::report::{self, ExportFormat};
-use convers8_campaign::state::{RecipientState, StateDb};
+use convers8_campaign::report::{self, ExportFormat, ReportError};
+use convers8_campaign::state::{RecipientState, StateRead};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -28,8 +28,9 @@ Examples:
   # A --sandbox rehearsal's rows (its state is <stem>.sandbox.state.db)
   convers8-campaign report campaigns/text/campaign.toml --sandbox -o -
 
-  # One page for a campaign manager: counts, sends over time, attempts, errors, runs
-  convers8-campaign report campaigns/text/campaign.toml --format html -o report.html
+  # One page for a campaign manager (counts, sends over time, errors, runs)
+  convers8-campaign report campaigns/text/campaign.toml \\
+      --format html -o report.html
 
 Columns: row, phone, name, state, attempts, message_id, error_code,
 error_details, updated_at, sent_at. CSV cells starting with = + - @, a tab or a
@@ -39,8 +40,8 @@ JSON object per line (JSON Lines). --format html writes one self-contained
 page (inline CSS and SVG, no script, nothing fetched) of aggregates only: it
 lists no recipient, so it can be mailed.
 
-Exit codes: 0 written, 1 error (no state file, unknown state, --state-filter with
-html, unwritable file), 2 usage.";
+Exit codes: 0 written, 1 error (no state file, unknown state, --state-filter
+with html, unwritable file), 2 usage.";
 
 /// Export one line per recipient (row, phone, name, state, attempts, ids, errors, times), or an HTML page of aggregates.
 #[derive(Debug, clap::Args)]
@@ -111,7 +112,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
                         ],
                     )?;
                 }
-                write_report(&db, &states, args.format, out)
+                write_report(db.as_ref(), &states, args.format, out)
                     .with_context(|| format!("cannot write the report to {}", path.display()))
             })?;
             match args.format {
@@ -128,11 +129,10 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         None => {
             let db = args.campaign.open_state(sandbox)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            if let Err(err) = write_report(&db, &states, args.format, &mut out) {
+            if let Err(err) = write_report(db.as_ref(), &states, args.format, &mut out) {
                 // A closed pipe (`report | head`) is a normal end, not an error.
-                let closed_pipe = report::is_closed_pipe(&err);
-                if !closed_pipe {
-                    return Err(err);
+                if !err.is_closed_pipe() {
+                    return Err(err.into());
                 }
             }
         }
@@ -142,11 +142,11 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
 
 /// Writes the report in `format`; returns how many recipients it covers.
 fn write_report(
-    db: &StateDb,
+    db: &dyn StateRead,
     states: &[RecipientState],
     format: Format,
     out: &mut dyn std::io::Write,
-) -> anyhow::Result<u64> {
+) -> Result<u64, ReportError> {
     match format {
         Format::Csv => report::export(db, states, ExportFormat::Csv, out),
         Format::Json => report::export(db, states, ExportFormat::Json, out),

@@ -110,7 +110,7 @@ async fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
     };
 
     let db = args.campaign.open_state(false)?;
-    match plan::check_inputs(&db, &campaign)? {
+    match plan::check_inputs(db.as_ref(), &campaign)? {
         InputCheck::Unchanged => {}
         InputCheck::NotPlanned => anyhow::bail!(
             "state file {} holds no plan: run the campaign first",

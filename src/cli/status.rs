@@ -46,7 +46,7 @@ pub struct StatusArgs {
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let db = args.campaign.open_state(args.sandbox)?;
-    let status = report::gather_status(&db, chrono::Utc::now())?;
+    let status = report::gather_status(db.as_ref(), chrono::Utc::now())?;
     let mut out = std::io::stdout().lock();
     // A closed stdout (piped into `head`) is not worth an error.
     let _ = if args.json {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use convers8_campaign::sandbox::{RecordedMessage, Sandbox, SandboxConfig, SandboxStats};
-use convers8_campaign::state::{Counts, StateDb};
+use convers8_campaign::state::{Counts, StateDb, StateRead};
 
 pub const KEY: &str = "test-key-7f3a";
 

@@ -7,5 +7,5 @@ pub mod error;
 pub mod model;
 pub mod rules;
 
-pub use client::{ApiKey, Client, ClientConfig, is_production};
+pub use client::{ApiKey, Client, ClientConfig, ClientError, is_production};
 pub use error::{ApiError, Disposition};

@@ -2,8 +2,8 @@
 //!
 //! This module owns the model — the file's keys as typed values, with their
 //! defaults. Reading and checking the file, with errors that name the file,
-//! the line and the key, is [`diagnostics`]'s job; the send window's clock
-//! arithmetic is [`window`]'s. None of it reads the CSV, renders templates
+//! the line and the key, is `diagnostics`'s job; the send window's clock
+//! arithmetic is `window`'s. None of it reads the CSV, renders templates
 //! (the content is only checked to have the shape of its `type`), looks at the
 //! environment, or accepts an API key: the key comes from `CONVERS8_API_KEY`
 //! or `--api-key-file`, never from a file that gets copied around and

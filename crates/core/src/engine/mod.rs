@@ -37,15 +37,16 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::api::{Client, ClientConfig};
+use crate::api::{Client, ClientConfig, ClientError};
 use crate::campaign::{Campaign, SendWindow};
 use crate::state::{
-    Claimed, Counts, FileGone, LockError, Outcome, RetrySelection, RowOutcome, StateDb, StateError,
+    self, Claimed, Counts, FileGone, LockError, Outcome, RetrySelection, RowOutcome, StateError,
+    StateRead, StateStore,
 };
 use breaker::Breaker;
 pub use clock::{Clock, SystemClock};
 use pace::Pace;
-use plan::{InputCheck, PlanMode, PlanSummary, RowProblem};
+use plan::{InputCheck, PlanError, PlanSummary, PlanWrite, RowProblem};
 pub use progress::{Progress, Snapshot};
 use retry::BackoffPolicy;
 pub use shutdown::{Stop, StopReason};
@@ -200,14 +201,38 @@ pub enum RunError {
         copy: Option<PathBuf>,
     },
     #[error(transparent)]
-    Other(#[from] anyhow::Error),
+    State(StateError),
+    #[error(transparent)]
+    Plan(PlanError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot start the state writer: {0}")]
+    Writer(#[source] std::io::Error),
+    /// The state writer failed for a reason other than a lost file.
+    #[error(
+        "cannot record results in the state file {path}: {message} ({unrecorded} outcomes could not be recorded; rows left `sending` become `uncertain` on the next run)"
+    )]
+    RecordFailed {
+        path: String,
+        message: String,
+        unrecorded: u64,
+    },
 }
 
 impl From<StateError> for RunError {
     fn from(e: StateError) -> Self {
         match e {
             StateError::Lock(lock) => RunError::Locked(lock),
-            other => RunError::Other(other.into()),
+            other => RunError::State(other),
+        }
+    }
+}
+
+impl From<PlanError> for RunError {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::State(e) => e.into(),
+            other => RunError::Plan(other),
         }
     }
 }
@@ -253,12 +278,14 @@ pub async fn run(
     }
     // Lock before the file is even read: two runs starting together on a
     // new campaign must not both create, migrate or plan it.
-    let mut db = StateDb::open_for_run(&options.state_path)?;
+    let mut db = state::open_for_run(&options.state_path)?;
 
-    let (plan, replanned) = prepare_plan(&mut db, campaign, options, progress)?;
+    let (plan, replanned) = prepare_plan(db.as_mut(), campaign, options, progress)?;
     let path = options.state_path.clone();
-    let lost = |db: &StateDb, e: StateError| state_error(db, &path, e, 0);
-    let recovered_uncertain = db.mark_interrupted_uncertain().map_err(|e| lost(&db, e))?;
+    let lost = |db: &dyn StateStore, e: StateError| state_error(db, &path, e, 0);
+    let recovered_uncertain = db
+        .mark_interrupted_uncertain()
+        .map_err(|e| lost(db.as_ref(), e))?;
     if recovered_uncertain > 0 {
         progress.note(&format!(
             "{recovered_uncertain} rows were being sent when the last run stopped: they are now uncertain and will not be resent automatically (`retry --uncertain` resends them)"
@@ -299,7 +326,7 @@ pub async fn run(
         return Err(RunError::NoApiKey);
     };
     // Built before any row changes: a base URL it refuses changes nothing.
-    let client = Client::new(api).map_err(anyhow::Error::from)?;
+    let client = Client::new(api)?;
 
     if let Some(window) = &options.window {
         let now = options.clock.now();
@@ -317,9 +344,9 @@ pub async fn run(
                 opens_at.format("%H:%M UTC")
             ));
             if let Some(reason) =
-                wait_for_window(window, options.clock.as_ref(), deadline, &stop, &mut db)
+                wait_for_window(window, options.clock.as_ref(), deadline, &stop, db.as_mut())
                     .await
-                    .map_err(|e| lost(&db, e))?
+                    .map_err(|e| lost(db.as_ref(), e))?
             {
                 report.end = RunEnd::Stopped(reason);
                 return Ok(report);
@@ -331,7 +358,7 @@ pub async fn run(
         let used = db.sent_since(Utc::now() - chrono::Duration::hours(24))?;
         if used >= u64::from(daily) {
             report.end = RunEnd::DailyLimitReached {
-                next_at: next_daily_slot(&db, daily)?,
+                next_at: next_daily_slot(db.as_ref(), daily)?,
             };
             return Ok(report);
         }
@@ -341,7 +368,7 @@ pub async fn run(
     // selected rows — and only this run: the selection is not written down.
     report.resend_selected = resettable;
     db.resend_during_run(options.reset.clone());
-    let run_id = db.start_run().map_err(|e| lost(&db, e))?;
+    let run_id = db.start_run().map_err(|e| lost(db.as_ref(), e))?;
     let claimable = counts.pending + resettable;
     let to_send = options.limit.map_or(claimable, |l| l.min(claimable));
     let (db, sending) = send_rows(
@@ -350,10 +377,16 @@ pub async fn run(
     .await?;
     let mut db = match sending.failure {
         None => db,
-        Some(failure) => return Err(write_failure_error(&db, &options.state_path, failure)),
+        Some(failure) => {
+            return Err(write_failure_error(
+                db.as_ref(),
+                &options.state_path,
+                failure,
+            ));
+        }
     };
     if let Some(e) = sending.after_error {
-        return Err(lost(&db, e));
+        return Err(lost(db.as_ref(), e));
     }
 
     let stats = &sending.stats;
@@ -366,10 +399,10 @@ pub async fn run(
     if let RunEnd::DailyLimitReached { next_at } = &mut report.end
         && let Some(daily) = options.daily_limit
     {
-        *next_at = next_daily_slot(&db, daily)?;
+        *next_at = next_daily_slot(db.as_ref(), daily)?;
     }
     db.finish_run(run_id, &end_label(&report.end), sent, failed, uncertain)
-        .map_err(|e| lost(&db, e))?;
+        .map_err(|e| lost(db.as_ref(), e))?;
     report.snapshot = sending.snapshot;
     report.requests = stats.requests.load(Ordering::Relaxed);
     report.retries = stats.retries.load(Ordering::Relaxed);
@@ -378,21 +411,24 @@ pub async fn run(
 }
 
 /// The run's last word when the writer stopped.
-fn write_failure_error(db: &StateDb, state_path: &Path, failure: writer::WriteFailure) -> RunError {
+fn write_failure_error(
+    db: &dyn StateStore,
+    state_path: &Path,
+    failure: writer::WriteFailure,
+) -> RunError {
     match failure.gone {
         Some(what) => state_lost(db, state_path, what, failure.unrecorded),
-        None => RunError::Other(anyhow::anyhow!(
-            "cannot record results in the state file {}: {} ({} outcomes could not be recorded; rows left `sending` become `uncertain` on the next run)",
-            state_path.display(),
-            failure.message,
-            failure.unrecorded
-        )),
+        None => RunError::RecordFailed {
+            path: state_path.display().to_string(),
+            message: failure.message,
+            unrecorded: failure.unrecorded,
+        },
     }
 }
 
 /// A state error as the run reports it: a state file taken away becomes
 /// [`RunError::StateLost`], after saving what this handle still knows.
-fn state_error(db: &StateDb, state_path: &Path, e: StateError, unrecorded: u64) -> RunError {
+fn state_error(db: &dyn StateStore, state_path: &Path, e: StateError, unrecorded: u64) -> RunError {
     match e {
         StateError::Gone { what, .. } => state_lost(db, state_path, what, unrecorded),
         other => other.into(),
@@ -401,13 +437,9 @@ fn state_error(db: &StateDb, state_path: &Path, e: StateError, unrecorded: u64) 
 
 /// What this run knew is saved beside the lost state first, so the operator
 /// can put it back instead of starting a state that would plan everyone again.
-fn state_lost(db: &StateDb, state_path: &Path, what: FileGone, unrecorded: u64) -> RunError {
-    let copy = with_file_suffix(
-        state_path,
-        &format!(".rescued-{}", Utc::now().format("%Y%m%dT%H%M%SZ")),
-    );
-    let copy = match db.save_copy(&copy) {
-        Ok(()) => Some(copy),
+fn state_lost(db: &dyn StateStore, state_path: &Path, what: FileGone, unrecorded: u64) -> RunError {
+    let copy = match db.rescue_copy() {
+        Ok(copy) => copy,
         Err(e) => {
             tracing::error!("cannot save a copy of the state: {e}");
             None
@@ -421,17 +453,11 @@ fn state_lost(db: &StateDb, state_path: &Path, what: FileGone, unrecorded: u64) 
     }
 }
 
-fn with_file_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 /// Plans on the first run; on later runs checks that the inputs did not
 /// change. Inputs that changed before anything was sent are simply planned
 /// again: nobody can have the old message yet. Returns whether it re-planned.
 fn prepare_plan(
-    db: &mut StateDb,
+    db: &mut dyn StateStore,
     campaign: &Campaign,
     options: &RunOptions,
     progress: &dyn Progress,
@@ -445,9 +471,9 @@ fn prepare_plan(
     };
     let mode = match check {
         InputCheck::Unchanged => return Ok((None, false)),
-        InputCheck::NotPlanned => PlanMode::Fresh,
-        _ if !db.anything_sent()? => PlanMode::Replace,
-        InputCheck::CsvChanged { .. } if options.add_new_recipients => PlanMode::AddNewRecipients,
+        InputCheck::NotPlanned => PlanWrite::Fresh,
+        _ if !db.anything_sent()? => PlanWrite::Replace,
+        InputCheck::CsvChanged { .. } if options.add_new_recipients => PlanWrite::Add,
         InputCheck::CsvChanged { planned } => {
             return Err(RunError::CsvChanged {
                 csv: campaign.recipients.csv.display().to_string(),
@@ -462,7 +488,7 @@ fn prepare_plan(
             });
         }
     };
-    if let (PlanMode::Replace, Some(planned)) = (mode, &changed) {
+    if let (PlanWrite::Replace, Some(planned)) = (mode, &changed) {
         progress.note(&format!(
             "{} or its CSV changed since it was planned ({}), but nothing has been sent from {} yet: planning it again",
             campaign.file.display(),
@@ -482,17 +508,17 @@ fn prepare_plan(
         summary.pending,
         summary.invalid,
         summary.duplicate,
-        if mode == PlanMode::AddNewRecipients {
+        if mode == PlanWrite::Add {
             format!(", {} already planned", summary.already_planned)
         } else {
             String::new()
         }
     ));
-    Ok((Some(summary), mode == PlanMode::Replace))
+    Ok((Some(summary), mode == PlanWrite::Replace))
 }
 
 /// When the rolling 24-hour window frees its next slot.
-fn next_daily_slot(db: &StateDb, daily: u32) -> Result<Option<DateTime<Utc>>, RunError> {
+fn next_daily_slot(db: &dyn StateRead, daily: u32) -> Result<Option<DateTime<Utc>>, RunError> {
     let since = Utc::now() - chrono::Duration::hours(24);
     let used = db.sent_since(since)?;
     // The oldest send that must leave the window before one more fits.
@@ -513,7 +539,7 @@ async fn wait_for_window(
     clock: &dyn Clock,
     deadline: Option<Instant>,
     stop: &Stop,
-    db: &mut StateDb,
+    db: &mut dyn StateStore,
 ) -> Result<Option<StopReason>, StateError> {
     let runtime_over = async {
         match deadline {
@@ -524,7 +550,7 @@ async fn wait_for_window(
     tokio::pin!(runtime_over);
     loop {
         // Hours of waiting with the state open: notice if it is taken away.
-        db.check_file()?;
+        db.check_still_there()?;
         let now = clock.now();
         if window.contains(now) {
             return Ok(None);
@@ -589,7 +615,7 @@ struct Sending {
 /// The send loop proper: the feeder claims, workers deliver, the writer records.
 #[allow(clippy::too_many_arguments)]
 async fn send_rows(
-    db: StateDb,
+    db: Box<dyn StateStore>,
     campaign: &Campaign,
     options: &RunOptions,
     client: Client,
@@ -597,7 +623,7 @@ async fn send_rows(
     stop: Stop,
     to_send: u64,
     deadline: Option<Instant>,
-) -> Result<(StateDb, Sending), RunError> {
+) -> Result<(Box<dyn StateStore>, Sending), RunError> {
     let stats = Arc::new(RunStats::default());
     let delivery = Arc::new(Delivery {
         client,
@@ -609,8 +635,7 @@ async fn send_rows(
         stop: stop.clone(),
         stats: stats.clone(),
     });
-    let writer = StateWriter::spawn(db, stop.clone())
-        .map_err(|e| anyhow::anyhow!("cannot start the state writer: {e}"))?;
+    let writer = StateWriter::spawn(db, stop.clone()).map_err(RunError::Writer)?;
     let started = Instant::now();
     let mut guards = JoinSet::new();
     if let Some(deadline) = deadline {
@@ -672,11 +697,12 @@ async fn send_rows(
     guards.abort_all();
     let closed = writer.close().await;
     let Some(mut db) = closed.db else {
-        let failure = closed.failure.map(|f| f.message).unwrap_or_default();
-        return Err(anyhow::anyhow!(
-            "{failure}: rows this run left `sending` become `uncertain` on the next run"
-        )
-        .into());
+        let failure = closed.failure.unwrap_or_default();
+        return Err(RunError::RecordFailed {
+            path: options.state_path.display().to_string(),
+            message: failure.message,
+            unrecorded: failure.unrecorded,
+        });
     };
     let mut after_error = None;
     if closed.failure.is_none() {

@@ -12,30 +12,23 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::Context;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
 use crate::api::model::{MessageContent, build_body};
 use crate::api::rules;
 use crate::campaign::Campaign;
+use crate::recipients::RecipientsError;
 use crate::recipients::{RawRow, RecipientReader, normalize_phone};
-use crate::render::{Renderer, RowContext};
+use crate::render::{Renderer, RowContext, TemplateError};
+pub use crate::state::PlanWrite;
 use crate::state::{
-    Inserted, PlanInfo, PlanProblem, PlannedRow, ProblemCode, RecipientState, StateDb, timestamp,
+    Inserted, PlanInfo, PlanProblem, PlanRows, PlannedRow, ProblemCode, RecipientState, StateDb,
+    StateError, StateRead, StateStore, timestamp, write_plan,
 };
 
 /// How many row problems a summary keeps to show (all are in the state).
 pub const PROBLEMS_KEPT: usize = 20;
-
-/// Whether this plan starts from nothing or adds new phones to an existing one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlanMode {
-    Fresh,
-    AddNewRecipients,
-    /// The inputs changed before anything was sent: the old plan is replaced.
-    Replace,
-}
 
 /// One row that will not be sent, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -77,6 +70,7 @@ pub enum InputCheck {
     },
 }
 
+/// Why a plan could not be made (nothing was written).
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error(
@@ -90,6 +84,20 @@ pub enum PlanError {
     },
     #[error("cannot read {path}: {reason}")]
     Hash { path: String, reason: String },
+    #[error("{file}: {source}")]
+    Template {
+        file: String,
+        #[source]
+        source: TemplateError,
+    },
+    #[error(transparent)]
+    Recipients(#[from] RecipientsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the CSV reading thread stopped unexpectedly")]
+    ReaderStopped,
+    #[error("cannot create a temporary directory to plan in: {0}")]
+    Scratch(#[source] std::io::Error),
 }
 
 /// A fingerprint of everything that decides what each recipient is sent:
@@ -138,7 +146,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Compares the campaign's inputs with the stored plan.
-pub fn check_inputs(db: &StateDb, campaign: &Campaign) -> anyhow::Result<InputCheck> {
+pub fn check_inputs(db: &dyn StateRead, campaign: &Campaign) -> Result<InputCheck, PlanError> {
     let Some(planned) = db.plan_info()? else {
         return Ok(InputCheck::NotPlanned);
     };
@@ -163,9 +171,13 @@ pub struct RowPlanner<'c> {
 
 impl<'c> RowPlanner<'c> {
     /// Compiles the templates and checks that every column they use exists.
-    pub fn new(campaign: &'c Campaign, reader: &RecipientReader) -> anyhow::Result<Self> {
-        let renderer = Renderer::compile(&campaign.message, &campaign.vars)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", campaign.file.display()))?;
+    pub fn new(campaign: &'c Campaign, reader: &RecipientReader) -> Result<Self, PlanError> {
+        let renderer = Renderer::compile(&campaign.message, &campaign.vars).map_err(|source| {
+            PlanError::Template {
+                file: campaign.file.display().to_string(),
+                source,
+            }
+        })?;
         let headers = reader.headers().to_vec();
         for column in renderer.referenced_columns() {
             if !headers.contains(&column) {
@@ -174,8 +186,7 @@ impl<'c> RowPlanner<'c> {
                     column,
                     csv: campaign.recipients.csv.display().to_string(),
                     columns: headers.join(", "),
-                }
-                .into());
+                });
             }
         }
         Ok(RowPlanner {
@@ -288,18 +299,18 @@ const PIPELINE_DEPTH: usize = 8;
 /// inserts on another, so planning uses both cores; a bounded channel between
 /// them keeps memory flat.
 pub fn plan_campaign(
-    db: &mut StateDb,
+    db: &mut dyn StateStore,
     campaign: &Campaign,
-    mode: PlanMode,
+    mode: PlanWrite,
     mut on_problem: impl FnMut(&RowProblem),
-) -> anyhow::Result<PlanSummary> {
+) -> Result<PlanSummary, PlanError> {
     let mut reader = RecipientReader::open(&campaign.recipients)?;
     let planner = RowPlanner::new(campaign, &reader)?;
-    let fill = move |sink: &mut crate::state::PlanSink<'_>| {
+    let fill = move |sink: &mut dyn PlanRows| {
         std::thread::scope(|scope| {
             let (batches, received) =
                 std::sync::mpsc::sync_channel::<Vec<(RawRowPlace, PlannedRow)>>(PIPELINE_DEPTH);
-            let producer = scope.spawn(move || -> anyhow::Result<String> {
+            let producer = scope.spawn(move || -> Result<String, RecipientsError> {
                 let mut batch = Vec::with_capacity(PIPELINE_BATCH);
                 while let Some(raw) = reader.next_row() {
                     let raw = raw?;
@@ -344,9 +355,7 @@ pub fn plan_campaign(
             }
             // Unblocks the reader if the writer stopped early.
             drop(received);
-            let read = producer
-                .join()
-                .map_err(|_| anyhow::anyhow!("the CSV reading thread stopped unexpectedly"))?;
+            let read = producer.join().map_err(|_| PlanError::ReaderStopped)?;
             if let Some(e) = failure {
                 return Err(e.into());
             }
@@ -366,11 +375,7 @@ pub fn plan_campaign(
             Ok((summary, info))
         })
     };
-    match mode {
-        PlanMode::Fresh => db.write_plan(fill),
-        PlanMode::AddNewRecipients => db.add_to_plan(fill),
-        PlanMode::Replace => db.replace_plan(fill),
-    }
+    write_plan(db, mode, fill)
 }
 
 /// A plan made in a temporary directory, removed when this is dropped.
@@ -387,10 +392,10 @@ impl ScratchPlan {
     pub fn new(
         campaign: &Campaign,
         on_problem: impl FnMut(&RowProblem),
-    ) -> anyhow::Result<ScratchPlan> {
-        let dir = tempfile::tempdir().context("cannot create a temporary directory to plan in")?;
+    ) -> Result<ScratchPlan, PlanError> {
+        let dir = tempfile::tempdir().map_err(PlanError::Scratch)?;
         let mut db = StateDb::open_or_create(&dir.path().join("scratch.state.db"))?;
-        let summary = plan_campaign(&mut db, campaign, PlanMode::Fresh, on_problem)?;
+        let summary = plan_campaign(&mut db, campaign, PlanWrite::Fresh, on_problem)?;
         Ok(ScratchPlan {
             db,
             summary,
@@ -408,7 +413,7 @@ struct RawRowPlace {
 
 /// Inserts one planned row and counts it; returns the problem if it will not be sent.
 fn record_row(
-    sink: &mut crate::state::PlanSink<'_>,
+    sink: &mut dyn PlanRows,
     summary: &mut PlanSummary,
     place: RawRowPlace,
     planned: &PlannedRow,

@@ -8,7 +8,7 @@
 //! stay `sending` and come back `uncertain`, never pending. A claim is committed
 //! before it is handed out, so no request ever leaves for a row that is not yet
 //! `sending`. If the disk fails or the state file is taken away (see
-//! [`StateDb::check_file`]), the writer stops the run at once, writes
+//! [`StateStore::check_still_there`]), the writer stops the run at once, writes
 //! nothing more, and answers every later claim with the error; the outcomes
 //! it could not record are counted, for the run's last word.
 
@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::shutdown::{Stop, StopReason};
-use crate::state::{Claimed, FileGone, Outcome, RowOutcome, StateDb, StateError};
+use crate::state::{Claimed, FileGone, Outcome, RowOutcome, StateError, StateStore};
 
 /// Commit when this many outcomes are waiting...
 const BATCH_ROWS: usize = 512;
@@ -47,11 +47,11 @@ enum Command {
 /// The writer thread and the way to talk to it.
 pub struct StateWriter {
     handle: WriterHandle,
-    thread: JoinHandle<(StateDb, Option<WriteFailure>)>,
+    thread: JoinHandle<(Box<dyn StateStore>, Option<WriteFailure>)>,
 }
 
 /// Why the writer stopped writing, and what it could not record.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct WriteFailure {
     pub message: String,
     /// Set when the state file was deleted, moved, replaced or truncated.
@@ -64,7 +64,7 @@ pub struct WriteFailure {
 /// What [`StateWriter::close`] hands back.
 pub struct Closed {
     /// `None` only if the writer thread itself crashed.
-    pub db: Option<StateDb>,
+    pub db: Option<Box<dyn StateStore>>,
     pub failure: Option<WriteFailure>,
 }
 
@@ -87,7 +87,7 @@ fn stopped() -> WriterError {
 impl StateWriter {
     /// Starts the writer; its first failure triggers `stop`, so nothing more
     /// is claimed from a state that cannot record it.
-    pub fn spawn(db: StateDb, stop: Stop) -> std::io::Result<StateWriter> {
+    pub fn spawn(db: Box<dyn StateStore>, stop: Stop) -> std::io::Result<StateWriter> {
         let (tx, rx) = mpsc::channel();
         let outcomes = Arc::new(Mutex::new(Vec::with_capacity(BATCH_ROWS)));
         let buffer = outcomes.clone();
@@ -187,7 +187,7 @@ impl WriterHandle {
 /// The writer's side: the database, the shared outcome buffer, and the first
 /// error it met (after which it writes nothing more).
 struct Writer {
-    db: StateDb,
+    db: Box<dyn StateStore>,
     buffer: Arc<Mutex<Vec<RowOutcome>>>,
     /// Swapped with the shared buffer, so workers never wait on a commit.
     batch: Vec<RowOutcome>,
@@ -251,11 +251,11 @@ fn settled(batch: &[RowOutcome]) -> u64 {
 }
 
 fn writer_loop(
-    db: StateDb,
+    db: Box<dyn StateStore>,
     rx: mpsc::Receiver<Command>,
     buffer: Arc<Mutex<Vec<RowOutcome>>>,
     stop: Stop,
-) -> (StateDb, Option<WriteFailure>) {
+) -> (Box<dyn StateStore>, Option<WriteFailure>) {
     let mut writer = Writer {
         db,
         buffer,

@@ -16,11 +16,12 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use crate::engine::progress::format_duration;
-use crate::state::{Counts, RecipientRecord, RecipientState, RunRecord, StateDb};
+use crate::state::{
+    Counts, RecipientRecord, RecipientState, RunRecord, StateError, StateRead, VisitError,
+};
 
 /// How far back `status` looks to measure the pace of a run in progress.
 pub const THROUGHPUT_WINDOW: Duration = Duration::from_secs(60);
@@ -66,7 +67,7 @@ pub struct ErrorCount {
 }
 
 /// Reads the campaign's status from an open state file, as of `now`.
-pub fn gather_status(db: &StateDb, now: DateTime<Utc>) -> anyhow::Result<Status> {
+pub fn gather_status(db: &dyn StateRead, now: DateTime<Utc>) -> Result<Status, StateError> {
     let plan = db.plan_info()?;
     let counts = db.counts()?;
     let last_run = db.runs(1)?.into_iter().next();
@@ -97,7 +98,7 @@ pub fn gather_status(db: &StateDb, now: DateTime<Utc>) -> anyhow::Result<Status>
         .map(|(code, count)| ErrorCount { code, count })
         .collect();
     Ok(Status {
-        state_file: db.path().to_owned(),
+        state_file: db.location().to_owned(),
         campaign: plan.as_ref().map(|p| p.campaign_name.clone()),
         message_type: plan.as_ref().map(|p| p.message_type.clone()),
         csv_file: plan.as_ref().map(|p| p.csv_file.clone()),
@@ -251,15 +252,15 @@ pub const EXPORT_COLUMNS: [&str; 10] = [
 ];
 
 /// Parses `failed,uncertain,...`; an unknown name is an error listing the valid ones.
-pub fn parse_state_filter(text: &str) -> anyhow::Result<Vec<RecipientState>> {
+pub fn parse_state_filter(text: &str) -> Result<Vec<RecipientState>, ReportError> {
     let mut states = Vec::new();
     for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let Some(state) = RecipientState::parse(&name.to_ascii_lowercase()) else {
             let valid: Vec<_> = RecipientState::ALL.iter().map(|s| s.as_str()).collect();
-            anyhow::bail!(
-                "unknown state '{name}' in --state-filter: use any of {}",
-                valid.join(", ")
-            );
+            return Err(ReportError::UnknownState {
+                name: name.to_owned(),
+                valid: valid.join(", "),
+            });
         };
         if !states.contains(&state) {
             states.push(state);
@@ -271,36 +272,85 @@ pub fn parse_state_filter(text: &str) -> anyhow::Result<Vec<RecipientState>> {
 /// Writes one line per recipient in `states` (all when empty) to `out`;
 /// returns how many recipients were written.
 pub fn export(
-    db: &StateDb,
+    db: &dyn StateRead,
     states: &[RecipientState],
     format: ExportFormat,
     out: &mut dyn Write,
-) -> anyhow::Result<u64> {
+) -> Result<u64, ReportError> {
     let mut written = 0u64;
-    match format {
+    let walked = match format {
         ExportFormat::Csv => {
             let mut csv = csv::Writer::from_writer(out);
             csv.write_record(EXPORT_COLUMNS)
-                .context("writing the report")?;
-            db.for_each_recipient(states, |r| {
+                .map_err(|e| ReportError::Write(csv_io(e)))?;
+            let walked = db.for_each_recipient(states, &mut |r| {
                 csv.write_record(csv_cells(&r).iter().map(|c| c.as_bytes()))
-                    .context("writing the report")?;
+                    .map_err(csv_io)?;
                 written += 1;
                 Ok(())
-            })?;
-            csv.flush().context("writing the report")?;
+            });
+            walked.and_then(|()| csv.flush().map_err(VisitError::Visitor))
         }
         ExportFormat::Json => {
-            db.for_each_recipient(states, |r| {
-                serde_json::to_writer(&mut *out, &r).context("writing the report")?;
-                out.write_all(b"\n").context("writing the report")?;
+            let walked = db.for_each_recipient(states, &mut |r| {
+                serde_json::to_writer(&mut *out, &r)?;
+                out.write_all(b"\n")?;
                 written += 1;
                 Ok(())
-            })?;
-            out.flush().context("writing the report")?;
+            });
+            walked.and_then(|()| out.flush().map_err(VisitError::Visitor))
         }
+    };
+    match walked {
+        Ok(()) => Ok(written),
+        Err(VisitError::State(e)) => Err(ReportError::State(e)),
+        Err(VisitError::Visitor(e)) => Err(ReportError::Write(e)),
     }
-    Ok(written)
+}
+
+/// The I/O error inside a CSV writer's error, so that a closed pipe is still
+/// recognised as one ([`ReportError::is_closed_pipe`]).
+fn csv_io(e: csv::Error) -> std::io::Error {
+    let is_io = matches!(e.kind(), csv::ErrorKind::Io(_));
+    match e.into_kind() {
+        csv::ErrorKind::Io(io) if is_io => io,
+        other => std::io::Error::other(format!("{other:?}")),
+    }
+}
+
+/// Why a report could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("writing the report: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("unknown state '{name}' in --state-filter: use any of {valid}")]
+    UnknownState { name: String, valid: String },
+    #[error(
+        "refusing to write the report to {output}: it would overwrite {what} {path}; choose another file"
+    )]
+    Protected {
+        output: String,
+        what: String,
+        path: String,
+    },
+    #[error("cannot write the report to {path}: it is a directory; give a file name")]
+    IsADirectory { path: String },
+    #[error("cannot write the report to {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ReportError {
+    /// Whether the report failed only because its reader went away (`report
+    /// | head`): a normal end for a command line, not an error.
+    pub fn is_closed_pipe(&self) -> bool {
+        matches!(self, ReportError::Write(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
 }
 
 fn csv_cells(r: &RecipientRecord) -> [Cow<'_, str>; 10] {
@@ -353,19 +403,6 @@ pub fn neutralise(cell: &str) -> Cow<'_, str> {
     }
 }
 
-/// Whether an export failed only because its reader went away (`report |
-/// head`): a normal end for a command line, not an error.
-pub fn is_closed_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            || c.downcast_ref::<csv::Error>().is_some_and(|e| {
-                matches!(e.kind(), csv::ErrorKind::Io(io)
-                    if io.kind() == std::io::ErrorKind::BrokenPipe)
-            })
-    })
-}
-
 /// Refuses an output path that is one of `protected` (`(what, path)`: the
 /// state file and its companions, the campaign file, the CSV) however it is
 /// spelled: the same file by device and inode when both exist, else the same
@@ -373,14 +410,14 @@ pub fn is_closed_pipe(err: &anyhow::Error) -> bool {
 pub fn refuse_protected(
     output: &Path,
     protected: &[(String, std::path::PathBuf)],
-) -> anyhow::Result<()> {
+) -> Result<(), ReportError> {
     for (what, path) in protected {
         if same_file(output, path) {
-            anyhow::bail!(
-                "refusing to write the report to {}: it would overwrite {what} {}; choose another file",
-                output.display(),
-                path.display()
-            );
+            return Err(ReportError::Protected {
+                output: output.display().to_string(),
+                what: what.clone(),
+                path: path.display().to_string(),
+            });
         }
     }
     Ok(())
@@ -422,10 +459,13 @@ fn resolved(path: &Path) -> Option<std::path::PathBuf> {
 /// `write` fills a temporary file in the same directory, which is renamed
 /// over `path` only once it is complete and flushed to disk. The temporary
 /// file is created before `write` runs, so an unwritable path fails first.
-pub fn write_private_file<T>(
+pub fn write_private_file<T, E>(
     path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
+    write: impl FnOnce(&mut dyn Write) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<ReportError>,
+{
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -434,45 +474,46 @@ pub fn write_private_file<T>(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "report".to_owned());
-    let context = || format!("cannot write the report to {}", path.display());
+    let failed = |source| ReportError::File {
+        path: path.display().to_string(),
+        source,
+    };
     // The rename at the end would fail on a directory: say so before any work.
     if path.is_dir() {
-        anyhow::bail!(
-            "cannot write the report to {}: it is a directory; give a file name",
-            path.display()
-        );
+        return Err(ReportError::IsADirectory {
+            path: path.display().to_string(),
+        }
+        .into());
     }
     // tempfile creates the file 0600 on Unix; the rename keeps that mode.
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{file_name}."))
         .suffix(".tmp")
         .tempfile_in(dir)
-        .with_context(context)?;
+        .map_err(failed)?;
     let mut out = std::io::BufWriter::new(tmp);
     // The caller's errors carry their own context (they may not be about the file).
     let value = write(&mut out)?;
-    let tmp = out
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(context)?;
-    tmp.as_file().sync_all().with_context(context)?;
+    let tmp = out.into_inner().map_err(|e| failed(e.into_error()))?;
+    tmp.as_file().sync_all().map_err(failed)?;
     // On failure the temporary file is removed when `persist`'s error drops it.
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(context)?;
+    tmp.persist(path).map_err(|e| failed(e.error))?;
     Ok(value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Outcome, PlanInfo, PlannedRow, RowOutcome, timestamp};
+    use crate::state::{
+        Outcome, PlanInfo, PlanWrite, PlannedRow, RowOutcome, StateDb, StateStore, timestamp,
+        write_plan,
+    };
 
     /// A state with `n` pending rows and a run started by this process (so
     /// its pid is alive); returns the run's start as the state recorded it.
     fn running_state(n: u64) -> (StateDb, DateTime<Utc>) {
         let mut db = StateDb::in_memory().expect("in-memory state");
-        db.write_plan(|sink| {
+        write_plan(&mut db, PlanWrite::Fresh, |sink| {
             for row in 1..=n {
                 let phone = format!("+2547{:08}", 11_000_000 + row);
                 sink.insert(&PlannedRow {
@@ -483,7 +524,7 @@ mod tests {
                 })?;
             }
             let at = timestamp(Utc::now());
-            Ok((
+            Ok::<_, StateError>((
                 (),
                 PlanInfo {
                     campaign_name: "pace".into(),
@@ -641,7 +682,8 @@ mod tests {
     fn a_private_file_is_owner_only_and_a_failed_write_leaves_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("out.csv");
-        write_private_file(&path, |w| Ok(w.write_all(b"a,b\n")?)).expect("written");
+        write_private_file(&path, |w| w.write_all(b"a,b\n").map_err(ReportError::Write))
+            .expect("written");
         assert_eq!(std::fs::read(&path).expect("read"), b"a,b\n");
         #[cfg(unix)]
         {
@@ -650,8 +692,9 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         let other = dir.path().join("other.csv");
-        let result: anyhow::Result<()> =
-            write_private_file(&other, |_| anyhow::bail!("disk on fire"));
+        let result: Result<(), ReportError> = write_private_file(&other, |_| {
+            Err(ReportError::Write(std::io::Error::other("disk on fire")))
+        });
         assert!(result.is_err());
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .expect("list")

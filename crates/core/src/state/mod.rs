@@ -1,24 +1,33 @@
 //! The state file: one SQLite database per campaign that records the plan and
 //! every recipient's outcome, so a run can stop anywhere and resume exactly.
 //!
-//! This module owns the schema ([`schema`]), the run lock ([`lock`]), and every
-//! statement the rest of the program runs. It knows nothing about HTTP or
-//! templates: it stores bodies it is given and states it is told. Writes are
-//! batched in transactions by the callers' design (one plan transaction, one
-//! transaction per claim, results committed in groups).
+//! The rest of the program reaches the state through one seam, the traits in
+//! [`store`]; [`StateDb`] is the SQLite store behind them. This module owns
+//! the types both sides speak (states, outcomes, plans, counts), opening a
+//! state file, the schema ([`schema`]), the run lock ([`lock`]), and every
+//! statement run against the file ([`reads`], `writes.rs`). It knows nothing
+//! about HTTP or templates: it stores bodies it is given and states it is
+//! told. Writes are batched in transactions by the callers' design (one plan
+//! transaction, one transaction per claim, results committed in groups).
 
 pub mod lock;
 pub mod reads;
 pub mod schema;
+pub mod store;
+mod writes;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, params};
 
 pub use lock::{FileGone, LockError, RunLock};
+pub use store::{
+    PlanRows, PlanWrite, StateRead, StateStore, VisitError, open_for_reading, open_for_run,
+    write_plan,
+};
 
 /// Where a recipient is in its life (docs/design.md, "A recipient's life").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -131,7 +140,7 @@ pub struct PlannedRow {
     pub phone: Option<String>,
     pub name: Option<String>,
     /// `Pending` with a body, or `Invalid` with a reason. Duplicates are
-    /// decided by [`PlanSink::insert`], which sees every earlier row.
+    /// decided by [`PlanRows::insert`], which sees every earlier row.
     pub outcome: Result<String, PlanProblem>,
 }
 
@@ -187,135 +196,6 @@ pub enum Inserted {
     },
     /// `--add-new-recipients`: the phone is already in the state; not added.
     AlreadyPlanned,
-}
-
-/// Inserts rows inside the plan's single transaction. Its statements are
-/// prepared once: planning a million rows runs them a million times each.
-pub struct PlanSink<'tx> {
-    /// The first sendable row with a phone: decides duplicates.
-    find_first: rusqlite::Statement<'tx>,
-    /// Any row with a phone: decides "already planned" in add mode.
-    find_any: rusqlite::Statement<'tx>,
-    /// An earlier generation's row at a CSV row number: in add mode, an
-    /// unusable row without a phone is recognised by its place.
-    find_row: rusqlite::Statement<'tx>,
-    insert: rusqlite::Statement<'tx>,
-    generation: i64,
-    /// In add mode, rows whose phone the state already has are skipped.
-    add_mode: bool,
-    now: String,
-    path: &'tx str,
-}
-
-impl<'tx> PlanSink<'tx> {
-    fn new(
-        tx: &'tx rusqlite::Transaction<'tx>,
-        generation: i64,
-        add_mode: bool,
-        path: &'tx str,
-    ) -> rusqlite::Result<PlanSink<'tx>> {
-        Ok(PlanSink {
-            find_first: tx.prepare(
-                "SELECT row, generation FROM recipients
-                 WHERE phone = ?1 AND state NOT IN ('invalid', 'duplicate')
-                 ORDER BY id LIMIT 1",
-            )?,
-            find_any: tx.prepare("SELECT 1 FROM recipients WHERE phone = ?1 LIMIT 1")?,
-            find_row: tx.prepare(
-                "SELECT 1 FROM recipients WHERE row = ?1 AND generation < ?2 LIMIT 1",
-            )?,
-            insert: tx.prepare(
-                "INSERT INTO recipients
-                   (row, generation, phone, name, state, body, error_code, error_details, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?,
-            generation,
-            add_mode,
-            now: timestamp(Utc::now()),
-            path,
-        })
-    }
-
-    pub fn insert(&mut self, row: &PlannedRow) -> Result<Inserted, StateError> {
-        let path = self.path;
-        let sql_err = |source| StateError::Sql {
-            path: path.to_owned(),
-            operation: "planning a row",
-            source,
-        };
-        let (state, body, code, details, inserted) = match (&row.outcome, &row.phone) {
-            (Ok(body), Some(phone)) => {
-                let first: Option<(u64, i64)> = self
-                    .find_first
-                    .query_row([phone], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-                    .map_err(sql_err)?;
-                match first {
-                    Some((_, generation)) if self.add_mode && generation < self.generation => {
-                        return Ok(Inserted::AlreadyPlanned);
-                    }
-                    Some((of_row, _)) => (
-                        RecipientState::Duplicate,
-                        None,
-                        Some(ProblemCode::Duplicate.as_str()),
-                        Some(format!("same phone as row {of_row}")),
-                        Inserted::Duplicate { of_row },
-                    ),
-                    None => (
-                        RecipientState::Pending,
-                        Some(body.as_str()),
-                        None,
-                        None,
-                        Inserted::Pending,
-                    ),
-                }
-            }
-            (Ok(_), None) => (
-                RecipientState::Invalid,
-                None,
-                Some(ProblemCode::InvalidPhone.as_str()),
-                Some("no phone".to_owned()),
-                Inserted::Invalid,
-            ),
-            (Err(problem), phone) => {
-                // In add mode an unusable row is planned once, not again on
-                // every pass: by its phone when it has one, else by its place
-                // (rows appended to a growing CSV keep their numbers).
-                let already = match phone {
-                    _ if !self.add_mode => false,
-                    Some(phone) => self.find_any.exists([phone]).map_err(sql_err)?,
-                    None => self
-                        .find_row
-                        .exists(params![row.row as i64, self.generation])
-                        .map_err(sql_err)?,
-                };
-                if already {
-                    return Ok(Inserted::AlreadyPlanned);
-                }
-                (
-                    RecipientState::Invalid,
-                    None,
-                    Some(problem.code.as_str()),
-                    Some(problem.details.clone()),
-                    Inserted::Invalid,
-                )
-            }
-        };
-        self.insert
-            .execute(params![
-                row.row as i64,
-                self.generation,
-                row.phone,
-                row.name,
-                state.as_str(),
-                body,
-                code,
-                details,
-                self.now,
-            ])
-            .map_err(sql_err)?;
-        Ok(inserted)
-    }
 }
 
 /// A row claimed for sending: its state is `sending` and committed.
@@ -474,36 +354,6 @@ pub enum RetrySelection {
     Uncertain,
 }
 
-/// The claim's extra condition for a resend selection, with its parameters
-/// (bound after the claim's own two).
-fn resend_clause(selection: Option<&RetrySelection>) -> (String, Vec<String>) {
-    match selection {
-        None => (String::new(), Vec::new()),
-        Some(RetrySelection::Uncertain) => (" OR state = 'uncertain'".to_owned(), Vec::new()),
-        Some(RetrySelection::Failed { codes }) if codes.is_empty() => {
-            (" OR state = 'failed'".to_owned(), Vec::new())
-        }
-        Some(RetrySelection::Failed { codes }) => {
-            let marks = (0..codes.len())
-                .map(|i| format!("?{}", i + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            (
-                format!(" OR (state = 'failed' AND error_code IN ({marks}))"),
-                codes.clone(),
-            )
-        }
-    }
-}
-
-/// How [`StateDb::write_rows`] treats the rows already planned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WriteMode {
-    Fresh,
-    Add,
-    Replace,
-}
-
 /// Timestamps are stored as fixed-width RFC 3339 UTC text, so they sort as text.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -511,20 +361,47 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
 
 /// An open state file.
 pub struct StateDb {
-    // Declared before `lock`, so it is closed first: closing the lock's
-    // descriptor earlier would drop SQLite's POSIX locks (see [`lock`]).
+    // Declared before `watch` (which holds the lock), so it is closed first:
+    // closing the lock's descriptor earlier would drop SQLite's POSIX locks
+    // (see [`lock`]).
     conn: Connection,
     path: String,
-    /// Held by a run; also watches that the path still names this file.
-    lock: Option<RunLock>,
-    /// The file's size at the last check: a state file never shrinks (the
-    /// tool never vacuums), so a smaller one was truncated under the run.
-    last_size: u64,
+    watch: FileWatch,
     /// Settled rows this run may claim besides pending ones (`retry`,
     /// `run --resend-uncertain`). Held here, not written to the file: rows the
     /// run does not get to keep their state, so no later run resends them
     /// without being asked.
     resend: Option<RetrySelection>,
+}
+
+/// What a run's handle watches so it never records into a file nobody
+/// will read: the lock (which knows the file's identity) and its size.
+#[derive(Default)]
+struct FileWatch {
+    /// Held by a run; also watches that the path still names this file.
+    lock: Option<RunLock>,
+    /// The file's size at the last check: a state file never shrinks (the
+    /// tool never vacuums), so a smaller one was truncated under the run.
+    last_size: u64,
+}
+
+impl FileWatch {
+    /// See [`StateDb::check_file`]. Without the lock there is nothing to watch.
+    fn check(&mut self, path: &str) -> Result<(), StateError> {
+        let Some(lock) = &self.lock else {
+            return Ok(());
+        };
+        let gone = |what| StateError::Gone {
+            path: path.to_owned(),
+            what,
+        };
+        let size = lock.check_identity().map_err(gone)?;
+        if size < self.last_size {
+            return Err(gone(FileGone::Truncated));
+        }
+        self.last_size = size;
+        Ok(())
+    }
 }
 
 impl fmt::Debug for StateDb {
@@ -541,7 +418,7 @@ impl StateDb {
     pub fn open_for_run(path: &Path) -> Result<StateDb, StateError> {
         let (lock, _created) = RunLock::acquire(path, read_holder)?;
         let mut db = Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        db.lock = Some(lock);
+        db.watch.lock = Some(lock);
         // SQLite opened the path after the lock was taken: still the same file?
         db.check_file()?;
         db.record_holder()?;
@@ -595,8 +472,7 @@ impl StateDb {
         let db = StateDb {
             conn,
             path: path.display().to_string(),
-            lock: None,
-            last_size: 0,
+            watch: FileWatch::default(),
             resend: None,
         };
         db.conn
@@ -678,25 +554,14 @@ impl StateDb {
         Ok(StateDb {
             conn,
             path,
-            lock: None,
-            last_size: 0,
+            watch: FileWatch::default(),
             resend: None,
         })
     }
 
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// Lets this handle's claims take the rows `selection` picks as well as
-    /// pending ones, for as long as it is open.
-    pub fn resend_during_run(&mut self, selection: Option<RetrySelection>) {
-        self.resend = selection;
-    }
-
     /// Whether this handle holds the run lock (opened by [`StateDb::open_for_run`]).
     pub fn is_locked(&self) -> bool {
-        self.lock.is_some()
+        self.watch.lock.is_some()
     }
 
     /// With the run lock: fails once the path no longer names the locked
@@ -704,19 +569,7 @@ impl StateDb {
     /// before and after every write, so a run never goes on recording into
     /// a file nobody will read, or one that another run may now plan again.
     pub fn check_file(&mut self) -> Result<(), StateError> {
-        let Some(lock) = &self.lock else {
-            return Ok(());
-        };
-        let gone = |what| StateError::Gone {
-            path: self.path.clone(),
-            what,
-        };
-        let size = lock.check_identity().map_err(gone)?;
-        if size < self.last_size {
-            return Err(gone(FileGone::Truncated));
-        }
-        self.last_size = size;
-        Ok(())
+        self.watch.check(&self.path)
     }
 
     /// Writes this process into the `holder` table, for a second run to name.
@@ -765,532 +618,6 @@ impl StateDb {
             source,
         }
     }
-
-    /// The stored plan, if the campaign has been planned.
-    pub fn plan_info(&self) -> Result<Option<PlanInfo>, StateError> {
-        self.conn
-            .query_row(
-                "SELECT campaign_name, message_type, campaign_file, csv_file, message_fingerprint,
-                        csv_sha256, csv_rows, planned_at, updated_at FROM plan WHERE id = 1",
-                [],
-                |r| {
-                    Ok(PlanInfo {
-                        campaign_name: r.get(0)?,
-                        message_type: r.get(1)?,
-                        campaign_file: r.get(2)?,
-                        csv_file: r.get(3)?,
-                        message_fingerprint: r.get(4)?,
-                        csv_sha256: r.get(5)?,
-                        csv_rows: r.get::<_, i64>(6)? as u64,
-                        planned_at: r.get(7)?,
-                        updated_at: r.get(8)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.sql("reading the plan", e))
-    }
-
-    /// Writes a whole plan in one transaction: either every row is planned or
-    /// none is. `fill` inserts the rows; `info` is written after it with the
-    /// counts `fill` returns (the CSV hash is only known after the last row).
-    pub fn write_plan<T>(
-        &mut self,
-        fill: impl FnOnce(&mut PlanSink<'_>) -> Result<(T, PlanInfo), anyhow::Error>,
-    ) -> Result<T, anyhow::Error> {
-        self.write_rows(WriteMode::Fresh, fill)
-    }
-
-    /// Replaces the whole plan in one transaction: the old rows go and the
-    /// new ones come, or nothing changes. Only for a state from which nothing
-    /// was ever sent ([`StateDb::anything_sent`]); the caller checks.
-    pub fn replace_plan<T>(
-        &mut self,
-        fill: impl FnOnce(&mut PlanSink<'_>) -> Result<(T, PlanInfo), anyhow::Error>,
-    ) -> Result<T, anyhow::Error> {
-        self.write_rows(WriteMode::Replace, fill)
-    }
-
-    /// `--add-new-recipients`: inserts rows whose phone is not planned yet, as a
-    /// new generation, and updates the stored CSV hash, in one transaction.
-    pub fn add_to_plan<T>(
-        &mut self,
-        fill: impl FnOnce(&mut PlanSink<'_>) -> Result<(T, PlanInfo), anyhow::Error>,
-    ) -> Result<T, anyhow::Error> {
-        self.write_rows(WriteMode::Add, fill)
-    }
-
-    fn write_rows<T>(
-        &mut self,
-        mode: WriteMode,
-        fill: impl FnOnce(&mut PlanSink<'_>) -> Result<(T, PlanInfo), anyhow::Error>,
-    ) -> Result<T, anyhow::Error> {
-        let path = self.path.clone();
-        let sql = |operation, source| StateError::Sql {
-            path: path.clone(),
-            operation,
-            source,
-        };
-        self.check_file()?;
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|e| sql("starting the plan", e))?;
-        if mode == WriteMode::Replace {
-            tx.execute_batch("DELETE FROM recipients; DELETE FROM plan;")
-                .map_err(|e| sql("removing the old plan", e))?;
-        }
-        let add_mode = mode == WriteMode::Add;
-        let generation: i64 = tx
-            .query_row(
-                "SELECT coalesce(max(generation), 0) + 1 FROM recipients",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| sql("starting the plan", e))?;
-        let (value, info) = {
-            let mut sink = PlanSink::new(&tx, generation, add_mode, &path)
-                .map_err(|e| sql("starting the plan", e))?;
-            fill(&mut sink)?
-        };
-        tx.execute(
-            "INSERT INTO plan (id, campaign_name, message_type, campaign_file, csv_file,
-                               message_fingerprint, csv_sha256, csv_rows, planned_at, updated_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT(id) DO UPDATE SET
-               campaign_name = excluded.campaign_name, campaign_file = excluded.campaign_file,
-               csv_file = excluded.csv_file, csv_sha256 = excluded.csv_sha256,
-               csv_rows = excluded.csv_rows, updated_at = excluded.updated_at",
-            params![
-                info.campaign_name,
-                info.message_type,
-                info.campaign_file,
-                info.csv_file,
-                info.message_fingerprint,
-                info.csv_sha256,
-                info.csv_rows as i64,
-                info.planned_at,
-                info.updated_at,
-            ],
-        )
-        .map_err(|e| sql("recording the plan", e))?;
-        tx.commit().map_err(|e| sql("committing the plan", e))?;
-        self.check_file()?;
-        Ok(value)
-    }
-
-    /// Whether anything may have left for the network from this state: a row
-    /// sent, failed, uncertain or in flight, or one with an attempt on record.
-    /// Until then the plan may still be made again.
-    pub fn anything_sent(&self) -> Result<bool, StateError> {
-        self.conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM recipients
-                   WHERE state IN ('sending', 'sent', 'failed', 'uncertain') OR attempts > 0)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.sql("reading the plan", e))
-    }
-
-    /// Rows left `sending` by a run that died mid-flight may have been
-    /// delivered: they become `uncertain`. Returns how many.
-    pub fn mark_interrupted_uncertain(&mut self) -> Result<u64, StateError> {
-        self.check_file()?;
-        let now = timestamp(Utc::now());
-        let n = self
-            .conn
-            .execute(
-                "UPDATE recipients SET state = 'uncertain', error_code = 'interrupted',
-                   error_details = 'the run stopped while this message was being sent; it may have been delivered',
-                   updated_at = ?1
-                 WHERE state = 'sending'",
-                [now],
-            )
-            .map_err(|e| self.sql("recovering interrupted rows", e))?;
-        Ok(n as u64)
-    }
-
-    /// Marks up to `n` pending rows `sending` and commits, in row order.
-    pub fn claim(&mut self, n: usize) -> Result<Vec<Claimed>, StateError> {
-        self.record_and_claim(&[], n)
-    }
-
-    /// Writes a batch of outcomes in one transaction.
-    pub fn record(&mut self, outcomes: &[RowOutcome]) -> Result<(), StateError> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        self.record_and_claim(outcomes, 0).map(|_| ())
-    }
-
-    /// Records outcomes and claims up to `n` more rows in one transaction: one
-    /// commit (and one fsync) where a run would otherwise need two. The claim
-    /// is durable before this returns, so no request can leave for a row the
-    /// file does not show as `sending`.
-    pub fn record_and_claim(
-        &mut self,
-        outcomes: &[RowOutcome],
-        n: usize,
-    ) -> Result<Vec<Claimed>, StateError> {
-        self.check_file()?;
-        let path = self.path.clone();
-        let sql = |operation: &'static str| {
-            let path = path.clone();
-            move |source| StateError::Sql {
-                path: path.clone(),
-                operation,
-                source,
-            }
-        };
-        let tx = self.conn.transaction().map_err(sql("recording results"))?;
-        if !outcomes.is_empty() {
-            // `state = 'sending'`: a late outcome never overwrites a row
-            // something else already settled.
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE recipients SET state = ?2, attempts = attempts + ?3,
-                       message_id = coalesce(?4, message_id), error_code = ?5, error_details = ?6,
-                       updated_at = ?7,
-                       sent_at = CASE WHEN ?2 = 'sent' THEN ?7 ELSE sent_at END
-                     WHERE id = ?1 AND state = 'sending'",
-                )
-                .map_err(sql("recording results"))?;
-            for o in outcomes {
-                let at = timestamp(o.at);
-                let (message_id, code, details) = o.outcome.columns();
-                stmt.execute(params![
-                    o.id,
-                    o.outcome.state().as_str(),
-                    o.attempts as i64,
-                    message_id,
-                    code,
-                    details,
-                    at,
-                ])
-                .map_err(sql("recording results"))?;
-            }
-        }
-        let mut claimed = Vec::new();
-        if n > 0 {
-            let (also, codes) = resend_clause(self.resend.as_ref());
-            let mut stmt = tx
-                .prepare_cached(&format!(
-                    "UPDATE recipients SET state = 'sending', updated_at = ?1
-                     WHERE id IN (SELECT id FROM recipients
-                                  WHERE state = 'pending'{also} ORDER BY id LIMIT ?2)
-                     RETURNING id, row, phone, body, attempts"
-                ))
-                .map_err(sql("claiming rows"))?;
-            let now = timestamp(Utc::now());
-            let limit = n as i64;
-            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit];
-            values.extend(codes.iter().map(|c| c as &dyn rusqlite::ToSql));
-            claimed = stmt
-                .query_map(values.as_slice(), |r| {
-                    Ok(Claimed {
-                        id: r.get(0)?,
-                        row: r.get::<_, i64>(1)? as u64,
-                        phone: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                        body: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-                        attempts: r.get::<_, i64>(4)? as u32,
-                    })
-                })
-                .map_err(sql("claiming rows"))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(sql("claiming rows"))?;
-            claimed.sort_by_key(|c| c.id);
-        }
-        tx.commit().map_err(sql("committing"))?;
-        // The claim is committed, but to a file that may no longer be the
-        // state: its rows must not be sent.
-        self.check_file()?;
-        Ok(claimed)
-    }
-
-    pub fn counts(&self) -> Result<Counts, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT state, count(*) FROM recipients GROUP BY state")
-            .map_err(|e| self.sql("counting rows", e))?;
-        let mut counts = Counts::default();
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(|e| self.sql("counting rows", e))?;
-        for row in rows {
-            let (state, n) = row.map_err(|e| self.sql("counting rows", e))?;
-            if let Some(state) = RecipientState::parse(&state) {
-                counts.add(state, n as u64);
-            }
-        }
-        Ok(counts)
-    }
-
-    /// Messages sent at or after `since` (the daily limit's rolling window).
-    /// Rows that became `uncertain` in that time count too: they may have
-    /// been delivered, and a limit must not be exceeded on a guess.
-    pub fn sent_since(&self, since: DateTime<Utc>) -> Result<u64, StateError> {
-        let since = timestamp(since);
-        let count = |sql: &str| {
-            self.conn
-                .query_row(sql, [&since], |r| r.get::<_, i64>(0))
-                .map_err(|e| self.sql("counting recent sends", e))
-        };
-        let sent = count("SELECT count(*) FROM recipients WHERE sent_at >= ?1")?;
-        let uncertain = count(
-            "SELECT count(*) FROM recipients WHERE state = 'uncertain' AND updated_at >= ?1",
-        )?;
-        Ok((sent + uncertain) as u64)
-    }
-
-    /// The `k`-th oldest send time at or after `since` (1-based): when the
-    /// rolling window frees its next slot.
-    pub fn nth_sent_since(
-        &self,
-        since: DateTime<Utc>,
-        k: u64,
-    ) -> Result<Option<DateTime<Utc>>, StateError> {
-        let text: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT sent_at FROM recipients WHERE sent_at >= ?1 ORDER BY sent_at LIMIT 1 OFFSET ?2",
-                params![timestamp(since), k.saturating_sub(1) as i64],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.sql("reading recent sends", e))?;
-        Ok(text
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc)))
-    }
-
-    /// Error codes of failed, uncertain and invalid rows, most frequent first.
-    pub fn error_counts(&self) -> Result<Vec<(String, u64)>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT error_code, count(*) AS n FROM recipients
-                 WHERE error_code IS NOT NULL AND state IN ('failed', 'uncertain', 'invalid')
-                 GROUP BY error_code ORDER BY n DESC, error_code",
-            )
-            .map_err(|e| self.sql("counting errors", e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })
-            .map_err(|e| self.sql("counting errors", e))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.sql("counting errors", e))
-    }
-
-    /// How many rows a retry selection picks.
-    pub fn count_for_retry(&self, selection: &RetrySelection) -> Result<u64, StateError> {
-        let n: i64 = match selection {
-            RetrySelection::Uncertain => self.conn.query_row(
-                "SELECT count(*) FROM recipients WHERE state = 'uncertain'",
-                [],
-                |r| r.get(0),
-            ),
-            RetrySelection::Failed { codes } if codes.is_empty() => self.conn.query_row(
-                "SELECT count(*) FROM recipients WHERE state = 'failed'",
-                [],
-                |r| r.get(0),
-            ),
-            RetrySelection::Failed { codes } => {
-                let mut total = 0;
-                for code in codes {
-                    total += self
-                        .conn
-                        .query_row(
-                            "SELECT count(*) FROM recipients WHERE state = 'failed' AND error_code = ?1",
-                            [code],
-                            |r| r.get::<_, i64>(0),
-                        )
-                        .map_err(|e| self.sql("counting rows", e))?;
-                }
-                Ok(total)
-            }
-        }
-        .map_err(|e| self.sql("counting rows", e))?;
-        Ok(n as u64)
-    }
-
-    /// Every recipient in row order, optionally only some states; `visit` is
-    /// called per row so a report of a million rows is never held in memory.
-    pub fn for_each_recipient(
-        &self,
-        states: &[RecipientState],
-        mut visit: impl FnMut(RecipientRecord) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT {RECORD_COLUMNS} FROM recipients ORDER BY id"
-            ))
-            .map_err(|e| self.sql("reading recipients", e))?;
-        let mut rows = stmt
-            .query([])
-            .map_err(|e| self.sql("reading recipients", e))?;
-        while let Some(r) = rows.next().map_err(|e| self.sql("reading recipients", e))? {
-            let record = read_record(r).map_err(|e| self.sql("reading recipients", e))?;
-            if states.is_empty() || states.contains(&record.state) {
-                visit(record)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The phone and planned body of the latest row planned at a CSV row number.
-    pub fn body_for_row(&self, row: u64) -> Result<Option<(String, String)>, StateError> {
-        self.conn
-            .query_row(
-                "SELECT phone, body FROM recipients WHERE row = ?1 AND body IS NOT NULL
-                 ORDER BY id DESC LIMIT 1",
-                [row as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.sql("reading a planned body", e))
-    }
-
-    /// Up to `limit` rows in `state` with their planned bodies, in the order a
-    /// run claims them: `(row, phone, body)`. For `preview`.
-    pub fn planned_bodies(
-        &self,
-        state: RecipientState,
-        limit: usize,
-    ) -> Result<Vec<(u64, String, String)>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT row, phone, body FROM recipients
-                 WHERE state = ?1 AND body IS NOT NULL ORDER BY id LIMIT ?2",
-            )
-            .map_err(|e| self.sql("reading planned bodies", e))?;
-        let rows = stmt
-            .query_map(params![state.as_str(), limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                    r.get(2)?,
-                ))
-            })
-            .map_err(|e| self.sql("reading planned bodies", e))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.sql("reading planned bodies", e))
-    }
-
-    /// The recipient most recently planned at a CSV row number, with its
-    /// planned body when it has one (invalid and duplicate rows have none).
-    pub fn recipient_at_row(
-        &self,
-        row: u64,
-    ) -> Result<Option<(RecipientRecord, Option<String>)>, StateError> {
-        self.conn
-            .query_row(
-                &format!(
-                    "SELECT {RECORD_COLUMNS}, body FROM recipients
-                     WHERE row = ?1 ORDER BY id DESC LIMIT 1"
-                ),
-                [row as i64],
-                |r| Ok((read_record(r)?, r.get(10)?)),
-            )
-            .optional()
-            .map_err(|e| self.sql("reading a recipient", e))
-    }
-
-    /// Records the start of a run; returns its id.
-    pub fn start_run(&mut self) -> Result<i64, StateError> {
-        self.check_file()?;
-        self.conn
-            .execute(
-                "INSERT INTO runs (pid, started_at) VALUES (?1, ?2)",
-                params![std::process::id(), timestamp(Utc::now())],
-            )
-            .map_err(|e| self.sql("recording the run", e))?;
-        Ok(self.conn.last_insert_rowid())
-    }
-
-    pub fn finish_run(
-        &mut self,
-        run_id: i64,
-        outcome: &str,
-        sent: u64,
-        failed: u64,
-        uncertain: u64,
-    ) -> Result<(), StateError> {
-        self.check_file()?;
-        self.conn
-            .execute(
-                "UPDATE runs SET finished_at = ?2, outcome = ?3, sent = ?4, failed = ?5, uncertain = ?6
-                 WHERE id = ?1",
-                params![
-                    run_id,
-                    timestamp(Utc::now()),
-                    outcome,
-                    sent as i64,
-                    failed as i64,
-                    uncertain as i64
-                ],
-            )
-            .map_err(|e| self.sql("recording the run", e))?;
-        Ok(())
-    }
-
-    /// The most recent runs, newest first.
-    pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT id, pid, started_at, finished_at, outcome, sent, failed, uncertain
-                 FROM runs ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(|e| self.sql("reading runs", e))?;
-        let rows = stmt
-            .query_map([limit as i64], |r| {
-                Ok(RunRecord {
-                    id: r.get(0)?,
-                    pid: r.get::<_, i64>(1)? as u32,
-                    started_at: r.get(2)?,
-                    finished_at: r.get(3)?,
-                    outcome: r.get(4)?,
-                    sent: r.get::<_, i64>(5)? as u64,
-                    failed: r.get::<_, i64>(6)? as u64,
-                    uncertain: r.get::<_, i64>(7)? as u64,
-                })
-            })
-            .map_err(|e| self.sql("reading runs", e))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.sql("reading runs", e))
-    }
-}
-
-/// The columns [`read_record`] reads, in its order.
-const RECORD_COLUMNS: &str = "row, phone, name, state, attempts, message_id, error_code, \
-                              error_details, updated_at, sent_at";
-
-fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecipientRecord> {
-    let state_text: String = r.get(3)?;
-    let state = RecipientState::parse(&state_text).ok_or_else(|| {
-        // The schema's CHECK constraint keeps unknown states out of the file.
-        rusqlite::Error::InvalidColumnType(
-            3,
-            format!("state '{state_text}'"),
-            rusqlite::types::Type::Text,
-        )
-    })?;
-    Ok(RecipientRecord {
-        row: r.get::<_, i64>(0)? as u64,
-        phone: r.get(1)?,
-        name: r.get(2)?,
-        state,
-        attempts: r.get::<_, i64>(4)? as u32,
-        message_id: r.get(5)?,
-        error_code: r.get(6)?,
-        error_details: r.get(7)?,
-        updated_at: r.get(8)?,
-        sent_at: r.get(9)?,
-    })
 }
 
 /// Refuses a file that is not a state of this tool, before touching it.

@@ -39,12 +39,12 @@ fn planned(n: u64) -> StateDb {
 
 fn plan(db: &mut StateDb, rows: Vec<PlannedRow>) -> Vec<Inserted> {
     let n = rows.len() as u64;
-    db.write_plan(|sink| {
+    write_plan(db, PlanWrite::Fresh, |sink| {
         let mut out = Vec::new();
         for r in &rows {
             out.push(sink.insert(r)?);
         }
-        Ok((out, info(n)))
+        Ok::<_, StateError>((out, info(n)))
     })
     .expect("plan")
 }
@@ -90,9 +90,11 @@ fn plan_decides_duplicates_and_counts_add_up() {
 #[test]
 fn a_failed_plan_leaves_nothing_behind() {
     let mut db = StateDb::in_memory().expect("db");
-    let result: anyhow::Result<()> = db.write_plan(|sink| {
+    let result: Result<(), StateError> = write_plan(&mut db, PlanWrite::Fresh, |sink| {
         sink.insert(&pending(1, "+254700000001"))?;
-        anyhow::bail!("row 2 broke the plan")
+        Err(StateError::NotPlanned {
+            path: "row 2 broke the plan".into(),
+        })
     });
     assert!(result.is_err());
     assert_eq!(db.counts().expect("counts").total(), 0);
@@ -233,14 +235,13 @@ fn retry_resets_only_the_selection() {
 fn add_mode_skips_planned_phones() {
     let mut db = StateDb::in_memory().expect("db");
     plan(&mut db, vec![pending(1, "+254700000001")]);
-    let inserted = db
-        .add_to_plan(|sink| {
-            let a = sink.insert(&pending(1, "+254700000001"))?;
-            let b = sink.insert(&pending(2, "+254700000002"))?;
-            let c = sink.insert(&pending(3, "+254700000002"))?;
-            Ok((vec![a, b, c], info(3)))
-        })
-        .expect("add");
+    let inserted = write_plan(&mut db, PlanWrite::Add, |sink| {
+        let a = sink.insert(&pending(1, "+254700000001"))?;
+        let b = sink.insert(&pending(2, "+254700000002"))?;
+        let c = sink.insert(&pending(3, "+254700000002"))?;
+        Ok::<_, StateError>((vec![a, b, c], info(3)))
+    })
+    .expect("add");
     assert_eq!(
         inserted,
         vec![
@@ -267,17 +268,16 @@ fn add_mode_does_not_plan_an_unusable_row_twice() {
         }),
     };
     plan(&mut db, vec![pending(1, "+254700000001"), bad.clone()]);
-    let inserted = db
-        .add_to_plan(|sink| {
-            let a = sink.insert(&pending(1, "+254700000001"))?;
-            let b = sink.insert(&bad)?;
-            let c = sink.insert(&PlannedRow {
-                row: 3,
-                ..bad.clone()
-            })?;
-            Ok((vec![a, b, c], info(3)))
-        })
-        .expect("add");
+    let inserted = write_plan(&mut db, PlanWrite::Add, |sink| {
+        let a = sink.insert(&pending(1, "+254700000001"))?;
+        let b = sink.insert(&bad)?;
+        let c = sink.insert(&PlannedRow {
+            row: 3,
+            ..bad.clone()
+        })?;
+        Ok::<_, StateError>((vec![a, b, c], info(3)))
+    })
+    .expect("add");
     assert_eq!(
         inserted,
         vec![

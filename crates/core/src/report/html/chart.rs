@@ -14,7 +14,7 @@ use std::fmt;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use super::{plural, thousands};
-use crate::state::{StateDb, StateError};
+use crate::state::{StateError, StateRead};
 
 /// The chart aims at no more bars than this: enough to show the shape of a
 /// run, few enough that each bar stays wide enough to point at.
@@ -49,7 +49,7 @@ const BUCKET_SECONDS: [i64; 18] = [
 
 impl BucketSize {
     /// The finest bar width that draws `span_secs` in at most about
-    /// [`TARGET_BARS`] bars: seconds for a campaign sent in a few minutes,
+    /// `TARGET_BARS` bars: seconds for a campaign sent in a few minutes,
     /// hours for one spread over days. Beyond two months, one bar a day.
     pub fn for_span(span_secs: i64) -> BucketSize {
         let secs = BUCKET_SECONDS
@@ -109,7 +109,7 @@ impl BucketSize {
 
 /// Turns SQL's rows (a timestamp prefix `2026-03-04T14:05` and its count)
 /// into bars of `bucket`: each row goes to the bar its start falls in.
-/// Rows must be in time order, as [`StateDb::sent_per_bucket`] gives them.
+/// Rows must be in time order, as [`StateRead::sent_per_bucket`] gives them.
 pub fn bars_from_prefixes(rows: &[(String, u64)], bucket: BucketSize) -> (Vec<(i64, u64)>, u64) {
     let mut bars: Vec<(i64, u64)> = Vec::new();
     let mut unreadable = 0;
@@ -381,7 +381,7 @@ pub(super) fn write_caption(f: &mut fmt::Formatter<'_>, chart: &SendChart) -> fm
 }
 
 /// Sends over time from the state; `None` before the first send.
-pub(super) fn gather(db: &StateDb) -> Result<Option<SendChart>, StateError> {
+pub(super) fn gather(db: &dyn StateRead) -> Result<Option<SendChart>, StateError> {
     let Some((first, last)) = db.sent_span()? else {
         return Ok(None);
     };

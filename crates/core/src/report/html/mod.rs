@@ -24,22 +24,14 @@ pub mod chart;
 
 pub use chart::{BucketSize, SendChart};
 
+use super::ReportError;
 use crate::engine::progress::format_duration;
 use crate::state::reads::{AttemptsCount, ErrorStateCount};
-use crate::state::{Counts, PlanInfo, RecipientState, RunRecord, StateDb, StateError};
+use crate::state::{Counts, PlanInfo, RecipientState, RunRecord, StateRead};
 
 /// At most this many runs are listed, the latest ones: a campaign run from
 /// cron every ten minutes has thousands.
 pub const MAX_RUNS: usize = 100;
-
-/// Why the HTML report could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum HtmlReportError {
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("writing the HTML report: {0}")]
-    Write(#[source] std::io::Error),
-}
 
 /// Everything the page shows, gathered from the state.
 #[derive(Debug, Clone)]
@@ -61,7 +53,7 @@ pub struct HtmlReport {
 }
 
 /// Reads everything the page shows; `now` is when the page says it was made.
-pub fn gather(db: &StateDb, now: DateTime<Utc>) -> Result<HtmlReport, HtmlReportError> {
+pub fn gather(db: &dyn StateRead, now: DateTime<Utc>) -> Result<HtmlReport, ReportError> {
     let plan = db.plan_info()?;
     let counts = db.counts()?;
     let chart = chart::gather(db)?;
@@ -74,7 +66,7 @@ pub fn gather(db: &StateDb, now: DateTime<Utc>) -> Result<HtmlReport, HtmlReport
     runs.reverse();
     Ok(HtmlReport {
         generated_at: now,
-        state_file: db.path().to_owned(),
+        state_file: db.location().to_owned(),
         plan,
         counts,
         chart,
@@ -88,9 +80,9 @@ pub fn gather(db: &StateDb, now: DateTime<Utc>) -> Result<HtmlReport, HtmlReport
 
 impl HtmlReport {
     /// Writes the page.
-    pub fn write_html(&self, out: &mut dyn Write) -> Result<(), HtmlReportError> {
-        write!(out, "{}", Page(self)).map_err(HtmlReportError::Write)?;
-        out.flush().map_err(HtmlReportError::Write)
+    pub fn write_html(&self, out: &mut dyn Write) -> Result<(), ReportError> {
+        write!(out, "{}", Page(self)).map_err(ReportError::Write)?;
+        out.flush().map_err(ReportError::Write)
     }
 
     /// The page as a string (tests, previews).

@@ -1,0 +1,246 @@
+//! The one seam between the rest of the program and wherever a campaign's
+//! state lives.
+//!
+//! [`StateRead`] is everything `status`, `report`, `preview` and `retry`'s
+//! counts read; [`StateStore`] adds what a run writes: the plan (through
+//! [`PlanRows`]), claims, outcomes and the run history. Both traits are
+//! object-safe, so the engine and the commands hold a `Box<dyn StateStore>`
+//! or a `&dyn StateRead` and never name SQLite. [`StateDb`] (one SQLite file
+//! per campaign) is the store today; a second store implements these traits
+//! and is chosen in [`open_for_run`] and [`open_for_reading`], the only two
+//! places that decide which store a location means.
+//!
+//! The contract a store keeps, whatever it is built on:
+//! - a claim is durable before [`StateStore::record_and_claim`] returns, so
+//!   no request leaves for a row the store does not show as `sending`;
+//! - an outcome only settles a row that is still `sending` (a late answer
+//!   never overwrites a row something else settled);
+//! - a plan is written whole or not at all ([`PlanRows::commit`]);
+//! - once the store cannot vouch for what it holds (its file deleted or
+//!   replaced under a run), every call fails with [`StateError::Gone`].
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use super::reads::{AttemptsCount, ErrorStateCount};
+use super::{
+    Claimed, Counts, Inserted, PlanInfo, PlannedRow, RecipientRecord, RecipientState,
+    RetrySelection, RowOutcome, RunRecord, StateDb, StateError,
+};
+
+/// What reading the state needs: nothing here writes, and a reader works
+/// while a run is sending.
+pub trait StateRead {
+    /// Where the state is, as the operator named it (for messages).
+    fn location(&self) -> &str;
+
+    /// The stored plan, if the campaign has been planned.
+    fn plan_info(&self) -> Result<Option<PlanInfo>, StateError>;
+
+    /// How many rows are in each state.
+    fn counts(&self) -> Result<Counts, StateError>;
+
+    /// Whether anything may have left for the network from this state: a row
+    /// sent, failed, uncertain or in flight, or one with an attempt on record.
+    /// Until then the plan may still be made again.
+    fn anything_sent(&self) -> Result<bool, StateError>;
+
+    /// Messages sent at or after `since` (the daily limit's rolling window).
+    /// Rows that became `uncertain` in that time count too: they may have
+    /// been delivered, and a limit must not be exceeded on a guess.
+    fn sent_since(&self, since: DateTime<Utc>) -> Result<u64, StateError>;
+
+    /// The `k`-th oldest send time at or after `since` (1-based): when the
+    /// rolling window frees its next slot.
+    fn nth_sent_since(
+        &self,
+        since: DateTime<Utc>,
+        k: u64,
+    ) -> Result<Option<DateTime<Utc>>, StateError>;
+
+    /// Error codes of failed, uncertain and invalid rows, most frequent first.
+    fn error_counts(&self) -> Result<Vec<(String, u64)>, StateError>;
+
+    /// How many rows a retry selection picks.
+    fn count_for_retry(&self, selection: &RetrySelection) -> Result<u64, StateError>;
+
+    /// Every recipient in row order, optionally only some states; `visit` is
+    /// called per row so a report of a million rows is never held in memory.
+    fn for_each_recipient(
+        &self,
+        states: &[RecipientState],
+        visit: &mut dyn FnMut(RecipientRecord) -> std::io::Result<()>,
+    ) -> Result<(), VisitError>;
+
+    /// The phone and planned body of the latest row planned at a CSV row number.
+    fn body_for_row(&self, row: u64) -> Result<Option<(String, String)>, StateError>;
+
+    /// Up to `limit` rows in `state` with their planned bodies, in the order a
+    /// run claims them: `(row, phone, body)`. For `preview`.
+    fn planned_bodies(
+        &self,
+        state: RecipientState,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, String)>, StateError>;
+
+    /// The recipient most recently planned at a CSV row number, with its
+    /// planned body when it has one (invalid and duplicate rows have none).
+    fn recipient_at_row(
+        &self,
+        row: u64,
+    ) -> Result<Option<(RecipientRecord, Option<String>)>, StateError>;
+
+    /// The most recent runs, newest first.
+    fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError>;
+
+    /// How many runs the state records (a cron campaign may have thousands;
+    /// a report lists the latest and says how many it left out).
+    fn run_count(&self) -> Result<u64, StateError>;
+
+    /// The first and last `sent_at` on record, or `None` before any send.
+    fn sent_span(&self) -> Result<Option<(String, String)>, StateError>;
+
+    /// Messages sent per bucket, in time order: rows grouped by the first
+    /// `prefix_chars` characters of their `sent_at` (16 is the minute,
+    /// `2026-03-04T14:05`; 13 the hour; 10 the day; see [`super::timestamp`]).
+    /// Only buckets that hold a send are returned.
+    fn sent_per_bucket(&self, prefix_chars: usize) -> Result<Vec<(String, u64)>, StateError>;
+
+    /// How many rows made each number of attempts, per state, fewest
+    /// attempts first. Rows that never reached the network (pending with no
+    /// attempt, invalid, duplicate) are left out; a row that went out and was
+    /// interrupted before any answer counts with its 0 attempts.
+    fn attempts_by_state(&self) -> Result<Vec<AttemptsCount>, StateError>;
+
+    /// Error codes of the rows that were not sent (failed, uncertain,
+    /// invalid, duplicate) per state, most frequent first. Pending rows keep
+    /// the code of an earlier failure after a retry; they are not counted.
+    fn error_codes_by_state(&self) -> Result<Vec<ErrorStateCount>, StateError>;
+}
+
+/// What a run writes. A store is used from the state writer's thread, so it
+/// must be `Send`.
+pub trait StateStore: StateRead + Send {
+    /// Fails with [`StateError::Gone`] once the store no longer holds what
+    /// this run wrote (for a file: deleted, moved, replaced or truncated).
+    /// Every write checks this itself; the engine also calls it while it
+    /// waits for hours.
+    fn check_still_there(&mut self) -> Result<(), StateError>;
+
+    /// Saves what this handle still knows where the operator can restore it
+    /// from, after [`StateError::Gone`]; returns where. A store that cannot
+    /// lose its data under a run returns `Ok(None)`.
+    fn rescue_copy(&self) -> Result<Option<PathBuf>, StateError>;
+
+    /// Lets this handle's claims take the rows `selection` picks as well as
+    /// pending ones, for as long as it is open. Held in the handle, never
+    /// written: rows the run does not get to keep their state, so no later
+    /// run resends them without being asked.
+    fn resend_during_run(&mut self, selection: Option<RetrySelection>);
+
+    /// Starts writing a plan in one transaction; nothing is visible until
+    /// [`PlanRows::commit`], and dropping the writer undoes it.
+    fn begin_plan(&mut self, mode: PlanWrite) -> Result<Box<dyn PlanRows + '_>, StateError>;
+
+    /// Rows left `sending` by a run that died mid-flight may have been
+    /// delivered: they become `uncertain`. Returns how many.
+    fn mark_interrupted_uncertain(&mut self) -> Result<u64, StateError>;
+
+    /// Records outcomes and claims up to `n` more rows (pending ones, in row
+    /// order, and those [`StateStore::resend_during_run`] selected) in one
+    /// transaction. The claim is durable before this returns.
+    fn record_and_claim(
+        &mut self,
+        outcomes: &[RowOutcome],
+        n: usize,
+    ) -> Result<Vec<Claimed>, StateError>;
+
+    /// Records the start of a run; returns its id.
+    fn start_run(&mut self) -> Result<i64, StateError>;
+
+    /// Records how a run ended and what it did.
+    fn finish_run(
+        &mut self,
+        run_id: i64,
+        end: &str,
+        sent: u64,
+        failed: u64,
+        uncertain: u64,
+    ) -> Result<(), StateError>;
+
+    /// Marks up to `n` pending rows `sending` and commits, in row order.
+    fn claim(&mut self, n: usize) -> Result<Vec<Claimed>, StateError> {
+        self.record_and_claim(&[], n)
+    }
+
+    /// Writes a batch of outcomes in one transaction.
+    fn record(&mut self, outcomes: &[RowOutcome]) -> Result<(), StateError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        self.record_and_claim(outcomes, 0).map(|_| ())
+    }
+}
+
+/// How a new plan treats the rows already planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanWrite {
+    /// The first plan of a state.
+    Fresh,
+    /// `--add-new-recipients`: rows whose phone is not planned yet are added
+    /// as a new generation; the stored CSV hash is updated.
+    Add,
+    /// The old rows go and the new ones come. Only for a state from which
+    /// nothing was ever sent ([`StateRead::anything_sent`]); the caller checks.
+    Replace,
+}
+
+/// A plan being written: rows go in one at a time, and become visible all
+/// together at [`PlanRows::commit`].
+pub trait PlanRows {
+    /// Plans one row; says what it became (a duplicate of an earlier phone,
+    /// already planned in add mode, ...).
+    fn insert(&mut self, row: &PlannedRow) -> Result<Inserted, StateError>;
+
+    /// Writes the plan's record (its inputs' fingerprints and counts, known
+    /// only after the last row) and makes everything visible at once.
+    fn commit(self: Box<Self>, info: &PlanInfo) -> Result<(), StateError>;
+}
+
+/// Why a walk over the recipients stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum VisitError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The visitor failed (a report's output could not be written).
+    #[error(transparent)]
+    Visitor(std::io::Error),
+}
+
+/// Writes a plan whole or not at all: `fill` inserts the rows and returns
+/// the plan's record with a value for the caller.
+pub fn write_plan<T, E>(
+    store: &mut dyn StateStore,
+    mode: PlanWrite,
+    fill: impl FnOnce(&mut dyn PlanRows) -> Result<(T, PlanInfo), E>,
+) -> Result<T, E>
+where
+    E: From<StateError>,
+{
+    let mut rows = store.begin_plan(mode)?;
+    let (value, info) = fill(rows.as_mut())?;
+    rows.commit(&info)?;
+    Ok(value)
+}
+
+/// Opens the state at `location` for a run: takes the run's exclusive hold
+/// on it (creating it if it does not exist) and makes it current.
+pub fn open_for_run(location: &Path) -> Result<Box<dyn StateStore>, StateError> {
+    Ok(Box::new(StateDb::open_for_run(location)?))
+}
+
+/// Opens an existing state for reading only (it may be sending right now).
+pub fn open_for_reading(location: &Path) -> Result<Box<dyn StateRead>, StateError> {
+    Ok(Box::new(StateDb::open_read_only(location)?))
+}

@@ -1,0 +1,406 @@
+//! What a run writes to the SQLite state: the plan, claims, outcomes and the
+//! run history ([`StateStore`] for [`StateDb`]).
+//!
+//! Every write checks before and after that the path still names the file
+//! the run locked ([`StateDb::check_file`]), and is one short transaction:
+//! a claim is committed (with `synchronous = FULL`, so fsynced) before any
+//! request for its rows leaves.
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::store::{PlanRows, PlanWrite, StateStore};
+use super::{
+    Claimed, FileWatch, Inserted, PlanInfo, PlannedRow, ProblemCode, RecipientState,
+    RetrySelection, RowOutcome, StateDb, StateError, timestamp,
+};
+
+impl StateStore for StateDb {
+    fn check_still_there(&mut self) -> Result<(), StateError> {
+        self.check_file()
+    }
+
+    fn rescue_copy(&self) -> Result<Option<PathBuf>, StateError> {
+        if self.watch.lock.is_none() {
+            return Ok(None);
+        }
+        let mut name = std::ffi::OsString::from(&self.path);
+        name.push(format!(".rescued-{}", Utc::now().format("%Y%m%dT%H%M%SZ")));
+        let copy = PathBuf::from(name);
+        self.save_copy(&copy)?;
+        Ok(Some(copy))
+    }
+
+    fn resend_during_run(&mut self, selection: Option<RetrySelection>) {
+        self.resend = selection;
+    }
+
+    fn begin_plan(&mut self, mode: PlanWrite) -> Result<Box<dyn PlanRows + '_>, StateError> {
+        self.check_file()?;
+        let StateDb {
+            conn, path, watch, ..
+        } = self;
+        let sql = |operation, source| StateError::Sql {
+            path: path.clone(),
+            operation,
+            source,
+        };
+        // Deferred, as `Connection::transaction` would: the first write takes
+        // SQLite's write lock. Rolled back when the plan is dropped uncommitted.
+        let tx = Transaction::new_unchecked(conn, TransactionBehavior::Deferred)
+            .map_err(|e| sql("starting the plan", e))?;
+        if mode == PlanWrite::Replace {
+            tx.execute_batch("DELETE FROM recipients; DELETE FROM plan;")
+                .map_err(|e| sql("removing the old plan", e))?;
+        }
+        let generation: i64 = tx
+            .query_row(
+                "SELECT coalesce(max(generation), 0) + 1 FROM recipients",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| sql("starting the plan", e))?;
+        let plan = SqlitePlan::new(conn, tx, generation, mode == PlanWrite::Add, path, watch)
+            .map_err(|e| sql("starting the plan", e))?;
+        Ok(Box::new(plan))
+    }
+
+    fn mark_interrupted_uncertain(&mut self) -> Result<u64, StateError> {
+        self.check_file()?;
+        let now = timestamp(Utc::now());
+        let n = self
+            .conn
+            .execute(
+                "UPDATE recipients SET state = 'uncertain', error_code = 'interrupted',
+                   error_details = 'the run stopped while this message was being sent; it may have been delivered',
+                   updated_at = ?1
+                 WHERE state = 'sending'",
+                [now],
+            )
+            .map_err(|e| self.sql("recovering interrupted rows", e))?;
+        Ok(n as u64)
+    }
+
+    fn record_and_claim(
+        &mut self,
+        outcomes: &[RowOutcome],
+        n: usize,
+    ) -> Result<Vec<Claimed>, StateError> {
+        self.check_file()?;
+        let path = self.path.clone();
+        let sql = |operation: &'static str| {
+            let path = path.clone();
+            move |source| StateError::Sql {
+                path: path.clone(),
+                operation,
+                source,
+            }
+        };
+        let tx = self.conn.transaction().map_err(sql("recording results"))?;
+        if !outcomes.is_empty() {
+            // `state = 'sending'`: a late outcome never overwrites a row
+            // something else already settled.
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE recipients SET state = ?2, attempts = attempts + ?3,
+                       message_id = coalesce(?4, message_id), error_code = ?5, error_details = ?6,
+                       updated_at = ?7,
+                       sent_at = CASE WHEN ?2 = 'sent' THEN ?7 ELSE sent_at END
+                     WHERE id = ?1 AND state = 'sending'",
+                )
+                .map_err(sql("recording results"))?;
+            for o in outcomes {
+                let at = timestamp(o.at);
+                let (message_id, code, details) = o.outcome.columns();
+                stmt.execute(params![
+                    o.id,
+                    o.outcome.state().as_str(),
+                    o.attempts as i64,
+                    message_id,
+                    code,
+                    details,
+                    at,
+                ])
+                .map_err(sql("recording results"))?;
+            }
+        }
+        let mut claimed = Vec::new();
+        if n > 0 {
+            let (also, codes) = resend_clause(self.resend.as_ref());
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "UPDATE recipients SET state = 'sending', updated_at = ?1
+                     WHERE id IN (SELECT id FROM recipients
+                                  WHERE state = 'pending'{also} ORDER BY id LIMIT ?2)
+                     RETURNING id, row, phone, body, attempts"
+                ))
+                .map_err(sql("claiming rows"))?;
+            let now = timestamp(Utc::now());
+            let limit = n as i64;
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit];
+            values.extend(codes.iter().map(|c| c as &dyn rusqlite::ToSql));
+            claimed = stmt
+                .query_map(values.as_slice(), |r| {
+                    Ok(Claimed {
+                        id: r.get(0)?,
+                        row: r.get::<_, i64>(1)? as u64,
+                        phone: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                        body: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                        attempts: r.get::<_, i64>(4)? as u32,
+                    })
+                })
+                .map_err(sql("claiming rows"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql("claiming rows"))?;
+            claimed.sort_by_key(|c| c.id);
+        }
+        tx.commit().map_err(sql("committing"))?;
+        // The claim is committed, but to a file that may no longer be the
+        // state: its rows must not be sent.
+        self.check_file()?;
+        Ok(claimed)
+    }
+
+    fn start_run(&mut self) -> Result<i64, StateError> {
+        self.check_file()?;
+        self.conn
+            .execute(
+                "INSERT INTO runs (pid, started_at) VALUES (?1, ?2)",
+                params![std::process::id(), timestamp(Utc::now())],
+            )
+            .map_err(|e| self.sql("recording the run", e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn finish_run(
+        &mut self,
+        run_id: i64,
+        end: &str,
+        sent: u64,
+        failed: u64,
+        uncertain: u64,
+    ) -> Result<(), StateError> {
+        self.check_file()?;
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = ?2, outcome = ?3, sent = ?4, failed = ?5, uncertain = ?6
+                 WHERE id = ?1",
+                params![
+                    run_id,
+                    timestamp(Utc::now()),
+                    end,
+                    sent as i64,
+                    failed as i64,
+                    uncertain as i64
+                ],
+            )
+            .map_err(|e| self.sql("recording the run", e))?;
+        Ok(())
+    }
+}
+
+/// A plan being written inside one transaction. Its statements are
+/// prepared once: planning a million rows runs them a million times each.
+/// They borrow the connection, not the transaction, which only marks where
+/// the plan began; both end with the plan.
+struct SqlitePlan<'a> {
+    /// The first sendable row with a phone: decides duplicates.
+    find_first: rusqlite::Statement<'a>,
+    /// Any row with a phone: decides "already planned" in add mode.
+    find_any: rusqlite::Statement<'a>,
+    /// An earlier generation's row at a CSV row number: in add mode, an
+    /// unusable row without a phone is recognised by its place.
+    find_row: rusqlite::Statement<'a>,
+    insert: rusqlite::Statement<'a>,
+    generation: i64,
+    /// In add mode, rows whose phone the state already has are skipped.
+    add_mode: bool,
+    now: String,
+    path: &'a str,
+    watch: &'a mut FileWatch,
+    // Last: the statements above are finalised before it rolls back.
+    tx: Transaction<'a>,
+}
+
+impl<'a> SqlitePlan<'a> {
+    fn new(
+        conn: &'a rusqlite::Connection,
+        tx: Transaction<'a>,
+        generation: i64,
+        add_mode: bool,
+        path: &'a str,
+        watch: &'a mut FileWatch,
+    ) -> rusqlite::Result<SqlitePlan<'a>> {
+        Ok(SqlitePlan {
+            find_first: conn.prepare(
+                "SELECT row, generation FROM recipients
+                 WHERE phone = ?1 AND state NOT IN ('invalid', 'duplicate')
+                 ORDER BY id LIMIT 1",
+            )?,
+            find_any: conn.prepare("SELECT 1 FROM recipients WHERE phone = ?1 LIMIT 1")?,
+            find_row: conn.prepare(
+                "SELECT 1 FROM recipients WHERE row = ?1 AND generation < ?2 LIMIT 1",
+            )?,
+            insert: conn.prepare(
+                "INSERT INTO recipients
+                   (row, generation, phone, name, state, body, error_code, error_details, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?,
+            generation,
+            add_mode,
+            now: timestamp(Utc::now()),
+            path,
+            watch,
+            tx,
+        })
+    }
+}
+
+impl PlanRows for SqlitePlan<'_> {
+    fn insert(&mut self, row: &PlannedRow) -> Result<Inserted, StateError> {
+        let path = self.path;
+        let sql_err = |source| StateError::Sql {
+            path: path.to_owned(),
+            operation: "planning a row",
+            source,
+        };
+        let (state, body, code, details, inserted) = match (&row.outcome, &row.phone) {
+            (Ok(body), Some(phone)) => {
+                let first: Option<(u64, i64)> = self
+                    .find_first
+                    .query_row([phone], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(sql_err)?;
+                match first {
+                    Some((_, generation)) if self.add_mode && generation < self.generation => {
+                        return Ok(Inserted::AlreadyPlanned);
+                    }
+                    Some((of_row, _)) => (
+                        RecipientState::Duplicate,
+                        None,
+                        Some(ProblemCode::Duplicate.as_str()),
+                        Some(format!("same phone as row {of_row}")),
+                        Inserted::Duplicate { of_row },
+                    ),
+                    None => (
+                        RecipientState::Pending,
+                        Some(body.as_str()),
+                        None,
+                        None,
+                        Inserted::Pending,
+                    ),
+                }
+            }
+            (Ok(_), None) => (
+                RecipientState::Invalid,
+                None,
+                Some(ProblemCode::InvalidPhone.as_str()),
+                Some("no phone".to_owned()),
+                Inserted::Invalid,
+            ),
+            (Err(problem), phone) => {
+                // In add mode an unusable row is planned once, not again on
+                // every pass: by its phone when it has one, else by its place
+                // (rows appended to a growing CSV keep their numbers).
+                let already = match phone {
+                    _ if !self.add_mode => false,
+                    Some(phone) => self.find_any.exists([phone]).map_err(sql_err)?,
+                    None => self
+                        .find_row
+                        .exists(params![row.row as i64, self.generation])
+                        .map_err(sql_err)?,
+                };
+                if already {
+                    return Ok(Inserted::AlreadyPlanned);
+                }
+                (
+                    RecipientState::Invalid,
+                    None,
+                    Some(problem.code.as_str()),
+                    Some(problem.details.clone()),
+                    Inserted::Invalid,
+                )
+            }
+        };
+        self.insert
+            .execute(params![
+                row.row as i64,
+                self.generation,
+                row.phone,
+                row.name,
+                state.as_str(),
+                body,
+                code,
+                details,
+                self.now,
+            ])
+            .map_err(sql_err)?;
+        Ok(inserted)
+    }
+
+    fn commit(self: Box<Self>, info: &PlanInfo) -> Result<(), StateError> {
+        let SqlitePlan {
+            find_first,
+            find_any,
+            find_row,
+            insert,
+            path,
+            watch,
+            tx,
+            ..
+        } = *self;
+        drop((find_first, find_any, find_row, insert));
+        let sql = |operation, source| StateError::Sql {
+            path: path.to_owned(),
+            operation,
+            source,
+        };
+        tx.execute(
+            "INSERT INTO plan (id, campaign_name, message_type, campaign_file, csv_file,
+                               message_fingerprint, csv_sha256, csv_rows, planned_at, updated_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT(id) DO UPDATE SET
+               campaign_name = excluded.campaign_name, campaign_file = excluded.campaign_file,
+               csv_file = excluded.csv_file, csv_sha256 = excluded.csv_sha256,
+               csv_rows = excluded.csv_rows, updated_at = excluded.updated_at",
+            params![
+                info.campaign_name,
+                info.message_type,
+                info.campaign_file,
+                info.csv_file,
+                info.message_fingerprint,
+                info.csv_sha256,
+                info.csv_rows as i64,
+                info.planned_at,
+                info.updated_at,
+            ],
+        )
+        .map_err(|e| sql("recording the plan", e))?;
+        tx.commit().map_err(|e| sql("committing the plan", e))?;
+        watch.check(path)
+    }
+}
+
+/// The claim's extra condition for a resend selection, with its parameters
+/// (bound after the claim's own two).
+fn resend_clause(selection: Option<&RetrySelection>) -> (String, Vec<String>) {
+    match selection {
+        None => (String::new(), Vec::new()),
+        Some(RetrySelection::Uncertain) => (" OR state = 'uncertain'".to_owned(), Vec::new()),
+        Some(RetrySelection::Failed { codes }) if codes.is_empty() => {
+            (" OR state = 'failed'".to_owned(), Vec::new())
+        }
+        Some(RetrySelection::Failed { codes }) => {
+            let marks = (0..codes.len())
+                .map(|i| format!("?{}", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                format!(" OR (state = 'failed' AND error_code IN ({marks}))"),
+                codes.clone(),
+            )
+        }
+    }
+}
