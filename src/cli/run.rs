@@ -315,43 +315,29 @@ pub fn exit_code(report: &RunReport, fail_on: &[FailOn]) -> u8 {
 /// How a run ended: a stable word for scripts, and the sentence for people.
 pub fn describe_end(end: &RunEnd) -> (&'static str, String) {
     let at = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
-    match end {
-        RunEnd::Completed => ("completed", "completed".to_owned()),
-        RunEnd::NothingToDo => ("nothing_to_do", "nothing left to send".to_owned()),
-        RunEnd::DryRun => ("dry_run", "dry run: planned, nothing sent".to_owned()),
-        RunEnd::LimitReached => ("limit_reached", "stopped at --limit".to_owned()),
-        RunEnd::OutsideWindow { opens_at } => (
-            "outside_window",
-            format!(
-                "outside the send window; it opens at {} (try later, or run with --wait)",
-                at(opens_at)
-            ),
+    let sentence = match end {
+        RunEnd::Completed => "completed".to_owned(),
+        RunEnd::NothingToDo => "nothing left to send".to_owned(),
+        RunEnd::DryRun => "dry run: planned, nothing sent".to_owned(),
+        RunEnd::LimitReached => "stopped at --limit".to_owned(),
+        RunEnd::OutsideWindow { opens_at } => format!(
+            "outside the send window; it opens at {} (try later, or run with --wait)",
+            at(opens_at)
         ),
-        RunEnd::DailyLimitReached { next_at } => (
-            "daily_limit_reached",
-            match next_at {
-                Some(t) => format!("daily limit reached; the next message may go at {}", at(t)),
-                None => "daily limit reached".to_owned(),
-            },
-        ),
-        RunEnd::Stopped(StopReason::Interrupted) => ("interrupted", "interrupted".to_owned()),
-        RunEnd::Stopped(StopReason::MaxRuntime) => {
-            ("max_runtime", "stopped at --max-runtime".to_owned())
+        RunEnd::DailyLimitReached { next_at } => match next_at {
+            Some(t) => format!("daily limit reached; the next message may go at {}", at(t)),
+            None => "daily limit reached".to_owned(),
+        },
+        RunEnd::Stopped(StopReason::Interrupted) => "interrupted".to_owned(),
+        RunEnd::Stopped(StopReason::MaxRuntime) => "stopped at --max-runtime".to_owned(),
+        RunEnd::Stopped(StopReason::WindowClosed) => "stopped: the send window closed".to_owned(),
+        RunEnd::Stopped(StopReason::Unauthorized(e)) => format!("stopped: {e}"),
+        RunEnd::Stopped(StopReason::Breaker(e)) => format!("stopped by the circuit breaker: {e}"),
+        RunEnd::Stopped(StopReason::StateFailed(e)) => {
+            format!("stopped: cannot write the state: {e}")
         }
-        RunEnd::Stopped(StopReason::WindowClosed) => (
-            "window_closed",
-            "stopped: the send window closed".to_owned(),
-        ),
-        RunEnd::Stopped(StopReason::Unauthorized(e)) => ("unauthorized", format!("stopped: {e}")),
-        RunEnd::Stopped(StopReason::Breaker(e)) => (
-            "circuit_breaker",
-            format!("stopped by the circuit breaker: {e}"),
-        ),
-        RunEnd::Stopped(StopReason::StateFailed(e)) => (
-            "state_failed",
-            format!("stopped: cannot write the state: {e}"),
-        ),
-    }
+    };
+    (end.code(), sentence)
 }
 
 /// Whether rows are left that a rerun of the same command would send.

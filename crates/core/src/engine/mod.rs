@@ -145,6 +145,49 @@ pub enum RunEnd {
     Stopped(StopReason),
 }
 
+impl RunEnd {
+    /// A stable word for scripts (`run --json`'s `end`): never reworded.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunEnd::Completed => "completed",
+            RunEnd::NothingToDo => "nothing_to_do",
+            RunEnd::DryRun => "dry_run",
+            RunEnd::LimitReached => "limit_reached",
+            RunEnd::OutsideWindow { .. } => "outside_window",
+            RunEnd::DailyLimitReached { .. } => "daily_limit_reached",
+            RunEnd::Stopped(reason) => match reason {
+                StopReason::Interrupted => "interrupted",
+                StopReason::MaxRuntime => "max_runtime",
+                StopReason::WindowClosed => "window_closed",
+                StopReason::Unauthorized(_) => "unauthorized",
+                StopReason::Breaker(_) => "circuit_breaker",
+                StopReason::StateFailed(_) => "state_failed",
+            },
+        }
+    }
+
+    /// How the run history in the state words it (`status`, the HTML
+    /// report). States written by earlier versions hold these same words.
+    pub fn history_label(&self) -> &'static str {
+        match self {
+            RunEnd::Completed => "completed",
+            RunEnd::NothingToDo => "nothing to do",
+            RunEnd::DryRun => "dry run",
+            RunEnd::LimitReached => "limit reached",
+            RunEnd::OutsideWindow { .. } => "outside the send window",
+            RunEnd::DailyLimitReached { .. } => "daily limit reached",
+            RunEnd::Stopped(reason) => match reason {
+                StopReason::Interrupted => "interrupted",
+                StopReason::MaxRuntime => "max runtime reached",
+                StopReason::WindowClosed => "send window closed",
+                StopReason::Unauthorized(_) => "unauthorized",
+                StopReason::Breaker(_) => "circuit breaker",
+                StopReason::StateFailed(_) => "state file error",
+            },
+        }
+    }
+}
+
 /// What this run did, and where the campaign stands now.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -401,7 +444,7 @@ pub async fn run(
     {
         *next_at = next_daily_slot(db.as_ref(), daily)?;
     }
-    db.finish_run(run_id, &end_label(&report.end), sent, failed, uncertain)
+    db.finish_run(run_id, report.end.history_label(), sent, failed, uncertain)
         .map_err(|e| lost(db.as_ref(), e))?;
     report.snapshot = sending.snapshot;
     report.requests = stats.requests.load(Ordering::Relaxed);
@@ -580,25 +623,6 @@ async fn close_with_window(window: SendWindow, clock: Arc<dyn Clock>, stop: Stop
             .unwrap_or(Duration::ZERO)
             .min(WINDOW_RECHECK);
         tokio::time::sleep(wait).await;
-    }
-}
-
-fn end_label(end: &RunEnd) -> String {
-    match end {
-        RunEnd::Completed => "completed".into(),
-        RunEnd::NothingToDo => "nothing to do".into(),
-        RunEnd::DryRun => "dry run".into(),
-        RunEnd::LimitReached => "limit reached".into(),
-        RunEnd::OutsideWindow { .. } => "outside the send window".into(),
-        RunEnd::DailyLimitReached { .. } => "daily limit reached".into(),
-        RunEnd::Stopped(reason) => match reason {
-            StopReason::Interrupted => "interrupted".into(),
-            StopReason::MaxRuntime => "max runtime reached".into(),
-            StopReason::WindowClosed => "send window closed".into(),
-            StopReason::Unauthorized(_) => "unauthorized".into(),
-            StopReason::Breaker(_) => "circuit breaker".into(),
-            StopReason::StateFailed(_) => "state file error".into(),
-        },
     }
 }
 
