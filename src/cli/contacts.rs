@@ -29,7 +29,8 @@ use convers8_campaign::contacts::import::{
     self, ImportEnd, ImportError, ImportEvents, ImportOptions, ImportSummary, RowReport, RowStatus,
 };
 use convers8_campaign::engine::Stop;
-use convers8_campaign::recipients::{RecipientsError, normalize_phone};
+use convers8_campaign::phone::E164;
+use convers8_campaign::recipients::RecipientsError;
 
 /// Per request, from connect to the last byte: the campaign default.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -247,8 +248,8 @@ fn client(api: &ApiArgs) -> anyhow::Result<Client> {
     Ok(Client::new(config)?)
 }
 
-/// `normalize_phone` speaks to campaign files ("set default_country"); here
-/// the same advice is a flag.
+/// [`E164::parse`]'s reasons speak to campaign files ("set default_country");
+/// here the same advice is a flag.
 fn phone_problem(why: &str) -> String {
     why.replace("set default_country", "pass --default-country")
 }
@@ -436,12 +437,12 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     if name.is_empty() {
         bail!("--name is empty: give the contact's display name");
     }
-    let phone = normalize_phone(&args.phone, args.default_country)
-        .map_err(|why| anyhow!("--phone: {}", phone_problem(&why)))?;
+    let phone = E164::parse(&args.phone, args.default_country)
+        .map_err(|why| anyhow!("--phone: {}", phone_problem(&why.to_string())))?;
     let client = client(&args.api)?;
     let new = NewContact {
         name: name.to_owned(),
-        phone_number: phone.clone(),
+        phone_number: phone.as_str().to_owned(),
     };
     let contact = client
         .create_contact(&new)

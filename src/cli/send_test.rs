@@ -25,7 +25,8 @@ use convers8_campaign::engine::call::{
 use convers8_campaign::engine::pace::Pace;
 use convers8_campaign::engine::plan::RowPlanner;
 use convers8_campaign::engine::retry::BackoffPolicy;
-use convers8_campaign::recipients::{RecipientReader, normalize_phone};
+use convers8_campaign::phone::E164;
+use convers8_campaign::recipients::RecipientReader;
 
 /// A test refused without taking effect is tried at most this many times
 /// for server errors and refused connections, and as many times again for
@@ -76,7 +77,7 @@ struct Chosen {
 
 pub async fn run(args: SendTestArgs) -> anyhow::Result<ExitCode> {
     let campaign = Campaign::load(&args.campaign)?;
-    let to = normalize_phone(&args.to, campaign.recipients.default_country)
+    let to = E164::parse(&args.to, campaign.recipients.default_country)
         .map_err(|why| anyhow!("--to: {why}"))?;
     args.api.warn_if_campaign_redirects(&campaign);
     let config = args
@@ -89,7 +90,7 @@ pub async fn run(args: SendTestArgs) -> anyhow::Result<ExitCode> {
     let chosen = tokio::task::spawn_blocking(move || pick_row(&campaign, wanted))
         .await
         .context("reading the recipient CSV stopped unexpectedly")??;
-    let body = readdress(&chosen.body, &to)?;
+    let body = readdress(&chosen.body, to.as_str())?;
     let sent = send(&client, kind, body)
         .await
         .with_context(|| format!("test of row {} to {to}", chosen.row))?;

@@ -9,7 +9,9 @@
 //! - [`sandbox`]: a local Convers8 server (axum) with the API's rules, rate
 //!   limits and injectable faults, for tests, benchmarks and rehearsals.
 //! - [`campaign`]: the campaign TOML model and its validation.
-//! - [`recipients`]: streaming the recipient CSV and normalising phone numbers.
+//! - [`recipients`]: streaming the recipient CSV.
+//! - [`phone`]: [`phone::E164`], a validated phone number, and the one parser
+//!   that turns a cell or a flag into one.
 //! - [`render`]: handlebars templates (strict, no HTML escaping) into request content.
 //! - [`state`]: the SQLite state file — schema, claims, batched result writes, counts.
 //! - [`engine`]: the run loop — pacing, retries, circuit breaker, shutdown,
@@ -26,6 +28,7 @@ pub mod api;
 pub mod campaign;
 pub mod contacts;
 pub mod engine;
+pub mod phone;
 pub mod recipients;
 pub mod render;
 pub mod report;

@@ -1,12 +1,12 @@
-//! The recipient CSV: streaming its rows once and normalising phone numbers.
+//! The recipient CSV: streaming its rows once.
 //!
 //! This module owns reading the file (header row, UTF-8 with or without a
-//! BOM, CRLF, quoted fields, the configured delimiter), hashing every byte as
-//! it goes by so the planner can tell later whether the file changed, and
-//! turning a phone cell into E.164. A bad row never stops the stream: it comes
-//! back as a [`RawRow`] whose `outcome` says why, so every data row is counted.
-//! It must not hold the whole file in memory, decide what happens to a row
-//! (the planner does: invalid, duplicate, pending), or render templates.
+//! BOM, CRLF, quoted fields, the configured delimiter) and hashing every byte
+//! as it goes by so the planner can tell later whether the file changed. A bad
+//! row never stops the stream: it comes back as a [`RawRow`] whose `outcome`
+//! says why, so every data row is counted. It must not hold the whole file in
+//! memory, judge a phone cell (that is [`crate::phone`]), decide what happens
+//! to a row (the planner does: invalid, duplicate, pending), or render templates.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -416,94 +416,9 @@ impl Read for HashingReader {
     }
 }
 
-/// Turns a phone cell into E.164 (`+254712345678`), or says why it cannot.
-///
-/// Spaces, dashes, dots and parentheses are fine. A number written with `+`
-/// or the `00` international prefix carries its own country; any other needs
-/// `default_country`, whose national format (trunk `0` and all) is then
-/// understood. The error is a reason to append to "row N: ".
-pub fn normalize_phone(
-    raw: &str,
-    default_country: Option<phonenumber::country::Id>,
-) -> Result<String, String> {
-    let trimmed = raw.trim();
-    if trimmed.is_empty() {
-        return Err("empty phone".to_owned());
-    }
-    let shown = shorten(trimmed);
-    let first_digit_or_plus = trimmed
-        .trim_start_matches(|c: char| !(c == '+' || c.is_ascii_digit()))
-        .as_bytes();
-    let international = match first_digit_or_plus {
-        [b'+', ..] => true,
-        // `00` is the international prefix across most of the world. The
-        // parser only knows the default country's own prefix (`011` in the
-        // US, `000` in Kenya), so rewrite it as `+`.
-        [b'0', b'0', ..] => {
-            let digits = &trimmed[trimmed.len() - first_digit_or_plus.len() + 2..];
-            if let Ok(e164) = parse_valid(&format!("+{digits}"), None) {
-                return Ok(e164);
-            }
-            false
-        }
-        _ => false,
-    };
-    if !international && default_country.is_none() {
-        return Err(format!(
-            "'{shown}' has no country code: write it with + or set default_country"
-        ));
-    }
-    let country = if international { None } else { default_country };
-    parse_valid(trimmed, country).map_err(|number| match (number, country) {
-        (_, Some(id)) => format!("'{shown}' is not a valid number for {}", id.as_ref()),
-        (Some(parsed), None) => match parsed.country().id() {
-            Some(id) => format!("'{shown}' is not a valid number for {}", id.as_ref()),
-            None => format!("'{shown}' is not a valid phone number"),
-        },
-        (None, None) => format!("'{shown}' is not a valid phone number"),
-    })
-}
-
-/// E.164 if `text` parses and is valid; otherwise the parsed number if there was one.
-fn parse_valid(
-    text: &str,
-    country: Option<phonenumber::country::Id>,
-) -> Result<String, Option<phonenumber::PhoneNumber>> {
-    let number = phonenumber::parse(country, text).map_err(|_| None)?;
-    if phonenumber::is_valid(&number) {
-        // What `number.format().mode(Mode::E164)` writes, without its pattern
-        // matching for the national layout (unused in E.164, a third of the
-        // cost) and without its `fmt::Error`, which `to_string` turns into a panic.
-        Ok(format!("+{}{}", number.code().value(), number.national()))
-    } else {
-        Err(Some(number))
-    }
-}
-
-/// Keeps messages one short line when a cell holds a paragraph.
-/// A cell quoted in a message: at most 40 characters, control characters
-/// escaped so the message stays on one line.
-fn shorten(s: &str) -> String {
-    const MAX: usize = 40;
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use phonenumber::country::Id;
 
     fn spec(delimiter: u8) -> RecipientsSpec {
         RecipientsSpec {
@@ -727,106 +642,7 @@ mod tests {
         assert!(r.next_row().is_none());
     }
 
-    #[test]
-    fn national_numbers_with_a_default_country() {
-        for (country, raw, e164) in [
-            (Id::KE, "0712 345 678", "+254712345678"),
-            (Id::KE, "712345678", "+254712345678"),
-            (Id::KE, "+254 (712) 345-678", "+254712345678"),
-            (Id::NG, "0803 123 4567", "+2348031234567"),
-            (Id::GB, "07400 123456", "+447400123456"),
-            (Id::GB, "020 7946 0958", "+442079460958"),
-            (Id::US, "(201) 555-0123", "+12015550123"),
-            (Id::US, "201.555.0123", "+12015550123"),
-            (Id::IN, "098765 43210", "+919876543210"),
-            (Id::IN, "9876543210", "+919876543210"),
-            // An international number beats the default country.
-            (Id::US, "+254712345678", "+254712345678"),
-            (Id::US, "00254712345678", "+254712345678"),
-        ] {
-            assert_eq!(
-                normalize_phone(raw, Some(country)).as_deref(),
-                Ok(e164),
-                "{raw} in {country:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn e164_matches_the_crate_formatter() {
-        // Italian fixed lines keep their leading zero after the country code.
-        for (raw, country) in [
-            ("+39 06 6982 0000", None),
-            ("0712345678", Some(Id::KE)),
-            ("+1 201 555 0123", None),
-        ] {
-            let number = phonenumber::parse(country, raw).unwrap();
-            let expected = number.format().mode(phonenumber::Mode::E164).to_string();
-            assert_eq!(normalize_phone(raw, country).unwrap(), expected, "{raw}");
-        }
-        assert_eq!(
-            normalize_phone("+39 06 6982 0000", None).unwrap(),
-            "+390669820000"
-        );
-    }
-
-    #[test]
-    fn international_numbers_need_no_default() {
-        for (raw, e164) in [
-            ("+254712345678", "+254712345678"),
-            ("  +44 7400 123456 ", "+447400123456"),
-            ("+1 201-555-0123", "+12015550123"),
-            ("00254712345678", "+254712345678"),
-            ("0044 7400 123456", "+447400123456"),
-        ] {
-            assert_eq!(normalize_phone(raw, None).as_deref(), Ok(e164), "{raw}");
-        }
-    }
-
-    #[test]
-    fn phone_errors_say_why() {
-        assert_eq!(normalize_phone("", Some(Id::KE)), Err("empty phone".into()));
-        assert_eq!(normalize_phone("   ", None), Err("empty phone".into()));
-        assert_eq!(
-            normalize_phone("0712", Some(Id::KE)),
-            Err("'0712' is not a valid number for KE".into())
-        );
-        assert_eq!(
-            normalize_phone("12345", None),
-            Err("'12345' has no country code: write it with + or set default_country".into())
-        );
-        assert_eq!(
-            normalize_phone("0712345678", None),
-            Err("'0712345678' has no country code: write it with + or set default_country".into())
-        );
-        assert_eq!(
-            normalize_phone("+2547123", None),
-            Err("'+2547123' is not a valid number for KE".into())
-        );
-        assert_eq!(
-            normalize_phone("+999 123 456", None),
-            Err("'+999 123 456' is not a valid phone number".into())
-        );
-        assert_eq!(
-            normalize_phone("call me", Some(Id::KE)),
-            Err("'call me' is not a valid number for KE".into())
-        );
-        let long = "+".to_owned() + &"9".repeat(100);
-        assert!(normalize_phone(&long, None).unwrap_err().contains('…'));
-    }
-
     proptest::proptest! {
-        #[test]
-        fn normalize_phone_never_panics(s in "\\PC{0,30}", ke in proptest::bool::ANY) {
-            let _ = normalize_phone(&s, ke.then_some(Id::KE));
-        }
-
-        #[test]
-        fn normalize_phone_never_panics_on_phone_like_text(s in "[+0-9 ()./-]{0,25}") {
-            let _ = normalize_phone(&s, Some(Id::KE));
-            let _ = normalize_phone(&s, None);
-        }
-
         #[test]
         fn every_row_is_counted(rows in proptest::collection::vec("[a-z,\"\n\r]{0,12}", 0..20)) {
             let mut data = b"phone,name\n".to_vec();
@@ -841,31 +657,5 @@ mod tests {
                 proptest::prop_assert_eq!(row.unwrap().row, n);
             }
         }
-    }
-
-    /// `cargo test --lib normalize_phone_speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn normalize_phone_speed() {
-        let numbers: Vec<String> = (0..20_000)
-            .map(|i| format!("07{:08}", 12_000_000 + i))
-            .collect();
-        let start = std::time::Instant::now();
-        let mut ok = 0;
-        for n in &numbers {
-            ok += normalize_phone(n, Some(Id::KE)).is_ok() as usize;
-        }
-        let national = start.elapsed();
-        let intl: Vec<String> = numbers.iter().map(|n| format!("+254{}", &n[1..])).collect();
-        let start = std::time::Instant::now();
-        for n in &intl {
-            ok += normalize_phone(n, None).is_ok() as usize;
-        }
-        let international = start.elapsed();
-        println!(
-            "normalize_phone: national {:.2} µs/call, international {:.2} µs/call ({ok} ok)",
-            national.as_secs_f64() * 1e6 / numbers.len() as f64,
-            international.as_secs_f64() * 1e6 / intl.len() as f64
-        );
     }
 }

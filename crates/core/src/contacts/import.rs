@@ -2,7 +2,7 @@
 //! file, with the engine's pace, retries and stop.
 //!
 //! Rows stream from the file through the campaign's [`RecipientReader`] and
-//! [`normalize_phone`]: a row without a usable phone or name is `invalid`, a
+//! [`E164::parse`]: a row without a usable phone or name is `invalid`, a
 //! phone seen earlier in the file is a `duplicate` (the API does not
 //! deduplicate, so a second request would be a second contact), and every
 //! other row is created with at most `concurrency` requests in flight, all
@@ -33,7 +33,8 @@ use crate::engine::call::{Answer, CallPolicy, Called, call_until_answered};
 use crate::engine::pace::Pace;
 use crate::engine::retry::BackoffPolicy;
 use crate::engine::{Stop, StopReason};
-use crate::recipients::{RawRow, RecipientReader, RecipientsError, normalize_phone};
+use crate::phone::E164;
+use crate::recipients::{RawRow, RecipientReader, RecipientsError};
 
 /// Requests in flight at once unless the caller says otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 4;
@@ -236,7 +237,7 @@ pub async fn run(
         stop: stop.clone(),
     };
     // E.164 → the first row that had it.
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut seen: HashMap<E164, u64> = HashMap::new();
     // The set's length is the bound on requests in flight: one must finish
     // before the next row is read.
     let mut tasks: JoinSet<Called<Contact>> = JoinSet::new();
@@ -461,7 +462,7 @@ fn judge(
     name_index: usize,
     name_column: &str,
     source: &RecipientsSpec,
-    seen: &mut HashMap<String, u64>,
+    seen: &mut HashMap<E164, u64>,
 ) -> Judged {
     let problem = |outcome, phone, name, code: &str, details: String| RowReport {
         row: raw.row,
@@ -487,7 +488,7 @@ fn judge(
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .map(str::to_owned);
-    let phone = match normalize_phone(cell, source.default_country) {
+    let phone = match E164::parse(cell, source.default_country) {
         Ok(phone) => phone,
         Err(why) => {
             let shown = Some(cell.to_owned()).filter(|c| !c.is_empty());
@@ -496,7 +497,7 @@ fn judge(
                 shown,
                 name,
                 "invalid_phone",
-                why,
+                why.to_string(),
             ));
         }
     };
@@ -504,7 +505,7 @@ fn judge(
         let details = format!("no name in column '{name_column}'");
         return Judged::Skip(problem(
             RowStatus::Invalid,
-            Some(phone),
+            Some(phone.into_string()),
             None,
             "no_name",
             details,
@@ -514,7 +515,7 @@ fn judge(
         let details = format!("duplicate of row {first} ({phone})");
         return Judged::Skip(problem(
             RowStatus::Duplicate,
-            Some(phone),
+            Some(phone.into_string()),
             Some(name),
             "duplicate",
             details,
@@ -526,7 +527,7 @@ fn judge(
         line: raw.line,
         contact: NewContact {
             name,
-            phone_number: phone,
+            phone_number: phone.into_string(),
         },
     })
 }

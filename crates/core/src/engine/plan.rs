@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use crate::api::model::{MessageContent, build_body};
 use crate::api::rules;
 use crate::campaign::Campaign;
-use crate::recipients::RecipientsError;
-use crate::recipients::{RawRow, RecipientReader, normalize_phone};
+use crate::phone::E164;
+use crate::recipients::{RawRow, RecipientReader, RecipientsError};
 use crate::render::{Renderer, RowContext, TemplateError};
 pub use crate::state::PlanWrite;
 use crate::state::{
@@ -232,7 +232,7 @@ impl<'c> RowPlanner<'c> {
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .map(str::to_owned);
-        let phone = match normalize_phone(raw_phone, self.campaign.recipients.default_country) {
+        let phone = match E164::parse(raw_phone, self.campaign.recipients.default_country) {
             Ok(phone) => phone,
             Err(why) => {
                 return PlannedRow {
@@ -241,15 +241,15 @@ impl<'c> RowPlanner<'c> {
                     name,
                     outcome: Err(PlanProblem {
                         code: ProblemCode::InvalidPhone,
-                        details: why,
+                        details: why.to_string(),
                     }),
                 };
             }
         };
-        let outcome = self.render_body(record, &phone, name.as_deref(), raw.row);
+        let outcome = self.render_body(record, phone.as_str(), name.as_deref(), raw.row);
         PlannedRow {
             row: raw.row,
-            phone: Some(phone),
+            phone: Some(phone.into_string()),
             name,
             outcome,
         }
