@@ -246,7 +246,7 @@ impl ApiError {
     /// Classifies a transport failure. Only a failure to connect proves the
     /// request never left; anything later may have delivered the message.
     pub fn from_transport(url: &str, err: &reqwest::Error) -> Self {
-        let reason = transport_reason(err);
+        let reason = transport_reason(url, err);
         if err.is_connect() {
             ApiError::NeverSent {
                 url: url.to_owned(),
@@ -263,7 +263,7 @@ impl ApiError {
 
 /// The innermost cause of a transport error, which is what an operator can act on
 /// ("connection refused"), without the URL reqwest repeats at each level.
-fn transport_reason(err: &reqwest::Error) -> String {
+fn transport_reason(url: &str, err: &reqwest::Error) -> String {
     let kind = if err.is_timeout() {
         "timed out"
     } else if err.is_connect() {
@@ -278,8 +278,42 @@ fn transport_reason(err: &reqwest::Error) -> String {
         source = s.source();
     }
     match innermost {
-        Some(cause) if !cause.is_empty() => format!("{kind}: {cause}"),
+        Some(cause) if !cause.is_empty() => cause_text(kind, &cause, url),
         _ => kind.to_owned(),
+    }
+}
+
+/// How rustls words a server certificate it would not accept, and the reason
+/// it gives when no trusted root signed the chain.
+const CERTIFICATE_REJECTED: &str = "invalid peer certificate: ";
+const UNKNOWN_ISSUER: &str = "UnknownIssuer";
+
+/// `kind: cause`, except for a certificate the client would not accept: that
+/// names the host and, when no trusted CA signed the certificate (a
+/// TLS-inspecting proxy, a private CA), where to add the one that did. The
+/// client trusts the system store, which `SSL_CERT_FILE` replaces, plus the
+/// webpki roots.
+fn cause_text(kind: &str, cause: &str, url: &str) -> String {
+    let Some(at) = cause.find(CERTIFICATE_REJECTED) else {
+        return format!("{kind}: {cause}");
+    };
+    let cause = &cause[at..];
+    let host = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_owned();
+            Some(match u.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            })
+        })
+        .unwrap_or_else(|| url.to_owned());
+    if cause[CERTIFICATE_REJECTED.len()..].starts_with(UNKNOWN_ISSUER) {
+        format!(
+            "TLS handshake failed: the certificate of {host} is not trusted ({cause}); if a TLS-inspecting proxy or a private CA issued it, add that CA to the system certificate store or set SSL_CERT_FILE to a PEM file holding it"
+        )
+    } else {
+        format!("TLS handshake failed: the certificate of {host} was rejected ({cause})")
     }
 }
 
@@ -509,6 +543,57 @@ mod tests {
             assert!(!shown.contains('\n'));
             assert!(e.details().contains("larger than 65536 bytes"));
         }
+    }
+
+    #[test]
+    fn an_untrusted_certificate_names_the_host_and_the_fix() {
+        let url = "https://localhost:8443/whatsapp/message/text";
+        let reason = cause_text(
+            "connect failed",
+            "invalid peer certificate: UnknownIssuer",
+            url,
+        );
+        assert_eq!(
+            reason,
+            "TLS handshake failed: the certificate of localhost:8443 is not trusted (invalid peer certificate: UnknownIssuer); if a TLS-inspecting proxy or a private CA issued it, add that CA to the system certificate store or set SSL_CERT_FILE to a PEM file holding it"
+        );
+        // The default port is not shown; the error carries the reason, whole, on one line.
+        let e = ApiError::NeverSent {
+            url: "https://api.example.com/whatsapp/message/text".into(),
+            reason: cause_text(
+                "connect failed",
+                "invalid peer certificate: UnknownIssuer",
+                "https://api.example.com/whatsapp/message/text",
+            ),
+        };
+        let shown = e.to_string();
+        assert!(
+            shown.contains("the certificate of api.example.com is not trusted"),
+            "{shown}"
+        );
+        assert!(!shown.contains('\n'));
+        assert!(e.details().contains("SSL_CERT_FILE"), "{}", e.details());
+        assert_eq!(e.code(), "connect_error");
+        assert_eq!(e.disposition(), Disposition::Retry);
+
+        // A certificate rejected for another reason: adding a CA would not help.
+        for cause in [
+            "invalid peer certificate: certificate not valid for name \"127.0.0.1\"; certificate is only valid for DnsName(\"localhost\")",
+            "invalid peer certificate: Expired",
+        ] {
+            let reason = cause_text("connect failed", cause, url);
+            assert_eq!(
+                reason,
+                format!(
+                    "TLS handshake failed: the certificate of localhost:8443 was rejected ({cause})"
+                )
+            );
+        }
+        // Anything else is left as it was.
+        assert_eq!(
+            cause_text("connect failed", "Connection refused (os error 111)", url),
+            "connect failed: Connection refused (os error 111)"
+        );
     }
 
     #[test]
