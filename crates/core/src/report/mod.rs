@@ -504,42 +504,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{
-        Outcome, PlanInfo, PlanWrite, PlannedRow, RowOutcome, StateDb, StateStore, timestamp,
-        write_plan,
-    };
+    use crate::state::test_support::{planned_state, sendable};
+    use crate::state::{Outcome, RowOutcome, StateDb, StateStore};
 
     /// A state with `n` pending rows and a run started by this process (so
     /// its pid is alive); returns the run's start as the state recorded it.
     fn running_state(n: u64) -> (StateDb, DateTime<Utc>) {
-        let mut db = StateDb::in_memory().expect("in-memory state");
-        write_plan(&mut db, PlanWrite::Fresh, |sink| {
-            for row in 1..=n {
-                let phone = format!("+2547{:08}", 11_000_000 + row);
-                sink.insert(&PlannedRow {
-                    row,
-                    outcome: Ok(format!("{{\"to\":\"{phone}\"}}")),
-                    phone: Some(phone),
-                    name: None,
-                })?;
-            }
-            let at = timestamp(Utc::now());
-            Ok::<_, StateError>((
-                (),
-                PlanInfo {
-                    campaign_name: "pace".into(),
-                    message_type: "text".into(),
-                    campaign_file: "campaign.toml".into(),
-                    csv_file: "recipients.csv".into(),
-                    message_fingerprint: "fp".into(),
-                    csv_sha256: "sha".into(),
-                    csv_rows: n,
-                    planned_at: at.clone(),
-                    updated_at: at,
-                },
-            ))
-        })
-        .expect("plan");
+        let rows: Vec<_> = (1..=n).map(sendable).collect();
+        let mut db = planned_state("pace", &rows);
         db.start_run().expect("start a run");
         let run = db.runs(1).expect("runs").remove(0);
         let started = DateTime::parse_from_rfc3339(&run.started_at)

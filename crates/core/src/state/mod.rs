@@ -14,6 +14,8 @@ pub mod lock;
 pub mod reads;
 pub mod schema;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod test_support;
 mod writes;
 
 use std::fmt;

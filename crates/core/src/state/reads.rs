@@ -422,51 +422,22 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::state::{
-        Outcome, PlanInfo, PlanProblem, PlanWrite, PlannedRow, ProblemCode, RowOutcome, StateStore,
-        timestamp, write_plan,
-    };
+    use crate::state::test_support::{planned_state, sendable};
+    use crate::state::{Outcome, PlanProblem, PlannedRow, ProblemCode, RowOutcome, StateStore};
 
     /// A state with `n` sendable rows and one invalid row.
     fn planned(n: u64) -> StateDb {
-        let mut db = StateDb::in_memory().expect("in-memory state");
-        write_plan(&mut db, PlanWrite::Fresh, |sink| {
-            for row in 1..=n {
-                let phone = format!("+2547{:08}", 11_000_000 + row);
-                sink.insert(&PlannedRow {
-                    row,
-                    outcome: Ok(format!("{{\"to\":\"{phone}\"}}")),
-                    phone: Some(phone),
-                    name: None,
-                })?;
-            }
-            sink.insert(&PlannedRow {
-                row: n + 1,
-                phone: Some("12345".into()),
-                name: None,
-                outcome: Err(PlanProblem {
-                    code: ProblemCode::InvalidPhone,
-                    details: "too short".into(),
-                }),
-            })?;
-            let at = timestamp(Utc::now());
-            Ok::<_, StateError>((
-                (),
-                PlanInfo {
-                    campaign_name: "reads".into(),
-                    message_type: "text".into(),
-                    campaign_file: "campaign.toml".into(),
-                    csv_file: "recipients.csv".into(),
-                    message_fingerprint: "fp".into(),
-                    csv_sha256: "sha".into(),
-                    csv_rows: n + 1,
-                    planned_at: at.clone(),
-                    updated_at: at,
-                },
-            ))
-        })
-        .expect("plan");
-        db
+        let mut rows: Vec<PlannedRow> = (1..=n).map(sendable).collect();
+        rows.push(PlannedRow {
+            row: n + 1,
+            phone: Some("12345".into()),
+            name: None,
+            outcome: Err(PlanProblem {
+                code: ProblemCode::InvalidPhone,
+                details: "too short".into(),
+            }),
+        });
+        planned_state("reads", &rows)
     }
 
     fn outcome(

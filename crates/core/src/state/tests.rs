@@ -3,17 +3,7 @@
 use super::*;
 
 fn info(rows: u64) -> PlanInfo {
-    PlanInfo {
-        campaign_name: "t".into(),
-        message_type: "text".into(),
-        campaign_file: "c.toml".into(),
-        csv_file: "r.csv".into(),
-        message_fingerprint: "fp".into(),
-        csv_sha256: "abc".into(),
-        csv_rows: rows,
-        planned_at: timestamp(Utc::now()),
-        updated_at: timestamp(Utc::now()),
-    }
+    test_support::plan_info("t", rows)
 }
 
 fn pending(row: u64, phone: &str) -> PlannedRow {
