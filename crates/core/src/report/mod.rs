@@ -521,6 +521,7 @@ mod tests {
                     outcome: Ok(format!("{{\"to\":\"{phone}\"}}")),
                     phone: Some(phone),
                     name: None,
+                    timezone: None,
                 })?;
             }
             let at = timestamp(Utc::now());

@@ -142,6 +142,9 @@ pub struct PlannedRow {
     /// `Pending` with a body, or `Invalid` with a reason. Duplicates are
     /// decided by [`PlanRows::insert`], which sees every earlier row.
     pub outcome: Result<String, PlanProblem>,
+    /// The recipient's own zone, for a window in each recipient's hours
+    /// (`None` otherwise, and for rows that will not be sent).
+    pub timezone: Option<crate::zones::RowZone>,
 }
 
 /// Why a row will not be sent.
@@ -165,6 +168,8 @@ pub enum ProblemCode {
     ContentRule,
     /// The same phone as an earlier row.
     Duplicate,
+    /// The row's `timezone_column` cell is not an IANA zone name.
+    InvalidTimezone,
 }
 
 impl ProblemCode {
@@ -175,6 +180,7 @@ impl ProblemCode {
             ProblemCode::BadRow => "bad_row",
             ProblemCode::ContentRule => "content_rule",
             ProblemCode::Duplicate => "duplicate",
+            ProblemCode::InvalidTimezone => "invalid_timezone",
         }
     }
 }
@@ -207,6 +213,9 @@ pub struct Claimed {
     pub body: String,
     /// Attempts made in earlier runs.
     pub attempts: u32,
+    /// The recipient's own zone as planned (IANA name), when the campaign's
+    /// window is in each recipient's hours.
+    pub timezone: Option<String>,
 }
 
 /// What became of a claimed row: the engine's final word on it.
@@ -372,6 +381,9 @@ pub struct StateDb {
     /// run does not get to keep their state, so no later run resends them
     /// without being asked.
     resend: Option<RetrySelection>,
+    /// The zones this run may claim rows of now (see
+    /// [`StateStore::claim_only_zones`]); `None` for any.
+    zones: Option<Vec<String>>,
 }
 
 /// What a run's handle watches so it never records into a file nobody
@@ -474,6 +486,7 @@ impl StateDb {
             path: path.display().to_string(),
             watch: FileWatch::default(),
             resend: None,
+            zones: None,
         };
         db.conn
             .busy_timeout(Duration::from_secs(5))
@@ -556,6 +569,7 @@ impl StateDb {
             path,
             watch: FileWatch::default(),
             resend: None,
+            zones: None,
         })
     }
 

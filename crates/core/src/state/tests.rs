@@ -22,6 +22,7 @@ fn pending(row: u64, phone: &str) -> PlannedRow {
         phone: Some(phone.into()),
         name: Some(format!("n{row}")),
         outcome: Ok(format!("{{\"to\":\"{phone}\"}}")),
+        timezone: None,
     }
 }
 
@@ -66,6 +67,7 @@ fn plan_decides_duplicates_and_counts_add_up() {
                     code: ProblemCode::InvalidPhone,
                     details: "bad".into(),
                 }),
+                timezone: None,
             },
         ],
     );
@@ -266,6 +268,7 @@ fn add_mode_does_not_plan_an_unusable_row_twice() {
             code: ProblemCode::BadRow,
             details: "line 3: has 1 field".into(),
         }),
+        timezone: None,
     };
     plan(&mut db, vec![pending(1, "+254700000001"), bad.clone()]);
     let inserted = write_plan(&mut db, PlanWrite::Add, |sink| {
