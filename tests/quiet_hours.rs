@@ -101,7 +101,7 @@ fn each_recipient_gets_the_message_inside_their_own_hours() {
     let mut options = RunOptions::from_campaign(&campaign, dir.state(), Some(api));
     options.clock = clock.clone();
     let rt = runtime();
-    let mut run = || {
+    let run = || {
         rt.block_on(engine::run(&campaign, &options, &Silent, Stop::new()))
             .expect("run")
     };
