@@ -77,12 +77,18 @@ fn zone_fallback_warning(campaign: &Campaign, fell_back: u64) -> Option<String> 
     if fell_back == 0 {
         return None;
     }
-    let how = match &campaign.recipients.timezone_column {
-        Some(column) => format!("column '{column}' is empty and "),
-        None => String::new(),
+    let (why, fix) = match &campaign.recipients.timezone_column {
+        Some(column) => (
+            format!("their '{column}' cell is empty and "),
+            format!("fill '{column}' with their IANA zones"),
+        ),
+        None => (
+            String::new(),
+            "set timezone_column in [recipients] to a column of IANA zones".to_owned(),
+        ),
     };
     Some(format!(
-        "{} will be sent in {} hours: their {how}phone's country has no single time zone (set timezone_column in [recipients] to place them)",
+        "{} will be sent in {} hours: {why}their phone's country has no single time zone ({fix})",
         plural(fell_back, "row"),
         fallback.name()
     ))
