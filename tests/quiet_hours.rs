@@ -290,3 +290,39 @@ fn validate_names_a_bad_zone_and_counts_the_rows_that_fell_back() {
     );
     assert!(text.contains("9 valid, 0 invalid"), "{text}");
 }
+
+#[test]
+fn rows_claimed_before_their_zone_closes_are_not_sent_after_it() {
+    // One request at a time, 50 ms each: a claimed batch takes a while.
+    let sandbox = TestSandbox::slow(50);
+    let toml = campaign_toml(false).replace("concurrency = 2", "concurrency = 1");
+    let dir = CampaignDir::new(&toml, &kenyan_csv(200));
+    let campaign = Campaign::load(&dir.toml()).expect("campaign");
+    let api = ClientConfig::new(sandbox.base_url(), ApiKey::new(KEY, "test").expect("key"));
+    // 19:59 in Nairobi: open for one more minute.
+    let clock = Arc::new(ManualClock::new(utc("2026-11-26T16:59:00Z")));
+    let mut options = RunOptions::from_campaign(&campaign, dir.state(), Some(api));
+    options.clock = clock.clone();
+    let rt = runtime();
+    let run = rt.spawn(async move { engine::run(&campaign, &options, &Silent, Stop::new()).await });
+    sandbox.wait_for_messages(3);
+    // Nairobi's window closes with rows claimed and not yet sent.
+    clock.set(utc("2026-11-26T17:00:00Z"));
+    let at_close = sandbox.messages().len();
+    let report = rt
+        .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(60), run).await })
+        .expect("the run stops within a minute")
+        .expect("join")
+        .expect("run");
+    assert_eq!(report.end, RunEnd::Stopped(StopReason::WindowClosed));
+    // At most the one request already on the wire goes after the close.
+    let sent = sandbox.messages().len();
+    assert!(
+        sent <= at_close + 1,
+        "{at_close} at the close, {sent} in all"
+    );
+    let counts = dir.counts();
+    assert_eq!(counts.sent, sent as u64, "{counts:?}");
+    assert_eq!(counts.sending + counts.uncertain, 0, "{counts:?}");
+    assert_eq!(counts.pending, 200 - counts.sent, "{counts:?}");
+}
