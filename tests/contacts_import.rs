@@ -43,6 +43,8 @@ fn options(csv: &Path, concurrency: usize) -> ImportOptions {
             name_column: "name".into(),
             default_country: Some(phonenumber::country::Id::KE),
             delimiter: b',',
+            timezone_column: None,
+            fallback_timezone: None,
         })
     }
 }

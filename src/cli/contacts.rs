@@ -540,6 +540,8 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         name_column: args.name_column.clone(),
         default_country: args.default_country,
         delimiter: args.delimiter,
+        timezone_column: None,
+        fallback_timezone: None,
     };
     let options = ImportOptions {
         concurrency: usize::try_from(args.concurrency).unwrap_or(1),

@@ -46,7 +46,15 @@ pub struct StatusArgs {
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let db = args.campaign.open_state(args.sandbox)?;
-    let status = report::gather_status(db.as_ref(), chrono::Utc::now())?;
+    let now = chrono::Utc::now();
+    let mut status = report::gather_status(db.as_ref(), now)?;
+    // The window lives in the campaign file, not the state: a campaign file
+    // that no longer loads only costs this breakdown, not the status.
+    if let Ok(campaign) = args.campaign.load()
+        && let Some(window) = campaign.send.window.filter(|w| w.per_recipient)
+    {
+        status.pending_by_zone = report::pending_by_zone(db.as_ref(), &window, now)?;
+    }
     let mut out = std::io::stdout().lock();
     // A closed stdout (piped into `head`) is not worth an error.
     let _ = if args.json {

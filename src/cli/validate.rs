@@ -61,9 +61,37 @@ struct Verdict<'a> {
     /// Set when `[api] base_url` sends the key somewhere other than the API.
     #[serde(skip_serializing_if = "Option::is_none")]
     base_url_warning: Option<String>,
+    /// Set when rows' zones were not known and `fallback_timezone` was used
+    /// (a send window in each recipient's own hours).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timezone_warning: Option<String>,
     /// Whether the campaign can be sent (and, with --strict, has no bad row).
     ok: bool,
     strict: bool,
+}
+
+/// A window in each recipient's own hours reads rows whose zone is unknown
+/// in `fallback_timezone`: worth knowing before they are messaged at night.
+fn zone_fallback_warning(campaign: &Campaign, fell_back: u64) -> Option<String> {
+    let fallback = campaign.recipients.fallback_timezone?;
+    if fell_back == 0 {
+        return None;
+    }
+    let (why, fix) = match &campaign.recipients.timezone_column {
+        Some(column) => (
+            format!("their '{column}' cell is empty and "),
+            format!("fill '{column}' with their IANA zones"),
+        ),
+        None => (
+            String::new(),
+            "set timezone_column in [recipients] to a column of IANA zones".to_owned(),
+        ),
+    };
+    Some(format!(
+        "{} will be sent in {} hours: {why}their phone's country has no single time zone ({fix})",
+        plural(fell_back, "row"),
+        fallback.name()
+    ))
 }
 
 pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
@@ -78,6 +106,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .filter(|base| !convers8_campaign::api::is_production(base))
         .map(|base| super::common::foreign_base_url(&campaign, base));
+    let timezone_warning = zone_fallback_warning(&campaign, s.zone_fallback);
     let mut out = std::io::stdout().lock();
     if args.json {
         let verdict = Verdict {
@@ -90,6 +119,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             duplicate: s.duplicate,
             problems: &s.problems,
             base_url_warning: base_url_warning.clone(),
+            timezone_warning: timezone_warning.clone(),
             ok,
             strict: args.strict,
         };
@@ -120,7 +150,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                 p.row, p.line, p.code, p.details
             );
         }
-        if let Some(warning) = &base_url_warning {
+        for warning in [&base_url_warning, &timezone_warning].into_iter().flatten() {
             let _ = writeln!(out, "  warning: {warning}");
         }
         let unshown = bad_rows.saturating_sub(s.problems.len() as u64);

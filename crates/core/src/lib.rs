@@ -34,3 +34,4 @@ pub mod render;
 pub mod report;
 pub mod sandbox;
 pub mod state;
+pub mod zones;

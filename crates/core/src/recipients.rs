@@ -225,6 +225,12 @@ impl RecipientReader {
         self.name_index
     }
 
+    /// The index of a header, matched as the phone column is (exactly, else
+    /// the one header equal ignoring case).
+    pub fn column_index(&self, wanted: &str) -> Option<usize> {
+        find_column(self.headers(), wanted)
+    }
+
     pub fn has_name_column(&self) -> bool {
         self.name_index.is_some()
     }
@@ -427,6 +433,8 @@ mod tests {
             name_column: "name".into(),
             default_country: None,
             delimiter,
+            timezone_column: None,
+            fallback_timezone: None,
         }
     }
 

@@ -30,6 +30,8 @@ const RECIPIENTS_KEYS: &[&str] = &[
     "name_column",
     "default_country",
     "delimiter",
+    "timezone_column",
+    "fallback_timezone",
 ];
 const SEND_KEYS: &[&str] = &[
     "concurrency",
@@ -40,6 +42,8 @@ const SEND_KEYS: &[&str] = &[
     "daily_limit",
 ];
 const WINDOW_KEYS: &[&str] = &["start", "end", "timezone"];
+/// The window's `timezone` value that means "each recipient's own zone".
+const RECIPIENT_ZONE: &str = "recipient";
 const API_KEYS: &[&str] = &["base_url"];
 const MESSAGE_KEYS: &[&str] = &["type", "content"];
 
@@ -170,6 +174,8 @@ struct RawRecipients {
     name_column: Option<String>,
     default_country: Option<String>,
     delimiter: Option<String>,
+    timezone_column: Option<String>,
+    fallback_timezone: Option<String>,
 }
 
 // Integers are read as i64 so that `concurrency = -1` gets our range message
@@ -395,7 +401,8 @@ impl Doc<'_> {
         }
 
         let recipients = self.recipients(raw.recipients)?;
-        let send = self.send(raw.send)?;
+        let mut send = self.send(raw.send)?;
+        self.recipient_zones(&recipients, &mut send)?;
         let api = self.api(raw.api)?;
         let vars = match raw.vars {
             Some(table) => {
@@ -503,13 +510,69 @@ impl Doc<'_> {
                 }
             }
         };
+        let timezone_column = match raw.timezone_column {
+            Some(value) => Some(column("timezone_column", Some(value), "")?),
+            None => None,
+        };
+        let fallback_timezone = match raw.fallback_timezone {
+            None => None,
+            Some(name) => Some(name.trim().parse::<Tz>().map_err(|_| {
+                self.invalid(
+                    &at("fallback_timezone"),
+                    format!(
+                        "unknown timezone '{name}' for `fallback_timezone` in [recipients]: use an IANA name such as Africa/Nairobi"
+                    ),
+                )
+            })?),
+        };
         Ok(RecipientsSpec {
             csv,
             phone_column,
             name_column,
             default_country,
             delimiter,
+            timezone_column,
+            fallback_timezone,
         })
+    }
+
+    /// `timezone = "recipient"` needs a zone for rows that cannot be placed
+    /// (`fallback_timezone`), and the keys that place rows mean nothing
+    /// without it: both mistakes are refused rather than silently ignored.
+    /// The window's zone becomes the fallback zone.
+    fn recipient_zones(
+        &self,
+        recipients: &RecipientsSpec,
+        send: &mut SendSpec,
+    ) -> Result<(), CampaignError> {
+        let per_recipient = send.window.is_some_and(|w| w.per_recipient);
+        if !per_recipient {
+            for (k, set) in [
+                ("timezone_column", recipients.timezone_column.is_some()),
+                ("fallback_timezone", recipients.fallback_timezone.is_some()),
+            ] {
+                if set {
+                    return Err(self.invalid(
+                        &[key("recipients"), key(k)],
+                        format!(
+                            "`{k}` in [recipients] is only used with window = {{ ..., timezone = \"recipient\" }} in [send]: set that, or remove `{k}`"
+                        ),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        let fallback = recipients.fallback_timezone.ok_or_else(|| {
+            self.missing_key(
+                &[key("recipients")],
+                "fallback_timezone",
+                "with timezone = \"recipient\" in [send] window, name the IANA zone for rows whose own zone is unknown, such as fallback_timezone = \"Africa/Nairobi\"",
+            )
+        })?;
+        if let Some(window) = &mut send.window {
+            window.timezone = fallback;
+        }
+        Ok(())
     }
 
     fn send(&self, raw: Option<RawSend>) -> Result<SendSpec, CampaignError> {
@@ -603,14 +666,23 @@ impl Doc<'_> {
             self.missing_key(
                 &table,
                 "timezone",
-                "use an IANA name such as Africa/Nairobi",
+                "use an IANA name such as Africa/Nairobi, or \"recipient\" for each recipient's own zone",
             )
         })?;
+        if tz_name.trim() == RECIPIENT_ZONE {
+            // The zone is filled in from `fallback_timezone` once [recipients] is read.
+            return Ok(SendWindow {
+                start,
+                end,
+                timezone: Tz::UTC,
+                per_recipient: true,
+            });
+        }
         let timezone = tz_name.trim().parse::<Tz>().map_err(|_| {
             self.invalid(
                 &at("timezone"),
                 format!(
-                    "unknown timezone '{tz_name}' in [send] window: use an IANA name such as Africa/Nairobi"
+                    "unknown timezone '{tz_name}' in [send] window: use an IANA name such as Africa/Nairobi, or \"recipient\""
                 ),
             )
         })?;
@@ -618,6 +690,7 @@ impl Doc<'_> {
             start,
             end,
             timezone,
+            per_recipient: false,
         })
     }
 
@@ -1262,7 +1335,7 @@ reply = { id = "b", titel = "B" }
         let e = err(&text);
         assert!(
             e.ends_with(&format!(
-                ":{}: unknown timezone 'Mars/Base' in [send] window: use an IANA name such as Africa/Nairobi",
+                ":{}: unknown timezone 'Mars/Base' in [send] window: use an IANA name such as Africa/Nairobi, or \"recipient\"",
                 text.lines().count()
             )),
             "{e}"
@@ -1329,6 +1402,46 @@ reply = { id = "b", titel = "B" }
     }
 
     #[test]
+    fn a_window_in_recipients_hours_needs_a_fallback_zone() {
+        let recipient =
+            "[send]\nwindow = { start = \"09:00\", end = \"20:00\", timezone = \"recipient\" }\n";
+        let e = err(&format!("{MINIMAL}\n{recipient}"));
+        assert!(
+            e.contains("missing key `fallback_timezone` in [recipients]"),
+            "{e}"
+        );
+        let text = MINIMAL.replace(
+            "csv = \"r.csv\"",
+            "csv = \"r.csv\"\ntimezone_column = \"tz\"\nfallback_timezone = \"Africa/Nairobi\"",
+        );
+        let c = load(&format!("{text}\n{recipient}")).unwrap();
+        let w = c.send.window.unwrap();
+        assert!(w.per_recipient);
+        // Rows whose zone is unknown are read in the fallback zone.
+        assert_eq!(w.timezone, chrono_tz::Africa::Nairobi);
+        assert_eq!(c.recipients.timezone_column.as_deref(), Some("tz"));
+        // The keys that place rows mean nothing with a window in one zone.
+        let e = err(&format!(
+            "{text}\n[send]\nwindow = {{ start = \"09:00\", end = \"20:00\", timezone = \"UTC\" }}\n"
+        ));
+        assert!(
+            e.contains("`timezone_column` in [recipients] is only used with window"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{}\n{recipient}",
+            MINIMAL.replace(
+                "csv = \"r.csv\"",
+                "csv = \"r.csv\"\nfallback_timezone = \"Moon/Base\""
+            )
+        ));
+        assert!(
+            e.contains("unknown timezone 'Moon/Base' for `fallback_timezone`"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn known_keys_match_the_structs() {
         // A file using every listed key must load: catches a list that names a
         // key the structs do not accept.
@@ -1342,12 +1455,14 @@ phone_column = "p"
 name_column = "n"
 default_country = "KE"
 delimiter = ","
+timezone_column = "tz"
+fallback_timezone = "UTC"
 [send]
 concurrency = 1
 rate_per_second = 1
 max_attempts = 1
 timeout_secs = 1
-window = { start = "08:00", end = "20:00", timezone = "UTC" }
+window = { start = "08:00", end = "20:00", timezone = "recipient" }
 daily_limit = 1
 [api]
 base_url = "https://x.example"

@@ -60,6 +60,11 @@ pub struct RecipientsSpec {
     pub name_column: String,
     pub default_country: Option<phonenumber::country::Id>,
     pub delimiter: u8,
+    /// The CSV column holding each row's IANA zone, for a window in each
+    /// recipient's own zone. An empty cell falls back to the phone's country.
+    pub timezone_column: Option<String>,
+    /// The zone of rows whose own zone is unknown (a per-recipient window only).
+    pub fallback_timezone: Option<chrono_tz::Tz>,
 }
 
 /// `[send]`: pacing and the attempt budget.

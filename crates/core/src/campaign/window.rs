@@ -15,7 +15,12 @@ use chrono_tz::Tz;
 pub struct SendWindow {
     pub start: NaiveTime,
     pub end: NaiveTime,
+    /// The zone the hours are read in. With `per_recipient` it is the
+    /// campaign's `fallback_timezone`, used for rows whose zone is unknown.
     pub timezone: Tz,
+    /// `timezone = "recipient"`: the hours apply in each recipient's own
+    /// zone (see [`SendWindow::in_zone`]); a row's zone is fixed at plan time.
+    pub per_recipient: bool,
 }
 
 /// "HH:MM" on a 24-hour clock; "24:00" is accepted as midnight at the end of the day.
@@ -34,6 +39,15 @@ pub(super) fn parse_hh_mm(s: &str) -> Option<NaiveTime> {
 }
 
 impl SendWindow {
+    /// The same hours in `zone`: one recipient's window.
+    pub fn in_zone(&self, zone: Tz) -> SendWindow {
+        SendWindow {
+            timezone: zone,
+            per_recipient: false,
+            ..*self
+        }
+    }
+
     /// The window as instants: each local date D opens one period, from the
     /// first moment the zone's clock reads `start` on D to the first moment
     /// after that it reads `end` (on D, or on D+1 for a window across
@@ -117,6 +131,7 @@ mod tests {
             start: parse_hh_mm(start).unwrap(),
             end: parse_hh_mm(end).unwrap(),
             timezone: tz,
+            per_recipient: false,
         }
     }
 

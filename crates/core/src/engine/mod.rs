@@ -9,7 +9,8 @@
 //! [`worker`] (one row from claim to final state), [`writer`] (the single
 //! thread that writes the state), [`shutdown`] (the one stop signal),
 //! [`progress`] (the events the operator's display is drawn from), [`clock`]
-//! (the wall clock the send window is judged by).
+//! (the wall clock the send window is judged by), [`hours`] (the window in
+//! one zone or in each recipient's own).
 //!
 //! The engine takes a checked [`Campaign`] and [`RunOptions`]; it never sees a
 //! command-line flag, prints nothing itself (see [`progress`]), installs no
@@ -19,6 +20,7 @@
 pub mod breaker;
 pub mod call;
 pub mod clock;
+pub mod hours;
 pub mod pace;
 pub mod plan;
 pub mod progress;
@@ -40,11 +42,12 @@ use tokio::time::Instant;
 use crate::api::{Client, ClientConfig, ClientError};
 use crate::campaign::{Campaign, SendWindow};
 use crate::state::{
-    self, Claimed, Counts, FileGone, LockError, Outcome, RetrySelection, RowOutcome, StateError,
-    StateRead, StateStore,
+    self, Claimed, Counts, FileGone, LockError, Outcome, RecipientState, RetrySelection,
+    RowOutcome, StateError, StateRead, StateStore,
 };
 use breaker::Breaker;
 pub use clock::{Clock, SystemClock};
+use hours::{Hours, RecipientHours};
 use pace::Pace;
 use plan::{InputCheck, PlanError, PlanSummary, PlanWrite, RowProblem};
 pub use progress::{Progress, Snapshot};
@@ -371,23 +374,31 @@ pub async fn run(
     // Built before any row changes: a base URL it refuses changes nothing.
     let client = Client::new(api)?;
 
-    if let Some(window) = &options.window {
+    // For a window in each recipient's own hours: the zones of the rows this
+    // run may claim, read once (a plan has few).
+    let recipient_hours = match options.window {
+        Some(window) if window.per_recipient => Some(RecipientHours::load(
+            db.as_ref(),
+            window,
+            &claimable_states(options.reset.as_ref()),
+        )?),
+        _ => None,
+    };
+    if let Some(hours) = Hours::of(options.window, recipient_hours.clone()) {
         let now = options.clock.now();
-        if !window.contains(now) {
-            let opens_at = window.next_open(now);
+        if !hours.contains(now) {
+            let (opens_at, zone) = hours.next_open(now);
             if !options.wait_for_window {
                 report.end = RunEnd::OutsideWindow { opens_at };
                 return Ok(report);
             }
             progress.note(&format!(
                 "outside the send window: waiting until {} ({})",
-                opens_at
-                    .with_timezone(&window.timezone)
-                    .format("%Y-%m-%d %H:%M %Z"),
+                opens_at.with_timezone(&zone).format("%Y-%m-%d %H:%M %Z"),
                 opens_at.format("%H:%M UTC")
             ));
             if let Some(reason) =
-                wait_for_window(window, options.clock.as_ref(), deadline, &stop, db.as_mut())
+                wait_for_window(&hours, options.clock.as_ref(), deadline, &stop, db.as_mut())
                     .await
                     .map_err(|e| lost(db.as_ref(), e))?
             {
@@ -415,7 +426,15 @@ pub async fn run(
     let claimable = counts.pending + resettable;
     let to_send = options.limit.map_or(claimable, |l| l.min(claimable));
     let (db, sending) = send_rows(
-        db, campaign, options, client, progress, stop, to_send, deadline,
+        db,
+        campaign,
+        options,
+        client,
+        progress,
+        stop,
+        to_send,
+        deadline,
+        recipient_hours.as_ref(),
     )
     .await?;
     let mut db = match sending.failure {
@@ -439,6 +458,12 @@ pub async fn run(
         stats.uncertain.load(Ordering::Relaxed),
     );
     report.end = sending.end.clone();
+    report.counts = db.counts()?;
+    // In recipients' own hours the claims run dry when every zone with rows
+    // left is closed: that is the window closing, not the campaign done.
+    if recipient_hours.is_some() && report.end == RunEnd::Completed && report.counts.pending > 0 {
+        report.end = RunEnd::Stopped(StopReason::WindowClosed);
+    }
     if let RunEnd::DailyLimitReached { next_at } = &mut report.end
         && let Some(daily) = options.daily_limit
     {
@@ -575,10 +600,21 @@ fn next_daily_slot(db: &dyn StateRead, daily: u32) -> Result<Option<DateTime<Utc
 /// resumed, an NTP step); the wall clock decides.
 const WINDOW_RECHECK: Duration = Duration::from_secs(1);
 
+/// The states of the rows a run may claim: pending ones, and those a resend selects.
+fn claimable_states(reset: Option<&RetrySelection>) -> Vec<RecipientState> {
+    let mut states = vec![RecipientState::Pending];
+    match reset {
+        Some(RetrySelection::Uncertain) => states.push(RecipientState::Uncertain),
+        Some(RetrySelection::Failed { .. }) => states.push(RecipientState::Failed),
+        None => {}
+    }
+    states
+}
+
 /// Waits until the window is open by the wall clock; the reason instead when
 /// something stops the wait first.
 async fn wait_for_window(
-    window: &SendWindow,
+    window: &Hours,
     clock: &dyn Clock,
     deadline: Option<Instant>,
     stop: &Stop,
@@ -598,7 +634,7 @@ async fn wait_for_window(
         if window.contains(now) {
             return Ok(None);
         }
-        let wait = (window.next_open(now) - now)
+        let wait = (window.next_open(now).0 - now)
             .to_std()
             .unwrap_or(Duration::ZERO)
             .min(WINDOW_RECHECK);
@@ -647,6 +683,7 @@ async fn send_rows(
     stop: Stop,
     to_send: u64,
     deadline: Option<Instant>,
+    recipient_hours: Option<&RecipientHours>,
 ) -> Result<(Box<dyn StateStore>, Sending), RunError> {
     let stats = Arc::new(RunStats::default());
     let delivery = Arc::new(Delivery {
@@ -669,7 +706,9 @@ async fn send_rows(
             stop.trigger(StopReason::MaxRuntime);
         });
     }
-    if let Some(window) = options.window {
+    // In recipients' own hours each claim and each row is judged by its
+    // zone instead (see `feed`).
+    if let Some(window) = options.window.filter(|w| !w.per_recipient) {
         guards.spawn(close_with_window(
             window,
             options.clock.clone(),
@@ -709,7 +748,14 @@ async fn send_rows(
             progress.tick(&s);
         }
     };
-    let feeding = feed(&writer, delivery.clone(), options, &stop, to_send);
+    let feeding = feed(
+        &writer,
+        delivery.clone(),
+        options,
+        &stop,
+        to_send,
+        recipient_hours,
+    );
     let end = tokio::select! {
         end = feeding => end,
         _ = ticker => unreachable_ticker(),
@@ -783,8 +829,11 @@ async fn feed(
     options: &RunOptions,
     stop: &Stop,
     to_send: u64,
+    recipient_hours: Option<&RecipientHours>,
 ) -> RunEnd {
     let handle = writer.handle();
+    // Re-evaluated before every claim: zones open and close during a run.
+    let open_zones = || recipient_hours.map(|h| h.open_zones(options.clock.now()));
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut tasks: JoinSet<()> = JoinSet::new();
     // Rows are claimed half a batch at a time, and the next half is claimed
@@ -839,7 +888,7 @@ async fn feed(
                         }
                     }
                 }
-                handle.claim(want as usize).await
+                handle.claim(want as usize, open_zones()).await
             }
         };
         let rows = match rows {
@@ -854,7 +903,7 @@ async fn feed(
         }
         claimed_total += rows.len() as u64;
         if prefetch && !stop.is_stopping() {
-            match handle.request_claim(unit as usize) {
+            match handle.request_claim(unit as usize, open_zones()) {
                 Ok(pending) => next_claim = Some(pending),
                 Err(e) => {
                     stop.trigger(StopReason::StateFailed(e.to_string()));
@@ -864,6 +913,13 @@ async fn feed(
         }
         let mut rows = rows.into_iter();
         while let Some(row) = rows.next() {
+            // A row claimed just before its zone closed waits for tomorrow.
+            if let Some(hours) = recipient_hours
+                && !hours.zone_open(row.timezone.as_deref(), options.clock.now())
+            {
+                give_back(&handle, &delivery.stats, std::iter::once(row));
+                continue;
+            }
             let permit = tokio::select! {
                 biased;
                 _ = stop.stopped() => None,

@@ -26,6 +26,7 @@ use crate::state::{
     Inserted, PlanInfo, PlanProblem, PlanRows, PlannedRow, ProblemCode, RecipientState, StateDb,
     StateError, StateRead, StateStore, timestamp, write_plan,
 };
+use crate::zones;
 
 /// How many row problems a summary keeps to show (all are in the state).
 pub const PROBLEMS_KEPT: usize = 20;
@@ -53,6 +54,10 @@ pub struct PlanSummary {
     pub csv_sha256: String,
     /// The first [`PROBLEMS_KEPT`] invalid or duplicate rows.
     pub problems: Vec<RowProblem>,
+    /// Rows to send whose zone neither the CSV nor the phone's country gave,
+    /// so the campaign's `fallback_timezone` was used (a window in each
+    /// recipient's own hours only).
+    pub zone_fallback: u64,
 }
 
 /// How the campaign's inputs compare with what was planned.
@@ -114,6 +119,16 @@ pub fn message_fingerprint(campaign: &Campaign) -> String {
         "default_country": r.default_country.map(|c| format!("{c:?}")),
         "delimiter": r.delimiter,
     });
+    // A window in each recipient's own hours decides each row's zone at plan
+    // time, so what decides the zones is part of the plan too. Added only
+    // then, so the plans of every other campaign keep their fingerprint.
+    let mut material = material;
+    if let Some(window) = campaign.send.window.filter(|w| w.per_recipient) {
+        material["recipient_zones"] = serde_json::json!({
+            "timezone_column": r.timezone_column,
+            "fallback_timezone": window.timezone.name(),
+        });
+    }
     hex(&Sha256::digest(material.to_string().as_bytes()))
 }
 
@@ -167,6 +182,15 @@ pub struct RowPlanner<'c> {
     headers: Vec<String>,
     phone_index: usize,
     name_index: Option<usize>,
+    /// Set for a window in each recipient's own hours.
+    zones: Option<ZonePlanner>,
+}
+
+/// How [`RowPlanner`] decides a row's zone.
+struct ZonePlanner {
+    /// `timezone_column`'s index and name, when the campaign has one.
+    column: Option<(usize, String)>,
+    fallback: chrono_tz::Tz,
 }
 
 impl<'c> RowPlanner<'c> {
@@ -189,12 +213,33 @@ impl<'c> RowPlanner<'c> {
                 });
             }
         }
+        let zones = match (&campaign.send.window, campaign.recipients.fallback_timezone) {
+            (Some(window), Some(fallback)) if window.per_recipient => {
+                let column = match &campaign.recipients.timezone_column {
+                    None => None,
+                    Some(wanted) => {
+                        let index = reader.column_index(wanted).ok_or_else(|| {
+                            PlanError::MissingColumn {
+                                place: "recipients.timezone_column".to_owned(),
+                                column: wanted.clone(),
+                                csv: campaign.recipients.csv.display().to_string(),
+                                columns: headers.join(", "),
+                            }
+                        })?;
+                        Some((index, wanted.clone()))
+                    }
+                };
+                Some(ZonePlanner { column, fallback })
+            }
+            _ => None,
+        };
         Ok(RowPlanner {
             campaign,
             renderer,
             headers,
             phone_index: reader.phone_index(),
             name_index: reader.name_index(),
+            zones,
         })
     }
 
@@ -207,6 +252,7 @@ impl<'c> RowPlanner<'c> {
                 code: ProblemCode::BadRow,
                 details,
             }),
+            timezone: None,
         };
         let record = match &raw.outcome {
             Ok(record) => record,
@@ -243,7 +289,33 @@ impl<'c> RowPlanner<'c> {
                         code: ProblemCode::InvalidPhone,
                         details: why.to_string(),
                     }),
+                    timezone: None,
                 };
+            }
+        };
+        let timezone = match &self.zones {
+            None => None,
+            Some(zones) => {
+                let cell = zones
+                    .column
+                    .as_ref()
+                    .map(|(i, _)| record.get(*i).unwrap_or(""));
+                let column = zones.column.as_ref().map_or("", |(_, name)| name.as_str());
+                match zones::zone_for_row(cell, column, phone.as_str(), zones.fallback) {
+                    Ok(zone) => Some(zone),
+                    Err(why) => {
+                        return PlannedRow {
+                            row: raw.row,
+                            phone: Some(phone.into_string()),
+                            name,
+                            outcome: Err(PlanProblem {
+                                code: ProblemCode::InvalidTimezone,
+                                details: why.to_string(),
+                            }),
+                            timezone: None,
+                        };
+                    }
+                }
             }
         };
         let outcome = self.render_body(record, phone.as_str(), name.as_deref(), raw.row);
@@ -252,6 +324,7 @@ impl<'c> RowPlanner<'c> {
             phone: Some(phone.into_string()),
             name,
             outcome,
+            timezone,
         }
     }
 
@@ -423,6 +496,12 @@ fn record_row(
     let (state, code, details) = match (inserted, &planned.outcome) {
         (Inserted::Pending, _) => {
             summary.pending += 1;
+            if planned
+                .timezone
+                .is_some_and(|z| z.source == zones::ZoneSource::Fallback)
+            {
+                summary.zone_fallback += 1;
+            }
             return Ok(None);
         }
         (Inserted::AlreadyPlanned, _) => {

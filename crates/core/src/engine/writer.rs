@@ -31,6 +31,8 @@ const BATCH_WAIT: Duration = Duration::from_millis(20);
 enum Command {
     Claim {
         max: usize,
+        /// The zones whose rows may be claimed now; `None` for any.
+        zones: Option<Vec<String>>,
         reply: oneshot::Sender<Result<Vec<Claimed>, String>>,
     },
     /// The outcome buffer is full: commit it now.
@@ -140,16 +142,26 @@ impl PendingClaim {
 
 impl WriterHandle {
     /// Asks for up to `max` pending rows without waiting for them, so the
-    /// next batch can be claimed while the current one is being sent.
-    pub fn request_claim(&self, max: usize) -> Result<PendingClaim, WriterError> {
+    /// next batch can be claimed while the current one is being sent. With
+    /// `zones`, only rows planned in those zones (see
+    /// [`StateStore::claim_only_zones`]).
+    pub fn request_claim(
+        &self,
+        max: usize,
+        zones: Option<Vec<String>>,
+    ) -> Result<PendingClaim, WriterError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Claim { max, reply })?;
+        self.send(Command::Claim { max, zones, reply })?;
         Ok(PendingClaim(rx))
     }
 
     /// Claims up to `max` pending rows (committed as `sending` before returning).
-    pub async fn claim(&self, max: usize) -> Result<Vec<Claimed>, WriterError> {
-        self.request_claim(max)?.rows().await
+    pub async fn claim(
+        &self,
+        max: usize,
+        zones: Option<Vec<String>>,
+    ) -> Result<Vec<Claimed>, WriterError> {
+        self.request_claim(max, zones)?.rows().await
     }
 
     /// Queues an outcome for the next commit. Never blocks on the disk and
@@ -265,7 +277,8 @@ fn writer_loop(
     };
     loop {
         match rx.recv_timeout(BATCH_WAIT) {
-            Ok(Command::Claim { max, reply }) => {
+            Ok(Command::Claim { max, zones, reply }) => {
+                writer.db.claim_only_zones(zones);
                 let _ = reply.send(writer.commit(max));
             }
             Ok(Command::Nudge) | Err(mpsc::RecvTimeoutError::Timeout) => {

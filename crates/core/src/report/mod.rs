@@ -58,6 +58,47 @@ pub struct Status {
     pub last_run: Option<RunRecord>,
     /// Error codes of failed, uncertain and invalid rows, most frequent first.
     pub errors: Vec<ErrorCount>,
+    /// With a window in each recipient's own hours: pending rows per zone and
+    /// when they may go next (see [`pending_by_zone`]); empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending_by_zone: Vec<ZonePending>,
+}
+
+/// The pending rows of one zone, for a window in each recipient's own hours.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ZonePending {
+    /// The IANA zone the rows were planned in.
+    pub timezone: String,
+    pub pending: u64,
+    pub open_now: bool,
+    /// When the zone's window opens (`now` when open).
+    pub opens_at: DateTime<Utc>,
+}
+
+/// Pending rows per zone and when each zone's window opens, soonest first:
+/// what `status` shows for a window in each recipient's own hours.
+pub fn pending_by_zone(
+    db: &dyn StateRead,
+    window: &crate::campaign::SendWindow,
+    now: DateTime<Utc>,
+) -> Result<Vec<ZonePending>, StateError> {
+    let hours = crate::engine::hours::RecipientHours::from_zones(*window, []);
+    let mut zones: Vec<ZonePending> = db
+        .rows_by_zone(&[RecipientState::Pending])?
+        .into_iter()
+        .filter_map(|(zone, pending)| {
+            let timezone = zone?;
+            let opens_at = hours.zone_next_open(&timezone, now)?;
+            Some(ZonePending {
+                open_now: opens_at <= now,
+                timezone,
+                pending,
+                opens_at,
+            })
+        })
+        .collect();
+    zones.sort_by(|a, b| (a.opens_at, &a.timezone).cmp(&(b.opens_at, &b.timezone)));
+    Ok(zones)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -113,6 +154,7 @@ pub fn gather_status(db: &dyn StateRead, now: DateTime<Utc>) -> Result<Status, S
         eta_seconds,
         last_run,
         errors,
+        pending_by_zone: Vec::new(),
     })
 }
 
@@ -170,6 +212,30 @@ impl Status {
             (RecipientState::Duplicate, c.duplicate),
         ] {
             writeln!(out, "  {:<10} {n}", state.as_str())?;
+        }
+        if !self.pending_by_zone.is_empty() {
+            // "pending: 120 open now, 300 open at 2026-11-26 06:00 UTC (Asia/Tokyo)"
+            let open: u64 = self
+                .pending_by_zone
+                .iter()
+                .filter(|z| z.open_now)
+                .map(|z| z.pending)
+                .sum();
+            let mut parts = vec![format!("{open} open now")];
+            parts.extend(
+                self.pending_by_zone
+                    .iter()
+                    .filter(|z| !z.open_now)
+                    .map(|z| {
+                        format!(
+                            "{} open at {} ({})",
+                            z.pending,
+                            z.opens_at.format("%Y-%m-%d %H:%M UTC"),
+                            z.timezone
+                        )
+                    }),
+            );
+            writeln!(out, "pending    {}", parts.join(", "))?;
         }
         match &self.running {
             Some(run) => {

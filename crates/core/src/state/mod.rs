@@ -144,6 +144,9 @@ pub struct PlannedRow {
     /// `Pending` with a body, or `Invalid` with a reason. Duplicates are
     /// decided by [`PlanRows::insert`], which sees every earlier row.
     pub outcome: Result<String, PlanProblem>,
+    /// The recipient's own zone, for a window in each recipient's hours
+    /// (`None` otherwise, and for rows that will not be sent).
+    pub timezone: Option<crate::zones::RowZone>,
 }
 
 /// Why a row will not be sent.
@@ -167,6 +170,8 @@ pub enum ProblemCode {
     ContentRule,
     /// The same phone as an earlier row.
     Duplicate,
+    /// The row's `timezone_column` cell is not an IANA zone name.
+    InvalidTimezone,
 }
 
 impl ProblemCode {
@@ -177,6 +182,7 @@ impl ProblemCode {
             ProblemCode::BadRow => "bad_row",
             ProblemCode::ContentRule => "content_rule",
             ProblemCode::Duplicate => "duplicate",
+            ProblemCode::InvalidTimezone => "invalid_timezone",
         }
     }
 }
@@ -209,6 +215,9 @@ pub struct Claimed {
     pub body: String,
     /// Attempts made in earlier runs.
     pub attempts: u32,
+    /// The recipient's own zone as planned (IANA name), when the campaign's
+    /// window is in each recipient's hours.
+    pub timezone: Option<String>,
 }
 
 /// What became of a claimed row: the engine's final word on it.
@@ -374,6 +383,9 @@ pub struct StateDb {
     /// run does not get to keep their state, so no later run resends them
     /// without being asked.
     resend: Option<RetrySelection>,
+    /// The zones this run may claim rows of now (see
+    /// [`StateStore::claim_only_zones`]); `None` for any.
+    zones: Option<Vec<String>>,
 }
 
 /// What a run's handle watches so it never records into a file nobody
@@ -476,6 +488,7 @@ impl StateDb {
             path: path.display().to_string(),
             watch: FileWatch::default(),
             resend: None,
+            zones: None,
         };
         db.conn
             .busy_timeout(Duration::from_secs(5))
@@ -558,6 +571,7 @@ impl StateDb {
             path,
             watch: FileWatch::default(),
             resend: None,
+            zones: None,
         })
     }
 

@@ -255,6 +255,34 @@ impl StateRead for StateDb {
             .map_err(|e| self.sql("reading a recipient", e))
     }
 
+    fn rows_by_zone(
+        &self,
+        states: &[RecipientState],
+    ) -> Result<Vec<(Option<String>, u64)>, StateError> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = (1..=states.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT timezone, count(*) FROM recipients WHERE state IN ({marks})
+                 GROUP BY timezone ORDER BY count(*) DESC, timezone"
+            ))
+            .map_err(|e| self.sql("counting rows by zone", e))?;
+        let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(names), |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.sql("counting rows by zone", e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql("counting rows by zone", e))
+    }
+
     fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
         let mut stmt = self
             .conn
@@ -436,6 +464,7 @@ mod tests {
                 code: ProblemCode::InvalidPhone,
                 details: "too short".into(),
             }),
+            timezone: None,
         });
         planned_state("reads", &rows)
     }

@@ -72,6 +72,11 @@ const MIGRATIONS: &[&str] = &[
         since           TEXT NOT NULL
     );
     "#,
+    // 4: each recipient's own IANA zone, decided at plan time, for a send
+    // window in the recipients' own hours (NULL for any other campaign).
+    r#"
+    ALTER TABLE recipients ADD COLUMN timezone TEXT;
+    "#,
 ];
 
 /// `PRAGMA application_id` of a state file ("C8CC"), so a path that leads
@@ -145,6 +150,15 @@ mod tests {
             )
             .expect("count");
         assert_eq!(tables, 4);
+        // 4: each recipient's own zone.
+        let zone_column: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('recipients') WHERE name = 'timezone'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("columns");
+        assert_eq!((latest_version(), zone_column), (4, 1));
     }
 
     #[test]

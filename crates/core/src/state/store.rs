@@ -91,6 +91,14 @@ pub trait StateRead {
         row: u64,
     ) -> Result<Option<(RecipientRecord, Option<String>)>, StateError>;
 
+    /// How many rows are in any of `states`, per planned zone (`None` for
+    /// rows planned without one), most rows first: when the rows of a window
+    /// in each recipient's own hours may go next.
+    fn rows_by_zone(
+        &self,
+        states: &[RecipientState],
+    ) -> Result<Vec<(Option<String>, u64)>, StateError>;
+
     /// The most recent runs, newest first.
     fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError>;
 
@@ -138,6 +146,13 @@ pub trait StateStore: StateRead + Send {
     /// written: rows the run does not get to keep their state, so no later
     /// run resends them without being asked.
     fn resend_during_run(&mut self, selection: Option<RetrySelection>);
+
+    /// Lets this handle's claims take only rows planned in these zones (IANA
+    /// names, as [`PlannedRow::timezone`] stored them) until it is called
+    /// again; `None` lifts the limit. For a window in each recipient's own
+    /// hours: the run names the zones open now before every claim, and rows
+    /// of the others stay `pending`. Held in the handle, never written.
+    fn claim_only_zones(&mut self, zones: Option<Vec<String>>);
 
     /// Starts writing a plan in one transaction; nothing is visible until
     /// [`PlanRows::commit`], and dropping the writer undoes it.

@@ -14,6 +14,7 @@ pub fn sendable(row: u64) -> PlannedRow {
         outcome: Ok(format!("{{\"to\":\"{phone}\"}}")),
         phone: Some(phone),
         name: None,
+        timezone: None,
     }
 }
 

@@ -12,6 +12,7 @@ fn pending(row: u64, phone: &str) -> PlannedRow {
         phone: Some(phone.into()),
         name: Some(format!("n{row}")),
         outcome: Ok(format!("{{\"to\":\"{phone}\"}}")),
+        timezone: None,
     }
 }
 
@@ -56,6 +57,7 @@ fn plan_decides_duplicates_and_counts_add_up() {
                     code: ProblemCode::InvalidPhone,
                     details: "bad".into(),
                 }),
+                timezone: None,
             },
         ],
     );
@@ -256,6 +258,7 @@ fn add_mode_does_not_plan_an_unusable_row_twice() {
             code: ProblemCode::BadRow,
             details: "line 3: has 1 field".into(),
         }),
+        timezone: None,
     };
     plan(&mut db, vec![pending(1, "+254700000001"), bad.clone()]);
     let inserted = write_plan(&mut db, PlanWrite::Add, |sink| {
@@ -299,4 +302,52 @@ fn default_state_path_sits_beside_the_campaign() {
         default_state_path(Path::new("campaigns/bf/campaign.toml")),
         PathBuf::from("campaigns/bf/campaign.state.db")
     );
+}
+
+#[test]
+fn claims_take_only_rows_of_the_zones_named() {
+    use crate::zones::{RowZone, ZoneSource};
+    let zoned = |row: u64, phone: &str, zone: chrono_tz::Tz| PlannedRow {
+        timezone: Some(RowZone {
+            zone,
+            source: ZoneSource::Country,
+        }),
+        ..pending(row, phone)
+    };
+    let mut db = StateDb::in_memory().expect("db");
+    plan(
+        &mut db,
+        vec![
+            zoned(1, "+221771234567", chrono_tz::Africa::Abidjan),
+            zoned(2, "+254712345678", chrono_tz::Africa::Nairobi),
+            zoned(3, "+221771234568", chrono_tz::Africa::Abidjan),
+            zoned(4, "+254712345679", chrono_tz::Africa::Nairobi),
+        ],
+    );
+    assert_eq!(
+        db.rows_by_zone(&[RecipientState::Pending]).expect("zones"),
+        [
+            (Some("Africa/Abidjan".to_owned()), 2),
+            (Some("Africa/Nairobi".to_owned()), 2)
+        ]
+    );
+    // No zone open: nothing is claimed, and the rows stay pending.
+    db.claim_only_zones(Some(Vec::new()));
+    assert!(db.claim(10).expect("claim").is_empty());
+    assert_eq!(db.counts().expect("counts").pending, 4);
+    // Nairobi open: its rows only, with their zone.
+    db.claim_only_zones(Some(vec!["Africa/Nairobi".to_owned()]));
+    let claimed = db.claim(10).expect("claim");
+    let rows: Vec<(u64, Option<&str>)> = claimed
+        .iter()
+        .map(|c| (c.row, c.timezone.as_deref()))
+        .collect();
+    assert_eq!(
+        rows,
+        [(2, Some("Africa/Nairobi")), (4, Some("Africa/Nairobi"))]
+    );
+    // The limit lifted: the rest.
+    db.claim_only_zones(None);
+    let rest: Vec<u64> = db.claim(10).expect("claim").iter().map(|c| c.row).collect();
+    assert_eq!(rest, [1, 3]);
 }

@@ -37,6 +37,10 @@ impl StateStore for StateDb {
         self.resend = selection;
     }
 
+    fn claim_only_zones(&mut self, zones: Option<Vec<String>>) {
+        self.zones = zones;
+    }
+
     fn begin_plan(&mut self, mode: PlanWrite) -> Result<Box<dyn PlanRows + '_>, StateError> {
         self.check_file()?;
         let StateDb {
@@ -127,20 +131,25 @@ impl StateStore for StateDb {
             }
         }
         let mut claimed = Vec::new();
-        if n > 0 {
+        // No zone open: nothing may be claimed (an empty `IN ()` is not SQL).
+        let any_zone = self.zones.as_ref().is_none_or(|z| !z.is_empty());
+        if n > 0 && any_zone {
             let (also, codes) = resend_clause(self.resend.as_ref());
+            let zones = self.zones.as_deref().unwrap_or_default();
+            let in_zone = zone_clause(zones, 3 + codes.len());
             let mut stmt = tx
                 .prepare_cached(&format!(
                     "UPDATE recipients SET state = 'sending', updated_at = ?1
                      WHERE id IN (SELECT id FROM recipients
-                                  WHERE state = 'pending'{also} ORDER BY id LIMIT ?2)
-                     RETURNING id, row, phone, body, attempts"
+                                  WHERE (state = 'pending'{also}){in_zone} ORDER BY id LIMIT ?2)
+                     RETURNING id, row, phone, body, attempts, timezone"
                 ))
                 .map_err(sql("claiming rows"))?;
             let now = timestamp(Utc::now());
             let limit = n as i64;
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit];
             values.extend(codes.iter().map(|c| c as &dyn rusqlite::ToSql));
+            values.extend(zones.iter().map(|z| z as &dyn rusqlite::ToSql));
             claimed = stmt
                 .query_map(values.as_slice(), |r| {
                     Ok(Claimed {
@@ -149,6 +158,7 @@ impl StateStore for StateDb {
                         phone: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
                         body: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
                         attempts: r.get::<_, i64>(4)? as u32,
+                        timezone: r.get(5)?,
                     })
                 })
                 .map_err(sql("claiming rows"))?
@@ -245,8 +255,9 @@ impl<'a> SqlitePlan<'a> {
             )?,
             insert: conn.prepare(
                 "INSERT INTO recipients
-                   (row, generation, phone, name, state, body, error_code, error_details, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                   (row, generation, phone, name, state, body, error_code, error_details, updated_at,
+                    timezone)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?,
             generation,
             add_mode,
@@ -335,6 +346,7 @@ impl PlanRows for SqlitePlan<'_> {
                 code,
                 details,
                 self.now,
+                row.timezone.map(|tz| tz.zone.name()),
             ])
             .map_err(sql_err)?;
         Ok(inserted)
@@ -381,6 +393,20 @@ impl PlanRows for SqlitePlan<'_> {
         tx.commit().map_err(|e| sql("committing the plan", e))?;
         watch.check(path)
     }
+}
+
+/// The claim's condition for the zones open now, with its parameters
+/// numbered from `first` (after the claim's own and the resend codes). Empty
+/// when claims are not limited to zones.
+fn zone_clause(zones: &[String], first: usize) -> String {
+    if zones.is_empty() {
+        return String::new();
+    }
+    let marks = (0..zones.len())
+        .map(|i| format!("?{}", first + i))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(" AND timezone IN ({marks})")
 }
 
 /// The claim's extra condition for a resend selection, with its parameters
