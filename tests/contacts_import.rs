@@ -43,6 +43,7 @@ fn options(csv: &Path, concurrency: usize) -> ImportOptions {
             name_column: "name".into(),
             default_country: Some(phonenumber::country::Id::KE),
             delimiter: b',',
+            exclude: Vec::new(),
         })
     }
 }

@@ -427,6 +427,7 @@ mod tests {
             name_column: "name".into(),
             default_country: None,
             delimiter,
+            exclude: Vec::new(),
         }
     }
 

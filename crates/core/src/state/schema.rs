@@ -72,6 +72,41 @@ const MIGRATIONS: &[&str] = &[
         since           TEXT NOT NULL
     );
     "#,
+    // 4: the final state `suppressed` (opted out on the ledger, or in a
+    // campaign's exclude file). SQLite cannot change a CHECK constraint in
+    // place, so the table is rebuilt: every column and row copied as it is,
+    // ids kept (outcomes and claims name rows by id), indexes made again.
+    r#"
+    CREATE TABLE recipients_new (
+        id              INTEGER PRIMARY KEY,
+        row             INTEGER NOT NULL,
+        generation      INTEGER NOT NULL,
+        phone           TEXT,
+        name            TEXT,
+        state           TEXT NOT NULL CHECK (state IN
+                            ('pending','sending','sent','failed','uncertain','invalid','duplicate',
+                             'suppressed')),
+        body            TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        message_id      TEXT,
+        error_code      TEXT,
+        error_details   TEXT,
+        updated_at      TEXT,
+        sent_at         TEXT
+    );
+    INSERT INTO recipients_new
+        (id, row, generation, phone, name, state, body, attempts, message_id,
+         error_code, error_details, updated_at, sent_at)
+    SELECT id, row, generation, phone, name, state, body, attempts, message_id,
+           error_code, error_details, updated_at, sent_at
+    FROM recipients;
+    DROP TABLE recipients;
+    ALTER TABLE recipients_new RENAME TO recipients;
+    CREATE INDEX recipients_by_state ON recipients(state, id);
+    CREATE INDEX recipients_by_phone ON recipients(phone);
+    CREATE INDEX recipients_by_sent_at ON recipients(sent_at) WHERE sent_at IS NOT NULL;
+    CREATE INDEX recipients_by_row ON recipients(row);
+    "#,
 ];
 
 /// `PRAGMA application_id` of a state file ("C8CC"), so a path that leads
