@@ -424,3 +424,34 @@ fn a_ledger_path_in_the_campaign_is_relative_to_it() {
         2
     );
 }
+
+#[test]
+fn two_campaigns_running_at_once_share_one_ledger() {
+    let sandbox = TestSandbox::unlimited();
+    let (_keep, ledger) = ledger_dir();
+    let a = CampaignDir::new(&text_campaign("concurrency = 4", "Hi"), &kenyan_csv(300));
+    let b = CampaignDir::new(
+        &text_campaign("concurrency = 4", "Hello").replace("name = \"test\"", "name = \"second\""),
+        &kenyan_csv(300),
+    );
+    let start = |dir: &CampaignDir| {
+        with_ledger(&sandbox, &ledger)
+            .arg("run")
+            .arg(dir.toml())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starts")
+    };
+    let (first, second) = (start(&a), start(&b));
+    for child in [first, second] {
+        let out = child.wait_with_output().expect("ends");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let messages = Ledger::open(&ledger)
+        .expect("ledger")
+        .messages()
+        .expect("read");
+    assert_eq!(messages.len(), 600);
+    assert_eq!(sandbox.messages().len(), 600);
+}

@@ -74,18 +74,26 @@ pub fn check_owner(conn: &Connection) -> rusqlite::Result<Result<(), String>> {
 
 /// Brings the file up to [`latest_version`]; `Ok(Err(found))` for a file
 /// from a newer build, which is refused rather than guessed at.
+///
+/// Runs of different campaigns may open a new ledger at the same moment, so
+/// each step takes the write lock first (IMMEDIATE) and reads the version
+/// under it: the second process finds the first one's work done instead of
+/// creating the same tables again.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), i64>> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if current > latest_version() {
-        return Ok(Err(current));
-    }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current > latest_version() {
+            return Ok(Err(current));
+        }
+        let Some(sql) = MIGRATIONS.get(current as usize) else {
+            tx.commit()?;
+            return Ok(Ok(()));
+        };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.pragma_update(None, "user_version", current + 1)?;
         // Set with the first migration, so a half-made ledger is still ours.
         tx.pragma_update(None, "application_id", APPLICATION_ID)?;
         tx.commit()?;
     }
-    Ok(Ok(()))
 }

@@ -101,3 +101,20 @@ fn opt_outs_are_added_once_listed_and_removed() {
     assert!(!l.remove_opt_out(&a).expect("remove again"));
     assert!(l.opt_outs().expect("list").is_empty());
 }
+
+#[test]
+fn runs_opening_a_new_ledger_at_once_all_get_it() {
+    // Regression: two processes both migrated a new file and the second
+    // failed with "table messages already exists".
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("l.db");
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || Ledger::open(&path).map(|_| ()).map_err(|e| e.to_string()))
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().expect("thread"), Ok(()));
+    }
+}

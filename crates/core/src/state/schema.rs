@@ -204,6 +204,65 @@ mod tests {
     }
 
     #[test]
+    fn the_suppressed_rebuild_keeps_every_row_column_and_index() {
+        let mut conn = Connection::open_in_memory().expect("memory db");
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).expect("old schema");
+        }
+        conn.pragma_update(None, "user_version", 3).expect("set");
+        conn.execute_batch(
+            "INSERT INTO recipients (id, row, generation, phone, name, state, body, attempts,
+                                     message_id, error_code, error_details, updated_at, sent_at)
+             VALUES (7, 3, 2, '+254700000001', 'A', 'sent', '{}', 2, 'm1', NULL, NULL, 'u', 's'),
+                    (9, 4, 2, 'x', NULL, 'invalid', NULL, 0, NULL, 'invalid_phone', 'd', 'u', NULL)",
+        )
+        .expect("rows");
+        migrate(&mut conn).expect("sql").expect("version");
+        let rows: Vec<(i64, i64, i64, String, i64, Option<String>, Option<String>)> = conn
+            .prepare("SELECT id, row, generation, state, attempts, message_id, error_code FROM recipients ORDER BY id")
+            .expect("select")
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                (7, 3, 2, "sent".into(), 2, Some("m1".into()), None),
+                (
+                    9,
+                    4,
+                    2,
+                    "invalid".into(),
+                    0,
+                    None,
+                    Some("invalid_phone".into())
+                ),
+            ]
+        );
+        conn.execute(
+            "UPDATE recipients SET state = 'suppressed' WHERE id = 9",
+            [],
+        )
+        .expect("the new state is allowed");
+        assert!(
+            conn.execute("UPDATE recipients SET state = 'bogus' WHERE id = 9", [])
+                .is_err(),
+            "the CHECK constraint is still there"
+        );
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("indexes");
+        assert_eq!(indexes, 4);
+    }
+
+    #[test]
     fn a_newer_file_is_refused() {
         let mut conn = Connection::open_in_memory().expect("memory db");
         conn.pragma_update(None, "user_version", 99).expect("set");
