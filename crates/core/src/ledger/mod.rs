@@ -59,7 +59,7 @@ pub enum LedgerError {
         known: i64,
     },
     #[error(
-        "no ledger location: set CONVERS8_LEDGER, HOME or XDG_STATE_HOME, or pass --ledger PATH"
+        "no ledger location: neither CONVERS8_LEDGER, XDG_STATE_HOME nor HOME is set; set one, or name the ledger with [ledger] path in the campaign (optout: --ledger PATH)"
     )]
     NoLocation,
 }
