@@ -218,7 +218,9 @@ mod tests {
         )
         .expect("rows");
         migrate(&mut conn).expect("sql").expect("version");
-        let rows: Vec<(i64, i64, i64, String, i64, Option<String>, Option<String>)> = conn
+        // id, row, generation, state, attempts, message_id, error_code
+        type Row = (i64, i64, i64, String, i64, Option<String>, Option<String>);
+        let rows: Vec<Row> = conn
             .prepare("SELECT id, row, generation, state, attempts, message_id, error_code FROM recipients ORDER BY id")
             .expect("select")
             .query_map([], |r| {
