@@ -518,6 +518,7 @@ fn timeout_s_int_gives_the_graceful_stop() {
         .arg(dir.toml())
         .env("CONVERS8_API_KEY", KEY)
         .env("CONVERS8_BASE_URL", sandbox.base_url())
+        .env("CONVERS8_LEDGER", test_ledger())
         .output()
         .expect("timeout runs");
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));

@@ -45,6 +45,7 @@ fn options(csv: &Path, concurrency: usize) -> ImportOptions {
             delimiter: b',',
             timezone_column: None,
             fallback_timezone: None,
+            exclude: Vec::new(),
         })
     }
 }

@@ -267,6 +267,12 @@ pub fn command(sandbox: Option<&SandboxProcess>, args: &[&str]) -> Command {
         .env_remove("RUST_LOG")
         .env_remove("CONVERS8_API_KEY")
         .env_remove("CONVERS8_BASE_URL")
+        // Benchmarks measure with the ledger on, as operators run, but never
+        // in the user's own ledger.
+        .env(
+            "CONVERS8_LEDGER",
+            std::env::temp_dir().join(format!("convers8-bench-{}.ledger.db", std::process::id())),
+        )
         .stdin(Stdio::null());
     if let Some(sandbox) = sandbox {
         cmd.env("CONVERS8_API_KEY", KEY)

@@ -380,6 +380,42 @@ pub fn shell_quote(path: &Path) -> String {
     }
 }
 
+/// How a run of `campaign` uses the ledger: a rehearsal's own one beside its
+/// sandbox state, else the campaign's `[ledger] path`, `CONVERS8_LEDGER` or
+/// the per-user default; recording unless the campaign opts out.
+pub fn ledger_use(
+    campaign: &Campaign,
+    sandbox: bool,
+    state_path: &Path,
+) -> anyhow::Result<convers8_campaign::engine::LedgerUse> {
+    use convers8_campaign::engine::LedgerUse;
+    use convers8_campaign::ledger::{LedgerError, location};
+    let path = if sandbox {
+        Some(location::for_sandbox_state(state_path))
+    } else {
+        location::for_campaign(campaign.ledger.path.as_deref())
+    };
+    Ok(match (path, campaign.ledger.enabled) {
+        (Some(path), true) => LedgerUse::Record(path),
+        (Some(path), false) => LedgerUse::HonourOnly(path),
+        (None, false) => LedgerUse::Off,
+        (None, true) => return Err(LedgerError::NoLocation.into()),
+    })
+}
+
+/// Who `validate` and `preview` leave out: the opt-outs of the campaign's
+/// ledger (read if it exists, never created) and its exclude files.
+pub fn suppressions(
+    campaign: &Campaign,
+) -> anyhow::Result<convers8_campaign::ledger::screen::Suppressions> {
+    use convers8_campaign::ledger::{Ledger, location, screen::Suppressions};
+    let ledger = match location::for_campaign(campaign.ledger.path.as_deref()) {
+        Some(path) => Ledger::open_existing(&path)?,
+        None => None,
+    };
+    Ok(Suppressions::load(campaign, ledger.as_ref())?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

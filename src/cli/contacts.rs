@@ -220,7 +220,7 @@ pub async fn run(command: ContactsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn parse_country(s: &str) -> Result<Country, String> {
+pub(super) fn parse_country(s: &str) -> Result<Country, String> {
     let upper = s.trim().to_ascii_uppercase();
     // `Id::from_str` also knows a few non-country codes; only two letters are countries.
     let two_letters = upper.len() == 2 && upper.bytes().all(|b| b.is_ascii_alphabetic());
@@ -230,7 +230,7 @@ fn parse_country(s: &str) -> Result<Country, String> {
         .ok_or_else(|| format!("unknown country '{s}': use an ISO 3166-1 alpha-2 code such as KE"))
 }
 
-fn parse_delimiter(s: &str) -> Result<u8, String> {
+pub(super) fn parse_delimiter(s: &str) -> Result<u8, String> {
     if s == "\\t" || s.eq_ignore_ascii_case("tab") {
         return Ok(b'\t');
     }
@@ -250,7 +250,7 @@ fn client(api: &ApiArgs) -> anyhow::Result<Client> {
 
 /// [`E164::parse`]'s reasons speak to campaign files ("set default_country");
 /// here the same advice is a flag.
-fn phone_problem(why: &str) -> String {
+pub(super) fn phone_problem(why: &str) -> String {
     why.replace("set default_country", "pass --default-country")
 }
 
@@ -542,6 +542,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         delimiter: args.delimiter,
         timezone_column: None,
         fallback_timezone: None,
+        exclude: Vec::new(),
     };
     let options = ImportOptions {
         concurrency: usize::try_from(args.concurrency).unwrap_or(1),

@@ -13,6 +13,7 @@ mod common;
 mod completions;
 mod contacts;
 pub mod exit;
+mod optout;
 mod output;
 mod preview;
 mod progress;
@@ -84,6 +85,9 @@ enum Command {
     Retry(retry::RetryArgs),
     #[command(subcommand, after_help = CONTACTS_EXAMPLES)]
     Contacts(contacts::ContactsCommand),
+    /// The account's opt-out list (in the ledger): add, import, remove, list.
+    #[command(subcommand, after_help = optout::OPTOUT_EXAMPLES)]
+    Optout(optout::OptoutCommand),
     Sandbox(sandbox::SandboxArgs),
     Completions(completions::CompletionsArgs),
 }
@@ -154,6 +158,7 @@ pub fn main() -> ExitCode {
             Command::Report(args) => report::run(args).await,
             Command::Retry(args) => retry::run(args).await,
             Command::Contacts(command) => contacts::run(command).await,
+            Command::Optout(command) => optout::run(command).await,
             Command::Sandbox(args) => sandbox::run(args).await,
             Command::Completions(args) => completions::run(args),
         }

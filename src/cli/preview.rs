@@ -78,7 +78,8 @@ pub async fn run(args: PreviewArgs) -> anyhow::Result<ExitCode> {
         );
         (db, kind, source, changed)
     } else {
-        scratch = ScratchPlan::new(&campaign, |_| {})?;
+        let suppressions = super::common::suppressions(&campaign)?;
+        scratch = ScratchPlan::screened(&campaign, &suppressions, |_| {})?;
         let source = format!(
             "previewing from a fresh plan of {} (no state file yet; nothing is written)",
             campaign.recipients.csv.display()
@@ -137,13 +138,14 @@ fn preview_first(
 fn nothing_left(db: &dyn StateRead) -> anyhow::Result<String> {
     let c = db.counts()?;
     Ok(format!(
-        "nothing left to send: {} = sent {} + failed {} + uncertain {} + invalid {} + duplicate {} (`--row R` shows a row's body)",
+        "nothing left to send: {} = sent {} + failed {} + uncertain {} + invalid {} + duplicate {} + suppressed {} (`--row R` shows a row's body)",
         plural(c.total(), "row"),
         c.sent,
         c.failed,
         c.uncertain,
         c.invalid,
-        c.duplicate
+        c.duplicate,
+        c.suppressed
     ))
 }
 
@@ -187,7 +189,7 @@ fn preview_row(
             " — uncertain ({}); `retry --uncertain` would send this body again",
             reason()
         ),
-        RecipientState::Invalid | RecipientState::Duplicate => {
+        RecipientState::Invalid | RecipientState::Duplicate | RecipientState::Suppressed => {
             let _ = writeln!(out, "row {row} will not be sent: {}", reason());
             return Ok(());
         }

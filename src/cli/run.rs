@@ -220,7 +220,9 @@ pub(super) async fn execute(
         api_args.client_config(campaign.api.base_url.as_deref(), campaign.send.timeout)?
     };
 
+    let ledger = super::common::ledger_use(campaign, use_sandbox, &state_path)?;
     let mut options = RunOptions::from_campaign(campaign, state_path, api);
+    options.ledger = ledger;
     configure(&mut options);
 
     let progress = progress::for_stderr();
@@ -379,13 +381,14 @@ fn text_report(
         ));
     }
     lines.push(format!(
-        "  all rows: {} = sent {} + failed {} + uncertain {} + invalid {} + duplicate {} + pending {}{}",
+        "  all rows: {} = sent {} + failed {} + uncertain {} + invalid {} + duplicate {} + suppressed {} + pending {}{}",
         c.total(),
         c.sent,
         c.failed,
         c.uncertain,
         c.invalid,
         c.duplicate,
+        c.suppressed,
         c.pending,
         if c.sending > 0 {
             format!(" + sending {}", c.sending)

@@ -56,6 +56,8 @@ struct Verdict<'a> {
     valid: u64,
     invalid: u64,
     duplicate: u64,
+    /// Opted out on the ledger or in an exclude file: never sent (not a fault).
+    suppressed: u64,
     /// The first problems (at most `plan::PROBLEMS_KEPT`).
     problems: &'a [RowProblem],
     /// Set when `[api] base_url` sends the key somewhere other than the API.
@@ -96,7 +98,8 @@ fn zone_fallback_warning(campaign: &Campaign, fell_back: u64) -> Option<String> 
 
 pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let campaign = Campaign::load(&args.campaign)?;
-    let scratch = ScratchPlan::new(&campaign, |_| {})?;
+    let suppressions = super::common::suppressions(&campaign)?;
+    let scratch = ScratchPlan::screened(&campaign, &suppressions, |_| {})?;
     let s = &scratch.summary;
     let bad_rows = s.invalid + s.duplicate;
     let ok = s.pending > 0 && !(args.strict && bad_rows > 0);
@@ -117,6 +120,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             valid: s.pending,
             invalid: s.invalid,
             duplicate: s.duplicate,
+            suppressed: s.suppressed,
             problems: &s.problems,
             base_url_warning: base_url_warning.clone(),
             timezone_warning: timezone_warning.clone(),
@@ -135,11 +139,12 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         );
         let _ = writeln!(
             out,
-            "  {}: {} valid, {} invalid, {} duplicate",
+            "  {}: {} valid, {} invalid, {} duplicate, {} suppressed",
             plural(s.rows, "row"),
             s.pending,
             s.invalid,
-            s.duplicate
+            s.duplicate,
+            s.suppressed
         );
         // The code says what the state would repeat ("invalid
         // invalid_phone", "duplicate duplicate"): the code alone.
@@ -153,11 +158,11 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         for warning in [&base_url_warning, &timezone_warning].into_iter().flatten() {
             let _ = writeln!(out, "  warning: {warning}");
         }
-        let unshown = bad_rows.saturating_sub(s.problems.len() as u64);
+        let unshown = (bad_rows + s.suppressed).saturating_sub(s.problems.len() as u64);
         if unshown > 0 {
             let _ = writeln!(
                 out,
-                "  … and {unshown} more (after a run, `report --state-filter invalid,duplicate` lists them all)"
+                "  … and {unshown} more (after a run, `report --state-filter invalid,duplicate,suppressed` lists them all)"
             );
         }
         if ok {
@@ -167,11 +172,12 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     drop(out);
     if s.pending == 0 {
         anyhow::bail!(
-            "{}: no row of {} can be sent ({} invalid, {} duplicate): fix the rows above",
+            "{}: no row of {} can be sent ({} invalid, {} duplicate, {} suppressed): fix the rows above",
             args.campaign.display(),
             campaign.recipients.csv.display(),
             s.invalid,
-            s.duplicate
+            s.duplicate,
+            s.suppressed
         );
     }
     if !ok {

@@ -181,13 +181,26 @@ pub fn bin(sandbox: &TestSandbox) -> Command {
     cmd
 }
 
-/// The real binary with no key or base URL from this environment.
+/// The real binary with no key or base URL from this environment, and a
+/// ledger of this test process's own (see [`test_ledger`]).
 pub fn bare_bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_convers8-campaign"));
     cmd.env_remove("CONVERS8_API_KEY")
         .env_remove("CONVERS8_BASE_URL")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .env("CONVERS8_LEDGER", test_ledger());
     cmd
+}
+
+/// The ledger every binary a test starts uses unless the test names its
+/// own: a temporary file, so no test ever reads or writes the real user's
+/// ledger (`~/.local/state/...`). Shared by the tests of one process, so a
+/// test that puts phones on the opt-out list must use a ledger of its own.
+pub fn test_ledger() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("ledger tempdir"))
+        .path()
+        .join("ledger.db")
 }
 
 /// Starts `run` on the campaign in the background, its output discarded.

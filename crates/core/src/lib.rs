@@ -14,6 +14,8 @@
 //!   that turns a cell or a flag into one.
 //! - [`render`]: handlebars templates (strict, no HTML escaping) into request content.
 //! - [`state`]: the SQLite state file — schema, claims, batched result writes, counts.
+//! - [`ledger`]: the account's audience ledger shared by campaigns — every
+//!   message that left, and the opt-out list.
 //! - [`engine`]: the run loop — pacing, retries, circuit breaker, shutdown,
 //!   progress — and the one "call until a final answer" helper.
 //! - [`contacts`]: importing a CSV of contacts, on the engine's pace, retries and stop.
@@ -28,6 +30,7 @@ pub mod api;
 pub mod campaign;
 pub mod contacts;
 pub mod engine;
+pub mod ledger;
 pub mod phone;
 pub mod recipients;
 pub mod render;

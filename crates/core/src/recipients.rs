@@ -435,6 +435,7 @@ mod tests {
             delimiter,
             timezone_column: None,
             fallback_timezone: None,
+            exclude: Vec::new(),
         }
     }
 

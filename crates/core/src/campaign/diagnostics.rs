@@ -22,7 +22,16 @@ use crate::api::model::{
 
 /// The keys each table accepts, for "expected one of" hints. They mirror the
 /// `Raw*` structs below; `known_keys_match_the_structs` keeps them in step.
-const ROOT_KEYS: &[&str] = &["campaign", "recipients", "send", "api", "vars", "message"];
+const ROOT_KEYS: &[&str] = &[
+    "campaign",
+    "recipients",
+    "send",
+    "api",
+    "vars",
+    "message",
+    "ledger",
+];
+const LEDGER_KEYS: &[&str] = &["enabled", "path"];
 const CAMPAIGN_KEYS: &[&str] = &["name", "description"];
 const RECIPIENTS_KEYS: &[&str] = &[
     "csv",
@@ -32,6 +41,7 @@ const RECIPIENTS_KEYS: &[&str] = &[
     "delimiter",
     "timezone_column",
     "fallback_timezone",
+    "exclude",
 ];
 const SEND_KEYS: &[&str] = &[
     "concurrency",
@@ -157,6 +167,22 @@ struct RawFile {
     api: Option<RawApi>,
     vars: Option<toml::Table>,
     message: Option<RawMessage>,
+    ledger: Option<RawLedger>,
+}
+
+/// `ledger = false`, or a `[ledger]` table.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawLedger {
+    Enabled(bool),
+    Table(RawLedgerTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedgerTable {
+    enabled: Option<bool>,
+    path: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +202,7 @@ struct RawRecipients {
     delimiter: Option<String>,
     timezone_column: Option<String>,
     fallback_timezone: Option<String>,
+    exclude: Option<Vec<String>>,
 }
 
 // Integers are read as i64 so that `concurrency = -1` gets our range message
@@ -416,6 +443,7 @@ impl Doc<'_> {
             None => serde_json::Map::new(),
         };
         let message = self.message(raw.message)?;
+        let ledger = self.ledger(raw.ledger)?;
 
         Ok(Campaign {
             file: file.to_owned(),
@@ -429,8 +457,36 @@ impl Doc<'_> {
             api,
             vars,
             message,
+            ledger,
             file_sha256,
         })
+    }
+
+    /// A path written in the file, relative to the file's directory.
+    fn relative(&self, path: &str) -> PathBuf {
+        match self.file.parent() {
+            Some(dir) => dir.join(path),
+            None => PathBuf::from(path),
+        }
+    }
+
+    fn ledger(&self, raw: Option<RawLedger>) -> Result<LedgerSpec, CampaignError> {
+        let (enabled, path) = match raw {
+            None => (true, None),
+            Some(RawLedger::Enabled(enabled)) => (enabled, None),
+            Some(RawLedger::Table(t)) => (t.enabled.unwrap_or(true), t.path),
+        };
+        let path = match path {
+            Some(p) if p.trim().is_empty() => {
+                return Err(self.invalid(
+                    &[key("ledger"), key("path")],
+                    "`path` in [ledger] is empty: name the ledger file (relative to this file), or remove the key for the default".into(),
+                ));
+            }
+            Some(p) => Some(self.relative(&p)),
+            None => None,
+        };
+        Ok(LedgerSpec { enabled, path })
     }
 
     fn recipients(&self, raw: Option<RawRecipients>) -> Result<RecipientsSpec, CampaignError> {
@@ -525,6 +581,16 @@ impl Doc<'_> {
                 )
             })?),
         };
+        let mut exclude = Vec::new();
+        for (i, file) in raw.exclude.unwrap_or_default().iter().enumerate() {
+            if file.trim().is_empty() {
+                return Err(self.invalid(
+                    &[key("recipients"), key("exclude"), Seg::Index(i)],
+                    format!("entry {} of `exclude` in [recipients] is empty: name a CSV of phones to leave out, relative to this file", i + 1),
+                ));
+            }
+            exclude.push(self.relative(file));
+        }
         Ok(RecipientsSpec {
             csv,
             phone_column,
@@ -533,6 +599,7 @@ impl Doc<'_> {
             delimiter,
             timezone_column,
             fallback_timezone,
+            exclude,
         })
     }
 
@@ -964,6 +1031,7 @@ fn expected_keys(table: &[Seg]) -> &'static [&'static str] {
         ["send", "window"] => WINDOW_KEYS,
         ["api"] => API_KEYS,
         ["message"] => MESSAGE_KEYS,
+        ["ledger"] => LEDGER_KEYS,
         _ => &[],
     }
 }
@@ -1457,6 +1525,7 @@ default_country = "KE"
 delimiter = ","
 timezone_column = "tz"
 fallback_timezone = "UTC"
+exclude = ["x.csv"]
 [send]
 concurrency = 1
 rate_per_second = 1
@@ -1470,6 +1539,9 @@ base_url = "https://x.example"
 [message]
 type = "text"
 content = { text = "t" }
+[ledger]
+enabled = true
+path = "l.db"
 "#;
         load(text).unwrap();
         for list in [
@@ -1480,6 +1552,7 @@ content = { text = "t" }
             WINDOW_KEYS,
             API_KEYS,
             MESSAGE_KEYS,
+            LEDGER_KEYS,
         ] {
             for k in list {
                 assert!(

@@ -47,6 +47,8 @@ pub struct Campaign {
     /// `[vars]`, TOML values converted to JSON (dates become strings).
     pub vars: serde_json::Map<String, Value>,
     pub message: MessageSpec,
+    /// `[ledger]` (or `ledger = false`).
+    pub ledger: LedgerSpec,
     /// Lowercase hex SHA-256 of the campaign file's bytes.
     pub file_sha256: String,
 }
@@ -65,6 +67,28 @@ pub struct RecipientsSpec {
     pub timezone_column: Option<String>,
     /// The zone of rows whose own zone is unknown (a per-recipient window only).
     pub fallback_timezone: Option<chrono_tz::Tz>,
+    /// `exclude`: CSVs of phones this campaign never sends to (suppressed,
+    /// `excluded`), resolved relative to the campaign file.
+    pub exclude: Vec<PathBuf>,
+}
+
+/// `[ledger]`: whether this campaign records its messages in the account's
+/// ledger, and which ledger (see [`crate::ledger::location`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerSpec {
+    /// `false` for `ledger = false` or `[ledger] enabled = false`.
+    pub enabled: bool,
+    /// `[ledger] path`, resolved relative to the campaign file.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for LedgerSpec {
+    fn default() -> Self {
+        LedgerSpec {
+            enabled: true,
+            path: None,
+        }
+    }
 }
 
 /// `[send]`: pacing and the attempt budget.

@@ -41,6 +41,8 @@ use tokio::time::Instant;
 
 use crate::api::{Client, ClientConfig, ClientError};
 use crate::campaign::{Campaign, SendWindow};
+use crate::ledger::Ledger;
+use crate::ledger::screen::{RunLedger, ScreenError, Suppressions};
 use crate::state::{
     self, Claimed, Counts, FileGone, LockError, Outcome, RecipientState, RetrySelection,
     RowOutcome, StateError, StateRead, StateStore,
@@ -90,6 +92,23 @@ pub struct RunOptions {
     pub drain_grace: Duration,
     /// The wall clock the send window is judged by.
     pub clock: Arc<dyn Clock>,
+    /// The account's ledger: opt-outs honoured, messages recorded. Off
+    /// unless the caller says where it is (the library reads no environment).
+    pub ledger: LedgerUse,
+}
+
+/// How a run uses the account's ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LedgerUse {
+    /// No ledger: only the campaign's exclude files suppress rows.
+    #[default]
+    Off,
+    /// Honour the opt-outs of the ledger at this path and record every
+    /// message that leaves in it (created if missing).
+    Record(PathBuf),
+    /// `[ledger] enabled = false`: honour the opt-outs of the ledger at this
+    /// path if it exists, write nothing, create nothing.
+    HonourOnly(PathBuf),
 }
 
 impl RunOptions {
@@ -119,6 +138,7 @@ impl RunOptions {
             backoff: BackoffPolicy::default(),
             drain_grace: send.timeout + Duration::from_secs(1),
             clock: Arc::new(SystemClock),
+            ledger: LedgerUse::Off,
         }
     }
 }
@@ -254,6 +274,15 @@ pub enum RunError {
     Client(#[from] ClientError),
     #[error("cannot start the state writer: {0}")]
     Writer(#[source] std::io::Error),
+    /// The ledger or an exclude file could not be read before the run:
+    /// nothing was sent, because a list meant to stop messages was unread.
+    #[error("{0}: nothing was sent")]
+    Screen(#[from] ScreenError),
+    /// The ledger could not be written mid-run: the run stopped.
+    #[error(
+        "cannot record messages in the ledger: {message}; the run stopped so that no message leaves unrecorded. Fix the ledger (see the error), then run again: the state keeps every outcome"
+    )]
+    LedgerFailed { message: String },
     /// The state writer failed for a reason other than a lost file.
     #[error(
         "cannot record results in the state file {path}: {message} ({unrecorded} outcomes could not be recorded; rows left `sending` become `uncertain` on the next run)"
@@ -326,7 +355,8 @@ pub async fn run(
     // new campaign must not both create, migrate or plan it.
     let mut db = state::open_for_run(&options.state_path)?;
 
-    let (plan, replanned) = prepare_plan(db.as_mut(), campaign, options, progress)?;
+    let (run_ledger, suppressions) = open_ledger(campaign, options)?;
+    let (plan, replanned) = prepare_plan(db.as_mut(), campaign, options, progress, &suppressions)?;
     let path = options.state_path.clone();
     let lost = |db: &dyn StateStore, e: StateError| state_error(db, &path, e, 0);
     let recovered_uncertain = db
@@ -435,6 +465,7 @@ pub async fn run(
         to_send,
         deadline,
         recipient_hours.as_ref(),
+        run_ledger,
     )
     .await?;
     let mut db = match sending.failure {
@@ -486,6 +517,9 @@ fn write_failure_error(
 ) -> RunError {
     match failure.gone {
         Some(what) => state_lost(db, state_path, what, failure.unrecorded),
+        None if failure.ledger => RunError::LedgerFailed {
+            message: failure.message,
+        },
         None => RunError::RecordFailed {
             path: state_path.display().to_string(),
             message: failure.message,
@@ -521,6 +555,25 @@ fn state_lost(db: &dyn StateStore, state_path: &Path, what: FileGone, unrecorded
     }
 }
 
+/// Opens the ledger the options name and reads the campaign's exclude
+/// files: the run's claim-time screen, and the plan-time snapshot.
+fn open_ledger(
+    campaign: &Campaign,
+    options: &RunOptions,
+) -> Result<(RunLedger, Suppressions), RunError> {
+    let (ledger, record) = match &options.ledger {
+        LedgerUse::Off => (None, false),
+        LedgerUse::Record(path) => (Some(Ledger::open(path).map_err(ScreenError::from)?), true),
+        LedgerUse::HonourOnly(path) => (
+            Ledger::open_existing(path).map_err(ScreenError::from)?,
+            false,
+        ),
+    };
+    let suppressions = Suppressions::load(campaign, ledger.as_ref())?;
+    let run_ledger = RunLedger::new(ledger, record, suppressions.excluded().clone());
+    Ok((run_ledger, suppressions))
+}
+
 /// Plans on the first run; on later runs checks that the inputs did not
 /// change. Inputs that changed before anything was sent are simply planned
 /// again: nobody can have the old message yet. Returns whether it re-planned.
@@ -529,6 +582,7 @@ fn prepare_plan(
     campaign: &Campaign,
     options: &RunOptions,
     progress: &dyn Progress,
+    suppressions: &Suppressions,
 ) -> Result<(Option<PlanSummary>, bool), RunError> {
     let check = plan::check_inputs(db, campaign)?;
     let changed = match &check {
@@ -569,13 +623,15 @@ fn prepare_plan(
         campaign.name,
         campaign.recipients.csv.display()
     ));
-    let summary = plan::plan_campaign(db, campaign, mode, |_: &RowProblem| {})?;
+    let summary =
+        plan::plan_campaign_screened(db, campaign, mode, suppressions, |_: &RowProblem| {})?;
     progress.note(&format!(
-        "planned {} rows: {} to send, {} invalid, {} duplicate{}",
+        "planned {} rows: {} to send, {} invalid, {} duplicate, {} suppressed{}",
         summary.rows,
         summary.pending,
         summary.invalid,
         summary.duplicate,
+        summary.suppressed,
         if mode == PlanWrite::Add {
             format!(", {} already planned", summary.already_planned)
         } else {
@@ -684,6 +740,7 @@ async fn send_rows(
     to_send: u64,
     deadline: Option<Instant>,
     recipient_hours: Option<&RecipientHours>,
+    ledger: RunLedger,
 ) -> Result<(Box<dyn StateStore>, Sending), RunError> {
     let stats = Arc::new(RunStats::default());
     let delivery = Arc::new(Delivery {
@@ -696,7 +753,17 @@ async fn send_rows(
         stop: stop.clone(),
         stats: stats.clone(),
     });
-    let writer = StateWriter::spawn(db, stop.clone()).map_err(RunError::Writer)?;
+    // The ledger names the state by its absolute path, so two runs that
+    // reach one state by different relative paths are one state to it.
+    let context = writer::LedgerContext {
+        campaign: campaign.name.clone(),
+        state_file: std::fs::canonicalize(&options.state_path)
+            .unwrap_or_else(|_| options.state_path.clone())
+            .display()
+            .to_string(),
+    };
+    let writer = StateWriter::spawn_with_ledger(db, stop.clone(), Some((ledger, context)))
+        .map_err(RunError::Writer)?;
     let started = Instant::now();
     let mut guards = JoinSet::new();
     if let Some(deadline) = deadline {

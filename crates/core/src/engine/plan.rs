@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::api::model::{MessageContent, build_body};
 use crate::api::rules;
 use crate::campaign::Campaign;
+use crate::ledger::screen::Suppressions;
 use crate::phone::E164;
 use crate::recipients::{RawRow, RecipientReader, RecipientsError};
 use crate::render::{Renderer, RowContext, TemplateError};
@@ -49,6 +50,8 @@ pub struct PlanSummary {
     pub pending: u64,
     pub invalid: u64,
     pub duplicate: u64,
+    /// Opted out on the ledger or in an exclude file: never sent.
+    pub suppressed: u64,
     /// `--add-new-recipients` only: rows whose phone the state already had.
     pub already_planned: u64,
     pub csv_sha256: String,
@@ -182,6 +185,8 @@ pub struct RowPlanner<'c> {
     headers: Vec<String>,
     phone_index: usize,
     name_index: Option<usize>,
+    /// Opted-out and excluded phones: planned `suppressed`, never rendered.
+    suppressions: Option<&'c Suppressions>,
     /// Set for a window in each recipient's own hours.
     zones: Option<ZonePlanner>,
 }
@@ -194,6 +199,12 @@ struct ZonePlanner {
 }
 
 impl<'c> RowPlanner<'c> {
+    /// Plans the phones `suppressions` names as `suppressed`.
+    pub fn with_suppressions(mut self, suppressions: &'c Suppressions) -> Self {
+        self.suppressions = Some(suppressions);
+        self
+    }
+
     /// Compiles the templates and checks that every column they use exists.
     pub fn new(campaign: &'c Campaign, reader: &RecipientReader) -> Result<Self, PlanError> {
         let renderer = Renderer::compile(&campaign.message, &campaign.vars).map_err(|source| {
@@ -239,6 +250,7 @@ impl<'c> RowPlanner<'c> {
             headers,
             phone_index: reader.phone_index(),
             name_index: reader.name_index(),
+            suppressions: None,
             zones,
         })
     }
@@ -293,6 +305,18 @@ impl<'c> RowPlanner<'c> {
                 };
             }
         };
+        if let Some(why) = self.suppressions.and_then(|s| s.check(phone.as_str())) {
+            return PlannedRow {
+                row: raw.row,
+                phone: Some(phone.into_string()),
+                name,
+                outcome: Err(PlanProblem {
+                    code: why.code,
+                    details: why.details,
+                }),
+                timezone: None,
+            };
+        }
         let timezone = match &self.zones {
             None => None,
             Some(zones) => {
@@ -375,10 +399,22 @@ pub fn plan_campaign(
     db: &mut dyn StateStore,
     campaign: &Campaign,
     mode: PlanWrite,
+    on_problem: impl FnMut(&RowProblem),
+) -> Result<PlanSummary, PlanError> {
+    plan_campaign_screened(db, campaign, mode, &Suppressions::none(), on_problem)
+}
+
+/// [`plan_campaign`], with the phones `suppressions` names planned
+/// `suppressed` (opted out on the ledger, or in an exclude file).
+pub fn plan_campaign_screened(
+    db: &mut dyn StateStore,
+    campaign: &Campaign,
+    mode: PlanWrite,
+    suppressions: &Suppressions,
     mut on_problem: impl FnMut(&RowProblem),
 ) -> Result<PlanSummary, PlanError> {
     let mut reader = RecipientReader::open(&campaign.recipients)?;
-    let planner = RowPlanner::new(campaign, &reader)?;
+    let planner = RowPlanner::new(campaign, &reader)?.with_suppressions(suppressions);
     let fill = move |sink: &mut dyn PlanRows| {
         std::thread::scope(|scope| {
             let (batches, received) =
@@ -466,9 +502,24 @@ impl ScratchPlan {
         campaign: &Campaign,
         on_problem: impl FnMut(&RowProblem),
     ) -> Result<ScratchPlan, PlanError> {
+        Self::screened(campaign, &Suppressions::none(), on_problem)
+    }
+
+    /// [`ScratchPlan::new`] with opted-out and excluded phones suppressed.
+    pub fn screened(
+        campaign: &Campaign,
+        suppressions: &Suppressions,
+        on_problem: impl FnMut(&RowProblem),
+    ) -> Result<ScratchPlan, PlanError> {
         let dir = tempfile::tempdir().map_err(PlanError::Scratch)?;
         let mut db = StateDb::open_or_create(&dir.path().join("scratch.state.db"))?;
-        let summary = plan_campaign(&mut db, campaign, PlanWrite::Fresh, on_problem)?;
+        let summary = plan_campaign_screened(
+            &mut db,
+            campaign,
+            PlanWrite::Fresh,
+            suppressions,
+            on_problem,
+        )?;
         Ok(ScratchPlan {
             db,
             summary,
@@ -516,11 +567,15 @@ fn record_row(
                 format!("same phone as row {of_row}"),
             )
         }
+        (Inserted::Suppressed, Err(p)) => {
+            summary.suppressed += 1;
+            (RecipientState::Suppressed, p.code, p.details.clone())
+        }
         (Inserted::Invalid, Err(p)) => {
             summary.invalid += 1;
             (RecipientState::Invalid, p.code, p.details.clone())
         }
-        (Inserted::Invalid, Ok(_)) => {
+        (Inserted::Invalid | Inserted::Suppressed, Ok(_)) => {
             summary.invalid += 1;
             (
                 RecipientState::Invalid,

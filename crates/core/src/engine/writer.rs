@@ -11,7 +11,14 @@
 //! [`StateStore::check_still_there`]), the writer stops the run at once, writes
 //! nothing more, and answers every later claim with the error; the outcomes
 //! it could not record are counted, for the run's last word.
+//!
+//! The writer also speaks to the account's ledger ([`RunLedger`]): each claim
+//! is screened against the opt-out list inside the claim's transaction, and
+//! after each commit the batch's sent and uncertain outcomes are appended to
+//! the ledger in one transaction — after the claim is answered, so the
+//! ledger never delays a send.
 
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,6 +28,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::shutdown::{Stop, StopReason};
+use crate::ledger::screen::RunLedger;
+use crate::ledger::{LedgerEntry, LedgerState};
 use crate::state::{Claimed, FileGone, Outcome, RowOutcome, StateError, StateStore};
 
 /// Commit when this many outcomes are waiting...
@@ -61,6 +70,16 @@ pub struct WriteFailure {
     /// Outcomes of requests that never reached the state file (rows given
     /// back unsent are not counted: nothing of them left).
     pub unrecorded: u64,
+    /// The ledger, not the state, could not be written.
+    pub ledger: bool,
+}
+
+/// What the writer needs to tell the ledger which campaign sent a message.
+#[derive(Debug, Clone)]
+pub struct LedgerContext {
+    pub campaign: String,
+    /// The state file's identity (its absolute path when known).
+    pub state_file: String,
 }
 
 /// What [`StateWriter::close`] hands back.
@@ -90,12 +109,22 @@ impl StateWriter {
     /// Starts the writer; its first failure triggers `stop`, so nothing more
     /// is claimed from a state that cannot record it.
     pub fn spawn(db: Box<dyn StateStore>, stop: Stop) -> std::io::Result<StateWriter> {
+        Self::spawn_with_ledger(db, stop, None)
+    }
+
+    /// [`StateWriter::spawn`], screening claims through `ledger` and
+    /// appending what goes out to it.
+    pub fn spawn_with_ledger(
+        db: Box<dyn StateStore>,
+        stop: Stop,
+        ledger: Option<(RunLedger, LedgerContext)>,
+    ) -> std::io::Result<StateWriter> {
         let (tx, rx) = mpsc::channel();
         let outcomes = Arc::new(Mutex::new(Vec::with_capacity(BATCH_ROWS)));
         let buffer = outcomes.clone();
         let thread = std::thread::Builder::new()
             .name("state-writer".into())
-            .spawn(move || writer_loop(db, rx, buffer, stop))?;
+            .spawn(move || writer_loop(db, rx, buffer, stop, ledger))?;
         Ok(StateWriter {
             handle: WriterHandle { tx, outcomes },
             thread,
@@ -125,6 +154,7 @@ impl StateWriter {
                     message: "the state writer stopped unexpectedly".into(),
                     gone: None,
                     unrecorded: 0,
+                    ledger: false,
                 }),
             },
         }
@@ -205,6 +235,12 @@ struct Writer {
     batch: Vec<RowOutcome>,
     failed: Option<WriteFailure>,
     stop: Stop,
+    ledger: Option<(RunLedger, LedgerContext)>,
+    /// Rows handed out and not settled yet, by id: their phone and CSV row,
+    /// which the ledger records and outcomes do not carry.
+    in_flight: HashMap<i64, (String, u64)>,
+    /// Ledger entries of the last commit, appended once the claim is answered.
+    to_ledger: Vec<LedgerEntry>,
 }
 
 impl Writer {
@@ -225,7 +261,18 @@ impl Writer {
             return Ok(Vec::new());
         }
         let started = Instant::now();
-        let result = self.db.record_and_claim(&self.batch, max);
+        let result = match &mut self.ledger {
+            Some((ledger, _)) => {
+                self.db
+                    .record_and_claim_screened(&self.batch, max, &mut |phones: &[&str]| {
+                        ledger.screen(phones)
+                    })
+            }
+            None => self.db.record_and_claim(&self.batch, max),
+        };
+        if let Ok(claimed) = &result {
+            self.note_for_ledger(claimed);
+        }
         tracing::debug!(
             recorded = self.batch.len(),
             claimed = result.as_ref().map_or(0, Vec::len),
@@ -248,9 +295,100 @@ impl Writer {
                 // Even if the commit went through, it went to a file that is
                 // no longer the state: these outcomes are not in it.
                 unrecorded: recorded,
+                ledger: false,
             });
             message
         })
+    }
+
+    /// After a commit: the batch's messages that left or may have left
+    /// become ledger entries, and the new claims are remembered.
+    fn note_for_ledger(&mut self, claimed: &[Claimed]) {
+        let Some((ledger, context)) = &self.ledger else {
+            return;
+        };
+        let records = ledger.records();
+        for o in &self.batch {
+            let Some((phone, row)) = self.in_flight.remove(&o.id) else {
+                continue;
+            };
+            let (state, message_id) = match &o.outcome {
+                Outcome::Sent { message_id } => (LedgerState::Sent, Some(message_id.clone())),
+                Outcome::Uncertain { .. } => (LedgerState::Uncertain, None),
+                Outcome::Failed { .. } | Outcome::Released => continue,
+            };
+            if records {
+                self.to_ledger.push(LedgerEntry {
+                    phone,
+                    campaign: context.campaign.clone(),
+                    state_file: context.state_file.clone(),
+                    row,
+                    at: o.at,
+                    state,
+                    message_id,
+                });
+            }
+        }
+        for c in claimed {
+            self.in_flight.insert(c.id, (c.phone.clone(), c.row));
+        }
+    }
+
+    /// Appends the last commit's messages to the ledger in one transaction.
+    ///
+    /// If that fails the run stops, as for a state failure: the state already
+    /// holds these outcomes (it is the campaign's truth), but a ledger that
+    /// misses messages would let a frequency cap or an account limit send
+    /// someone more than they should get, so no further message leaves
+    /// while the ledger cannot vouch for them.
+    fn flush_ledger(&mut self) {
+        if self.to_ledger.is_empty() || self.failed.is_some() {
+            self.to_ledger.clear();
+            return;
+        }
+        let Some((ledger, _)) = &mut self.ledger else {
+            return;
+        };
+        if let Err(e) = ledger.record(&self.to_ledger) {
+            let message = format!(
+                "{e} ({} messages sent by this run are in the state file but not in the ledger)",
+                self.to_ledger.len()
+            );
+            tracing::error!("cannot write the ledger: {message}");
+            self.stop.trigger(StopReason::StateFailed(message.clone()));
+            self.failed = Some(WriteFailure {
+                message,
+                gone: None,
+                unrecorded: 0,
+                ledger: true,
+            });
+        }
+        self.to_ledger.clear();
+    }
+
+    /// At the end of the run: rows still out when the writer closes were cut
+    /// off in flight; the run marks them uncertain, and so does the ledger.
+    fn close_ledger(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Some((ledger, context)) = &self.ledger
+            && ledger.records()
+        {
+            let now = Utc::now();
+            for (_, (phone, row)) in self.in_flight.drain() {
+                self.to_ledger.push(LedgerEntry {
+                    phone,
+                    campaign: context.campaign.clone(),
+                    state_file: context.state_file.clone(),
+                    row,
+                    at: now,
+                    state: LedgerState::Uncertain,
+                    message_id: None,
+                });
+            }
+        }
+        self.flush_ledger();
     }
 }
 
@@ -267,6 +405,7 @@ fn writer_loop(
     rx: mpsc::Receiver<Command>,
     buffer: Arc<Mutex<Vec<RowOutcome>>>,
     stop: Stop,
+    ledger: Option<(RunLedger, LedgerContext)>,
 ) -> (Box<dyn StateStore>, Option<WriteFailure>) {
     let mut writer = Writer {
         db,
@@ -274,27 +413,37 @@ fn writer_loop(
         batch: Vec::with_capacity(BATCH_ROWS),
         failed: None,
         stop,
+        ledger,
+        in_flight: HashMap::new(),
+        to_ledger: Vec::new(),
     };
     loop {
         match rx.recv_timeout(BATCH_WAIT) {
             Ok(Command::Claim { max, zones, reply }) => {
                 writer.db.claim_only_zones(zones);
                 let _ = reply.send(writer.commit(max));
+                // After the answer: the ledger never holds up a send.
+                writer.flush_ledger();
             }
             Ok(Command::Nudge) | Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = writer.commit(0);
+                writer.flush_ledger();
             }
             Ok(Command::SentSince { since, reply }) => {
                 let committed = writer.commit(0).map(|_| ());
                 let answer =
                     committed.and_then(|()| writer.db.sent_since(since).map_err(|e| e.to_string()));
                 let _ = reply.send(answer);
+                writer.flush_ledger();
             }
             Ok(Command::Flush { reply }) => {
-                let _ = reply.send(writer.commit(0).map(|_| ()));
+                let committed = writer.commit(0).map(|_| ());
+                writer.flush_ledger();
+                let _ = reply.send(committed);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = writer.commit(0);
+                writer.close_ledger();
                 return (writer.db, writer.failed);
             }
         }

@@ -210,6 +210,7 @@ impl Status {
             (RecipientState::Sending, c.sending),
             (RecipientState::Invalid, c.invalid),
             (RecipientState::Duplicate, c.duplicate),
+            (RecipientState::Suppressed, c.suppressed),
         ] {
             writeln!(out, "  {:<10} {n}", state.as_str())?;
         }

@@ -27,8 +27,8 @@ use rusqlite::{Connection, OpenFlags, params};
 
 pub use lock::{FileGone, LockError, RunLock};
 pub use store::{
-    PlanRows, PlanWrite, StateRead, StateStore, VisitError, open_for_reading, open_for_run,
-    write_plan,
+    ClaimScreen, PlanRows, PlanWrite, StateRead, StateStore, VisitError, open_for_reading,
+    open_for_run, write_plan,
 };
 
 /// Where a recipient is in its life (docs/design.md, "A recipient's life").
@@ -42,10 +42,13 @@ pub enum RecipientState {
     Uncertain,
     Invalid,
     Duplicate,
+    /// Never sent on purpose: the phone is on the ledger's opt-out list
+    /// (`opted_out`) or in one of the campaign's exclude files (`excluded`).
+    Suppressed,
 }
 
 impl RecipientState {
-    pub const ALL: [RecipientState; 7] = [
+    pub const ALL: [RecipientState; 8] = [
         RecipientState::Pending,
         RecipientState::Sending,
         RecipientState::Sent,
@@ -53,6 +56,7 @@ impl RecipientState {
         RecipientState::Uncertain,
         RecipientState::Invalid,
         RecipientState::Duplicate,
+        RecipientState::Suppressed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +68,7 @@ impl RecipientState {
             RecipientState::Uncertain => "uncertain",
             RecipientState::Invalid => "invalid",
             RecipientState::Duplicate => "duplicate",
+            RecipientState::Suppressed => "suppressed",
         }
     }
 
@@ -118,6 +123,10 @@ pub enum StateError {
     /// replaced, truncated): nothing more is written to it.
     #[error("the state file {path} {what}")]
     Gone { path: String, what: FileGone },
+    /// The claim's screen (the opt-out list) could not be read: nothing was
+    /// claimed, because a row must not leave unchecked.
+    #[error("{0}")]
+    Screen(String),
 }
 
 /// What the plan was made from, to detect a changed input later.
@@ -172,6 +181,10 @@ pub enum ProblemCode {
     Duplicate,
     /// The row's `timezone_column` cell is not an IANA zone name.
     InvalidTimezone,
+    /// On the ledger's opt-out list: the row is `suppressed`.
+    OptedOut,
+    /// In one of the campaign's `[recipients] exclude` files: `suppressed`.
+    Excluded,
 }
 
 impl ProblemCode {
@@ -183,6 +196,18 @@ impl ProblemCode {
             ProblemCode::ContentRule => "content_rule",
             ProblemCode::Duplicate => "duplicate",
             ProblemCode::InvalidTimezone => "invalid_timezone",
+            ProblemCode::OptedOut => "opted_out",
+            ProblemCode::Excluded => "excluded",
+        }
+    }
+
+    /// The state a planned row with this problem takes: a suppression is a
+    /// choice not to send, not a fault in the row.
+    pub fn state(self) -> RecipientState {
+        match self {
+            ProblemCode::OptedOut | ProblemCode::Excluded => RecipientState::Suppressed,
+            ProblemCode::Duplicate => RecipientState::Duplicate,
+            _ => RecipientState::Invalid,
         }
     }
 }
@@ -204,6 +229,16 @@ pub enum Inserted {
     },
     /// `--add-new-recipients`: the phone is already in the state; not added.
     AlreadyPlanned,
+    /// Opted out or excluded: planned as `suppressed`, never sent.
+    Suppressed,
+}
+
+/// Why a claimed row is not sent after all (see
+/// [`StateStore::record_and_claim_screened`]): it becomes `suppressed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppression {
+    pub code: ProblemCode,
+    pub details: String,
 }
 
 /// A row claimed for sending: its state is `sending` and committed.
@@ -279,6 +314,7 @@ pub struct Counts {
     pub uncertain: u64,
     pub invalid: u64,
     pub duplicate: u64,
+    pub suppressed: u64,
 }
 
 impl Counts {
@@ -290,6 +326,7 @@ impl Counts {
             + self.uncertain
             + self.invalid
             + self.duplicate
+            + self.suppressed
     }
 
     pub fn get(&self, state: RecipientState) -> u64 {
@@ -301,6 +338,7 @@ impl Counts {
             RecipientState::Uncertain => self.uncertain,
             RecipientState::Invalid => self.invalid,
             RecipientState::Duplicate => self.duplicate,
+            RecipientState::Suppressed => self.suppressed,
         }
     }
 
@@ -313,6 +351,7 @@ impl Counts {
             RecipientState::Uncertain => &mut self.uncertain,
             RecipientState::Invalid => &mut self.invalid,
             RecipientState::Duplicate => &mut self.duplicate,
+            RecipientState::Suppressed => &mut self.suppressed,
         }
     }
 

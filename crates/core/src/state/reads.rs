@@ -383,7 +383,7 @@ impl StateRead for StateDb {
             .prepare_cached(
                 "SELECT error_code, state, count(*) AS n FROM recipients
                  WHERE error_code IS NOT NULL
-                   AND state IN ('failed', 'uncertain', 'invalid', 'duplicate')
+                   AND state IN ('failed', 'uncertain', 'invalid', 'duplicate', 'suppressed')
                  GROUP BY error_code, state ORDER BY n DESC, error_code, state",
             )
             .map_err(|e| self.sql("counting errors", e))?;

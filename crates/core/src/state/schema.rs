@@ -77,6 +77,42 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE recipients ADD COLUMN timezone TEXT;
     "#,
+    // 5: the final state `suppressed` (opted out on the ledger, or in a
+    // campaign's exclude file). SQLite cannot change a CHECK constraint in
+    // place, so the table is rebuilt: every column and row copied as it is,
+    // ids kept (outcomes and claims name rows by id), indexes made again.
+    r#"
+    CREATE TABLE recipients_new (
+        id              INTEGER PRIMARY KEY,
+        row             INTEGER NOT NULL,
+        generation      INTEGER NOT NULL,
+        phone           TEXT,
+        name            TEXT,
+        state           TEXT NOT NULL CHECK (state IN
+                            ('pending','sending','sent','failed','uncertain','invalid','duplicate',
+                             'suppressed')),
+        body            TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        message_id      TEXT,
+        error_code      TEXT,
+        error_details   TEXT,
+        updated_at      TEXT,
+        sent_at         TEXT,
+        timezone        TEXT
+    );
+    INSERT INTO recipients_new
+        (id, row, generation, phone, name, state, body, attempts, message_id,
+         error_code, error_details, updated_at, sent_at, timezone)
+    SELECT id, row, generation, phone, name, state, body, attempts, message_id,
+           error_code, error_details, updated_at, sent_at, timezone
+    FROM recipients;
+    DROP TABLE recipients;
+    ALTER TABLE recipients_new RENAME TO recipients;
+    CREATE INDEX recipients_by_state ON recipients(state, id);
+    CREATE INDEX recipients_by_phone ON recipients(phone);
+    CREATE INDEX recipients_by_sent_at ON recipients(sent_at) WHERE sent_at IS NOT NULL;
+    CREATE INDEX recipients_by_row ON recipients(row);
+    "#,
 ];
 
 /// `PRAGMA application_id` of a state file ("C8CC"), so a path that leads
@@ -158,7 +194,7 @@ mod tests {
                 |r| r.get(0),
             )
             .expect("columns");
-        assert_eq!((latest_version(), zone_column), (4, 1));
+        assert_eq!((latest_version(), zone_column), (5, 1));
     }
 
     #[test]
@@ -180,6 +216,67 @@ mod tests {
         assert_eq!(check_owner(&ours).expect("sql"), Ok(()));
         ours.pragma_update(None, "application_id", 7).expect("set");
         assert!(check_owner(&ours).expect("sql").is_err(), "another id");
+    }
+
+    #[test]
+    fn the_suppressed_rebuild_keeps_every_row_column_and_index() {
+        let mut conn = Connection::open_in_memory().expect("memory db");
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).expect("old schema");
+        }
+        conn.pragma_update(None, "user_version", 3).expect("set");
+        conn.execute_batch(
+            "INSERT INTO recipients (id, row, generation, phone, name, state, body, attempts,
+                                     message_id, error_code, error_details, updated_at, sent_at)
+             VALUES (7, 3, 2, '+254700000001', 'A', 'sent', '{}', 2, 'm1', NULL, NULL, 'u', 's'),
+                    (9, 4, 2, 'x', NULL, 'invalid', NULL, 0, NULL, 'invalid_phone', 'd', 'u', NULL)",
+        )
+        .expect("rows");
+        migrate(&mut conn).expect("sql").expect("version");
+        // id, row, generation, state, attempts, message_id, error_code
+        type Row = (i64, i64, i64, String, i64, Option<String>, Option<String>);
+        let rows: Vec<Row> = conn
+            .prepare("SELECT id, row, generation, state, attempts, message_id, error_code FROM recipients ORDER BY id")
+            .expect("select")
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                (7, 3, 2, "sent".into(), 2, Some("m1".into()), None),
+                (
+                    9,
+                    4,
+                    2,
+                    "invalid".into(),
+                    0,
+                    None,
+                    Some("invalid_phone".into())
+                ),
+            ]
+        );
+        conn.execute(
+            "UPDATE recipients SET state = 'suppressed' WHERE id = 9",
+            [],
+        )
+        .expect("the new state is allowed");
+        assert!(
+            conn.execute("UPDATE recipients SET state = 'bogus' WHERE id = 9", [])
+                .is_err(),
+            "the CHECK constraint is still there"
+        );
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("indexes");
+        assert_eq!(indexes, 4);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use super::reads::{AttemptsCount, ErrorStateCount};
 use super::{
     Claimed, Counts, Inserted, PlanInfo, PlannedRow, RecipientRecord, RecipientState,
-    RetrySelection, RowOutcome, RunRecord, StateDb, StateError,
+    RetrySelection, RowOutcome, RunRecord, StateDb, StateError, Suppression,
 };
 
 /// What reading the state needs: nothing here writes, and a reader works
@@ -165,11 +165,29 @@ pub trait StateStore: StateRead + Send {
     /// Records outcomes and claims up to `n` more rows (pending ones, in row
     /// order, and those [`StateStore::resend_during_run`] selected) in one
     /// transaction. The claim is durable before this returns.
+    ///
+    /// `screen` sees the phones of each group of rows being claimed and
+    /// answers, per phone, whether it must not be sent (the opt-out list read
+    /// at this moment): those rows become `suppressed` in the same
+    /// transaction and are not returned, and more rows are claimed in their
+    /// place. An error from the screen claims nothing.
+    fn record_and_claim_screened(
+        &mut self,
+        outcomes: &[RowOutcome],
+        n: usize,
+        screen: &mut ClaimScreen<'_>,
+    ) -> Result<Vec<Claimed>, StateError>;
+
+    /// [`StateStore::record_and_claim_screened`] with nothing screened out.
     fn record_and_claim(
         &mut self,
         outcomes: &[RowOutcome],
         n: usize,
-    ) -> Result<Vec<Claimed>, StateError>;
+    ) -> Result<Vec<Claimed>, StateError> {
+        self.record_and_claim_screened(outcomes, n, &mut |phones: &[&str]| {
+            Ok(vec![None; phones.len()])
+        })
+    }
 
     /// Records the start of a run; returns its id.
     fn start_run(&mut self) -> Result<i64, StateError>;
@@ -197,6 +215,11 @@ pub trait StateStore: StateRead + Send {
         self.record_and_claim(outcomes, 0).map(|_| ())
     }
 }
+
+/// Decides, for the phones of rows being claimed, which must not be sent
+/// (one answer per phone, in order; `Err` says why it could not tell).
+pub type ClaimScreen<'a> =
+    dyn FnMut(&[&str]) -> Result<Vec<Option<Suppression>>, String> + Send + 'a;
 
 /// How a new plan treats the rows already planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -351,3 +351,69 @@ fn claims_take_only_rows_of_the_zones_named() {
     let rest: Vec<u64> = db.claim(10).expect("claim").iter().map(|c| c.row).collect();
     assert_eq!(rest, [1, 3]);
 }
+
+#[test]
+fn a_screened_claim_suppresses_turned_away_rows_and_claims_others_instead() {
+    let mut db = planned(5);
+    let turned_away = ["+254700000001", "+254700000002", "+254700000004"];
+    let mut seen = Vec::new();
+    let claimed = db
+        .record_and_claim_screened(&[], 2, &mut |phones: &[&str]| {
+            seen.extend(phones.iter().map(|p| p.to_string()));
+            Ok(phones
+                .iter()
+                .map(|p| {
+                    turned_away.contains(p).then(|| Suppression {
+                        code: ProblemCode::OptedOut,
+                        details: "on the list".into(),
+                    })
+                })
+                .collect())
+        })
+        .expect("claim");
+    // Rows 1 and 2 were turned away, so 3 and (after 4 was too) 5 were claimed.
+    assert_eq!(
+        claimed.iter().map(|c| c.row).collect::<Vec<_>>(),
+        vec![3, 5]
+    );
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    let c = db.counts().expect("counts");
+    assert_eq!(
+        (c.sending, c.suppressed, c.pending, c.total()),
+        (2, 3, 0, 5)
+    );
+    assert_eq!(
+        db.error_codes_by_state().expect("codes")[0].code,
+        "opted_out"
+    );
+}
+
+#[test]
+fn a_screen_that_cannot_read_its_list_claims_nothing() {
+    let mut db = planned(3);
+    let e = db
+        .record_and_claim_screened(&[], 2, &mut |_: &[&str]| Err("ledger locked".into()))
+        .expect_err("no claim");
+    assert!(matches!(e, StateError::Screen(_)), "{e}");
+    assert_eq!(db.counts().expect("counts").pending, 3);
+}
+
+#[test]
+fn a_suppression_problem_is_planned_suppressed() {
+    let mut db = StateDb::in_memory().expect("db");
+    let inserted = plan(
+        &mut db,
+        vec![
+            pending(1, "+254700000001"),
+            PlannedRow {
+                outcome: Err(PlanProblem {
+                    code: ProblemCode::Excluded,
+                    details: "in x.csv".into(),
+                }),
+                ..pending(2, "+254700000002")
+            },
+        ],
+    );
+    assert_eq!(inserted, vec![Inserted::Pending, Inserted::Suppressed]);
+    assert_eq!(db.counts().expect("counts").suppressed, 1);
+}

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use chrono::Utc;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::store::{PlanRows, PlanWrite, StateStore};
+use super::store::{ClaimScreen, PlanRows, PlanWrite, StateStore};
 use super::{
     Claimed, FileWatch, Inserted, PlanInfo, PlannedRow, ProblemCode, RecipientState,
     RetrySelection, RowOutcome, StateDb, StateError, timestamp,
@@ -87,10 +87,11 @@ impl StateStore for StateDb {
         Ok(n as u64)
     }
 
-    fn record_and_claim(
+    fn record_and_claim_screened(
         &mut self,
         outcomes: &[RowOutcome],
         n: usize,
+        screen: &mut ClaimScreen<'_>,
     ) -> Result<Vec<Claimed>, StateError> {
         self.check_file()?;
         let path = self.path.clone();
@@ -131,41 +132,50 @@ impl StateStore for StateDb {
             }
         }
         let mut claimed = Vec::new();
+        // Rows the screen turns away are settled `suppressed` in this same
+        // transaction, so a row is either claimed for sending or suppressed,
+        // never both; claiming goes on until `n` rows pass or none is left.
         // No zone open: nothing may be claimed (an empty `IN ()` is not SQL).
         let any_zone = self.zones.as_ref().is_none_or(|z| !z.is_empty());
-        if n > 0 && any_zone {
-            let (also, codes) = resend_clause(self.resend.as_ref());
-            let zones = self.zones.as_deref().unwrap_or_default();
-            let in_zone = zone_clause(zones, 3 + codes.len());
-            let mut stmt = tx
-                .prepare_cached(&format!(
-                    "UPDATE recipients SET state = 'sending', updated_at = ?1
-                     WHERE id IN (SELECT id FROM recipients
-                                  WHERE (state = 'pending'{also}){in_zone} ORDER BY id LIMIT ?2)
-                     RETURNING id, row, phone, body, attempts, timezone"
-                ))
-                .map_err(sql("claiming rows"))?;
+        while any_zone && claimed.len() < n {
+            let before = claimed.len();
+            let mut batch =
+                claim_rows(&tx, self.resend.as_ref(), self.zones.as_deref(), n - before)
+                    .map_err(sql("claiming rows"))?;
+            let taken = batch.len();
+            if taken == 0 {
+                break;
+            }
+            let phones: Vec<&str> = batch.iter().map(|c| c.phone.as_str()).collect();
+            let verdicts = screen(&phones).map_err(StateError::Screen)?;
             let now = timestamp(Utc::now());
-            let limit = n as i64;
-            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit];
-            values.extend(codes.iter().map(|c| c as &dyn rusqlite::ToSql));
-            values.extend(zones.iter().map(|z| z as &dyn rusqlite::ToSql));
-            claimed = stmt
-                .query_map(values.as_slice(), |r| {
-                    Ok(Claimed {
-                        id: r.get(0)?,
-                        row: r.get::<_, i64>(1)? as u64,
-                        phone: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                        body: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-                        attempts: r.get::<_, i64>(4)? as u32,
-                        timezone: r.get(5)?,
-                    })
-                })
-                .map_err(sql("claiming rows"))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(sql("claiming rows"))?;
-            claimed.sort_by_key(|c| c.id);
+            let mut suppress = tx
+                .prepare_cached(
+                    "UPDATE recipients SET state = 'suppressed', error_code = ?2,
+                       error_details = ?3, updated_at = ?4
+                     WHERE id = ?1 AND state = 'sending'",
+                )
+                .map_err(sql("suppressing rows"))?;
+            let mut kept = Vec::with_capacity(taken);
+            for (row, verdict) in batch
+                .drain(..)
+                .zip(verdicts.into_iter().chain(std::iter::repeat(None)))
+            {
+                match verdict {
+                    Some(why) => {
+                        suppress
+                            .execute(params![row.id, why.code.as_str(), why.details, now])
+                            .map_err(sql("suppressing rows"))?;
+                    }
+                    None => kept.push(row),
+                }
+            }
+            claimed.extend(kept);
+            if taken < n - before {
+                break;
+            }
         }
+        claimed.sort_by_key(|c| c.id);
         tx.commit().map_err(sql("committing"))?;
         // The claim is committed, but to a file that may no longer be the
         // state: its rows must not be sent.
@@ -326,12 +336,17 @@ impl PlanRows for SqlitePlan<'_> {
                 if already {
                     return Ok(Inserted::AlreadyPlanned);
                 }
+                let state = problem.code.state();
                 (
-                    RecipientState::Invalid,
+                    state,
                     None,
                     Some(problem.code.as_str()),
                     Some(problem.details.clone()),
-                    Inserted::Invalid,
+                    if state == RecipientState::Suppressed {
+                        Inserted::Suppressed
+                    } else {
+                        Inserted::Invalid
+                    },
                 )
             }
         };
@@ -407,6 +422,44 @@ fn zone_clause(zones: &[String], first: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(" AND timezone IN ({marks})")
+}
+
+/// Marks up to `n` claimable rows `sending` inside `tx` and returns them in
+/// row order.
+fn claim_rows(
+    tx: &Transaction<'_>,
+    resend: Option<&RetrySelection>,
+    zones: Option<&[String]>,
+    n: usize,
+) -> rusqlite::Result<Vec<Claimed>> {
+    let (also, codes) = resend_clause(resend);
+    let zones = zones.unwrap_or_default();
+    let in_zone = zone_clause(zones, 3 + codes.len());
+    let mut stmt = tx.prepare_cached(&format!(
+        "UPDATE recipients SET state = 'sending', updated_at = ?1
+         WHERE id IN (SELECT id FROM recipients
+                      WHERE (state = 'pending'{also}){in_zone} ORDER BY id LIMIT ?2)
+         RETURNING id, row, phone, body, attempts, timezone"
+    ))?;
+    let now = timestamp(Utc::now());
+    let limit = n as i64;
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit];
+    values.extend(codes.iter().map(|c| c as &dyn rusqlite::ToSql));
+    values.extend(zones.iter().map(|z| z as &dyn rusqlite::ToSql));
+    let mut claimed = stmt
+        .query_map(values.as_slice(), |r| {
+            Ok(Claimed {
+                id: r.get(0)?,
+                row: r.get::<_, i64>(1)? as u64,
+                phone: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                body: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                attempts: r.get::<_, i64>(4)? as u32,
+                timezone: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    claimed.sort_by_key(|c| c.id);
+    Ok(claimed)
 }
 
 /// The claim's extra condition for a resend selection, with its parameters

@@ -157,6 +157,8 @@ pub fn error_meaning(code: &str) -> Option<&'static str> {
         }
         "bad_row" => "The CSV row could not be read (wrong number of cells, bad encoding).",
         "duplicate" => "The same phone as an earlier row: only the first is sent.",
+        "opted_out" => "On the account's opt-out list (the ledger): never sent.",
+        "excluded" => "In one of the campaign's exclude files: never sent.",
         _ => return None,
     })
 }
@@ -171,6 +173,9 @@ fn state_meaning(state: RecipientState) -> &'static str {
         RecipientState::Uncertain => "may have been delivered: never resent without you saying so",
         RecipientState::Invalid => "not sendable: bad phone, missing variable or content rule",
         RecipientState::Duplicate => "the same phone as an earlier row",
+        RecipientState::Suppressed => {
+            "never sent on purpose: opted out, or excluded by the campaign"
+        }
     }
 }
 
@@ -184,11 +189,12 @@ fn state_colour(state: RecipientState) -> &'static str {
         RecipientState::Uncertain => "#f59f00",
         RecipientState::Invalid => "#9c36b5",
         RecipientState::Duplicate => "#adb5bd",
+        RecipientState::Suppressed => "#495057",
     }
 }
 
 /// States in the order the page lists them: outcomes first.
-const STATE_ORDER: [RecipientState; 7] = [
+const STATE_ORDER: [RecipientState; 8] = [
     RecipientState::Sent,
     RecipientState::Failed,
     RecipientState::Uncertain,
@@ -196,6 +202,7 @@ const STATE_ORDER: [RecipientState; 7] = [
     RecipientState::Sending,
     RecipientState::Invalid,
     RecipientState::Duplicate,
+    RecipientState::Suppressed,
 ];
 
 /// `1,234,567`.
@@ -553,7 +560,7 @@ impl Page<'_> {
         if r.errors.is_empty() {
             writeln!(
                 f,
-                "<p class=\"muted\">No row failed, is uncertain, invalid or a duplicate.</p>"
+                "<p class=\"muted\">No row failed, is uncertain, invalid, a duplicate or suppressed.</p>"
             )?;
             return writeln!(f, "</section>");
         }

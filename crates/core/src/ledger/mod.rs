@@ -1,0 +1,454 @@
+//! The audience ledger: one SQLite file per account, shared by every
+//! campaign, that records each message that left or may have left (phone,
+//! campaign, the state file that sent it, when, `sent` or `uncertain`, the
+//! message id) and holds the account's opt-out list.
+//!
+//! A campaign's state file stays the source of truth for that campaign; the
+//! ledger is what campaigns know about each other. It is what frequency caps
+//! per phone ([`Ledger::messages_to_since`]), an account-wide daily limit of
+//! unique recipients ([`Ledger::unique_recipients_since`]) and "this campaign
+//! name already sent from another state file" ([`Ledger::other_state_files`])
+//! read. Several runs of different campaigns write it at once: WAL, a busy
+//! timeout, and one short transaction per batch of outcomes. This module
+//! opens, migrates and queries the file; it does not decide what a run does
+//! with the answers (the engine does), nor where the file is ([`location`]).
+
+pub mod location;
+pub mod phone_list;
+mod schema;
+pub mod screen;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, params};
+
+use crate::phone::E164;
+use crate::state::timestamp;
+
+pub use schema::{APPLICATION_ID, latest_version};
+
+/// How long a write waits for another run's transaction on the same ledger.
+/// Each holds it for one batch (milliseconds); this only rides out a slow disk.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the ledger cannot be used. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot create the ledger {path}: {reason}")]
+    Create { path: String, reason: String },
+    #[error("ledger {path}: {operation}: {source}")]
+    Sql {
+        path: String,
+        operation: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{path} is not a ledger of convers8-campaign: it is {what}; check [ledger] path, CONVERS8_LEDGER or --ledger (nothing in it was changed)"
+    )]
+    NotALedger { path: String, what: String },
+    #[error(
+        "ledger {path} was written by a newer convers8-campaign (schema {found}, this build knows {known}): upgrade the tool"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error(
+        "no ledger location: neither CONVERS8_LEDGER, XDG_STATE_HOME nor HOME is set; set one, or name the ledger with [ledger] path in the campaign (optout: --ledger PATH)"
+    )]
+    NoLocation,
+}
+
+/// Whether a message went out for sure or may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerState {
+    Sent,
+    Uncertain,
+}
+
+impl LedgerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerState::Sent => "sent",
+            LedgerState::Uncertain => "uncertain",
+        }
+    }
+}
+
+/// One message that left or may have left.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerEntry {
+    /// E.164.
+    pub phone: String,
+    /// The `[campaign] name`.
+    pub campaign: String,
+    /// The state file that sent it.
+    pub state_file: String,
+    /// Its CSV data row in that state.
+    pub row: u64,
+    pub at: DateTime<Utc>,
+    pub state: LedgerState,
+    pub message_id: Option<String>,
+}
+
+/// One phone on the opt-out list.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OptOut {
+    pub phone: String,
+    pub added_at: String,
+    pub source: String,
+}
+
+/// An open ledger.
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("path", &self.path).finish()
+    }
+}
+
+impl Ledger {
+    /// Opens the ledger at `path`, creating it (owner-only, 0600, in a
+    /// directory made 0700 when missing: it holds every phone the account
+    /// ever messaged) if it does not exist.
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        if !path.exists() {
+            create_private(path)?;
+        }
+        Self::open_file(path)
+    }
+
+    /// Opens the ledger if the file exists; `Ok(None)` otherwise. For a
+    /// campaign that does not record (`[ledger] enabled = false`) but still
+    /// honours the account's opt-outs, without creating a file.
+    pub fn open_existing(path: &Path) -> Result<Option<Ledger>, LedgerError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::open_file(path).map(Some)
+    }
+
+    fn open_file(path: &Path) -> Result<Ledger, LedgerError> {
+        let shown = path.display().to_string();
+        let sql = |operation, source| LedgerError::Sql {
+            path: shown.clone(),
+            operation,
+            source,
+        };
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql("opening", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| sql("configuring", e))?;
+        // One read transaction, so the header and the table count come from
+        // one moment: another run creating the ledger right now must not be
+        // seen half-way (tables there, application id not yet read).
+        let owner = {
+            let snapshot = rusqlite::Transaction::new_unchecked(
+                &conn,
+                rusqlite::TransactionBehavior::Deferred,
+            )
+            .map_err(|e| sql("reading its header", e))?;
+            schema::check_owner(&snapshot).map_err(|e| sql("reading its header", e))?
+        };
+        match owner {
+            Ok(()) => {}
+            Err(what) => {
+                return Err(LedgerError::NotALedger { path: shown, what });
+            }
+        }
+        // WAL: runs of different campaigns write while others read. NORMAL:
+        // a commit does not wait for an fsync (WAL keeps the file consistent;
+        // a power cut can lose the last batches, which the campaigns' own
+        // state files still hold), so the ledger costs a run next to nothing.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| sql("enabling WAL", e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| sql("configuring", e))?;
+        conn.set_prepared_statement_cache_capacity(16);
+        match schema::migrate(&mut conn).map_err(|e| sql("migrating the schema", e))? {
+            Ok(()) => {}
+            Err(found) => {
+                return Err(LedgerError::TooNew {
+                    path: shown,
+                    found,
+                    known: latest_version(),
+                });
+            }
+        }
+        Ok(Ledger {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Where the ledger is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sql(&self, operation: &'static str, source: rusqlite::Error) -> LedgerError {
+        LedgerError::Sql {
+            path: self.path.display().to_string(),
+            operation,
+            source,
+        }
+    }
+
+    /// Appends messages in one transaction (a run calls this once per batch
+    /// of outcomes the state committed).
+    pub fn record(&mut self, entries: &[LedgerEntry]) -> Result<(), LedgerError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.display().to_string();
+        let sql = |source| LedgerError::Sql {
+            path: path.clone(),
+            operation: "recording messages",
+            source,
+        };
+        // IMMEDIATE: take the write lock up front, so two runs committing at
+        // once wait on the busy timeout instead of failing to upgrade a read.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO messages (phone, campaign, state_file, row, at, state, message_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(sql)?;
+            for e in entries {
+                insert
+                    .execute(params![
+                        e.phone,
+                        e.campaign,
+                        e.state_file,
+                        e.row as i64,
+                        timestamp(e.at),
+                        e.state.as_str(),
+                        e.message_id,
+                    ])
+                    .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Every message on record, oldest first (tests, debugging; a real
+    /// ledger is read through the counting queries below).
+    pub fn messages(&self) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT phone, campaign, state_file, row, at, state, message_id
+                 FROM messages ORDER BY at, id",
+            )
+            .map_err(|e| self.sql("reading messages", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let at: String = r.get(4)?;
+                let state: String = r.get(5)?;
+                Ok(LedgerEntry {
+                    phone: r.get(0)?,
+                    campaign: r.get(1)?,
+                    state_file: r.get(2)?,
+                    row: r.get::<_, i64>(3)?.max(0) as u64,
+                    at: DateTime::parse_from_rfc3339(&at)
+                        .map(|t| t.with_timezone(&Utc))
+                        .unwrap_or_default(),
+                    state: if state == "sent" {
+                        LedgerState::Sent
+                    } else {
+                        LedgerState::Uncertain
+                    },
+                    message_id: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.sql("reading messages", e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql("reading messages", e))
+    }
+
+    /// Messages (sent or uncertain) to `phone` at or after `since`, from any
+    /// campaign: what a frequency cap per phone compares with its limit.
+    pub fn messages_to_since(&self, phone: &str, since: DateTime<Utc>) -> Result<u64, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM messages WHERE phone = ?1 AND at >= ?2",
+                params![phone, timestamp(since)],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.sql("counting messages to a phone", e))
+    }
+
+    /// Distinct phones messaged (sent or uncertain) at or after `since`,
+    /// across the account: what a daily limit of unique recipients over a
+    /// moving 24 hours compares with.
+    pub fn unique_recipients_since(&self, since: DateTime<Utc>) -> Result<u64, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT count(DISTINCT phone) FROM messages WHERE at >= ?1",
+                [timestamp(since)],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.sql("counting unique recipients", e))
+    }
+
+    /// State files other than `state_file` that sent messages under the
+    /// campaign name `campaign`, with how many each: a campaign being run
+    /// from a second state file would message everyone again.
+    pub fn other_state_files(
+        &self,
+        campaign: &str,
+        state_file: &str,
+    ) -> Result<Vec<(String, u64)>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT state_file, count(*) FROM messages
+                 WHERE campaign = ?1 AND state_file <> ?2
+                 GROUP BY state_file ORDER BY min(at)",
+            )
+            .map_err(|e| self.sql("reading campaigns", e))?;
+        let rows = stmt
+            .query_map(params![campaign, state_file], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.sql("reading campaigns", e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql("reading campaigns", e))
+    }
+
+    /// Puts phones on the opt-out list in one transaction; returns how many
+    /// were not on it yet (one already there keeps its first date and source).
+    pub fn add_opt_outs(&mut self, phones: &[E164], source: &str) -> Result<u64, LedgerError> {
+        let path = self.path.display().to_string();
+        let sql = |source| LedgerError::Sql {
+            path: path.clone(),
+            operation: "adding opt-outs",
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let mut added = 0;
+        {
+            let now = timestamp(Utc::now());
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO opt_outs (phone, added_at, source) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(phone) DO NOTHING",
+                )
+                .map_err(sql)?;
+            for phone in phones {
+                added += insert
+                    .execute(params![phone.as_str(), now, source])
+                    .map_err(sql)? as u64;
+            }
+        }
+        tx.commit().map_err(sql)?;
+        Ok(added)
+    }
+
+    /// Takes a phone off the opt-out list; whether it was on it.
+    pub fn remove_opt_out(&mut self, phone: &E164) -> Result<bool, LedgerError> {
+        self.conn
+            .execute("DELETE FROM opt_outs WHERE phone = ?1", [phone.as_str()])
+            .map(|n| n > 0)
+            .map_err(|e| self.sql("removing an opt-out", e))
+    }
+
+    /// The opt-out list, by phone.
+    pub fn opt_outs(&self) -> Result<Vec<OptOut>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT phone, added_at, source FROM opt_outs ORDER BY phone")
+            .map_err(|e| self.sql("reading opt-outs", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(OptOut {
+                    phone: r.get(0)?,
+                    added_at: r.get(1)?,
+                    source: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.sql("reading opt-outs", e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql("reading opt-outs", e))
+    }
+
+    /// Every opted-out phone, for a plan that checks each row.
+    pub fn opted_out_set(&self) -> Result<HashSet<String>, LedgerError> {
+        Ok(self.opt_outs()?.into_iter().map(|o| o.phone).collect())
+    }
+
+    /// Whether each of `phones` is opted out, read now (a claim asks just
+    /// before its rows are sent, so an opt-out added mid-run is honoured).
+    pub fn opted_out(&self, phones: &[&str]) -> Result<Vec<bool>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM opt_outs WHERE phone = ?1")
+            .map_err(|e| self.sql("reading opt-outs", e))?;
+        phones
+            .iter()
+            .map(|p| {
+                stmt.exists([p])
+                    .map_err(|e| self.sql("reading opt-outs", e))
+            })
+            .collect()
+    }
+}
+
+/// Creates an empty owner-only file, and its directory (0700) if missing.
+fn create_private(path: &Path) -> Result<(), LedgerError> {
+    let err = |e: std::io::Error| LedgerError::Create {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(dir).map_err(err)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        // Another run created it a moment ago: it is a ledger (or about to be).
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! The ledger's schema: an ordered, add-only list of migrations tracked with
+//! `PRAGMA user_version`, and the `application_id` that marks a ledger.
+//!
+//! Never edit a migration that has shipped: add a new one at the end.
+//! Connection settings (WAL, busy timeout) belong to [`super::Ledger`].
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: every message that left or may have left, from any campaign of the
+    // account, and the account's opt-out list.
+    r#"
+    CREATE TABLE messages (
+        id              INTEGER PRIMARY KEY,
+        -- E.164
+        phone           TEXT NOT NULL,
+        -- [campaign] name
+        campaign        TEXT NOT NULL,
+        -- the state file that sent it, as the run named it (absolute when it could be)
+        state_file      TEXT NOT NULL,
+        -- the CSV data row in that state
+        row             INTEGER NOT NULL,
+        -- RFC 3339 UTC, fixed width: sorts as text
+        at              TEXT NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('sent', 'uncertain')),
+        message_id      TEXT
+    );
+    -- frequency caps: one phone's messages over a period
+    CREATE INDEX messages_by_phone ON messages(phone, at);
+    -- the account's unique recipients over a moving 24 hours
+    CREATE INDEX messages_by_at ON messages(at, phone);
+    -- a campaign name with messages from another state file
+    CREATE INDEX messages_by_campaign ON messages(campaign, state_file);
+
+    CREATE TABLE opt_outs (
+        phone           TEXT PRIMARY KEY,
+        added_at        TEXT NOT NULL,
+        -- where it came from: "cli", or the imported file's path
+        source          TEXT NOT NULL
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// `PRAGMA application_id` of a ledger ("C8LG"), so a state file or another
+/// program's database given as the ledger is refused untouched.
+pub const APPLICATION_ID: i32 = 0x4338_4C47;
+
+/// The schema version this build writes.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Why the file is not a ledger (`Ok(Err(what))`), or `Ok(Ok(()))` when it
+/// is one or is empty. Reads only.
+pub fn check_owner(conn: &Connection) -> rusqlite::Result<Result<(), String>> {
+    let id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if id == APPLICATION_ID || (id == 0 && objects == 0) {
+        return Ok(Ok(()));
+    }
+    if id == crate::state::schema::APPLICATION_ID {
+        return Ok(Err("a campaign's state file".to_owned()));
+    }
+    if id != 0 {
+        return Ok(Err(format!(
+            "an SQLite database of another program (application id {id:#x})"
+        )));
+    }
+    Ok(Err(format!(
+        "an SQLite database with {objects} tables and indexes of its own"
+    )))
+}
+
+/// Brings the file up to [`latest_version`]; `Ok(Err(found))` for a file
+/// from a newer build, which is refused rather than guessed at.
+///
+/// Runs of different campaigns may open a new ledger at the same moment, so
+/// each step takes the write lock first (IMMEDIATE) and reads the version
+/// under it: the second process finds the first one's work done instead of
+/// creating the same tables again.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), i64>> {
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current > latest_version() {
+            return Ok(Err(current));
+        }
+        let Some(sql) = MIGRATIONS.get(current as usize) else {
+            tx.commit()?;
+            return Ok(Ok(()));
+        };
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", current + 1)?;
+        // Set with the first migration, so a half-made ledger is still ours.
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.commit()?;
+    }
+}

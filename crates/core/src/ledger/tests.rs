@@ -1,0 +1,120 @@
+//! The ledger against real files in a temporary directory.
+
+use super::*;
+
+fn phone(s: &str) -> E164 {
+    E164::parse(s, None).expect("test phone")
+}
+
+fn entry(phone: &str, campaign: &str, state_file: &str, minutes_ago: i64) -> LedgerEntry {
+    LedgerEntry {
+        phone: phone.to_owned(),
+        campaign: campaign.to_owned(),
+        state_file: state_file.to_owned(),
+        row: 1,
+        at: Utc::now() - chrono::Duration::minutes(minutes_ago),
+        state: LedgerState::Sent,
+        message_id: Some("m".into()),
+    }
+}
+
+#[test]
+fn a_new_ledger_and_its_directory_are_owner_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("deep").join("ledger.db");
+    let ledger = Ledger::open(&path).expect("opens");
+    drop(ledger);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("deep")), 0o700);
+    }
+    // Opening again migrates nothing and keeps what is there.
+    let mut again = Ledger::open(&path).expect("reopens");
+    again
+        .record(&[entry("+254712000001", "a", "a.state.db", 0)])
+        .expect("record");
+    assert_eq!(
+        Ledger::open(&path)
+            .expect("third")
+            .messages()
+            .expect("read")
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_state_file_or_a_foreign_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("c.state.db");
+    crate::state::StateDb::open_or_create(&state).expect("state");
+    let e = Ledger::open(&state)
+        .expect_err("a state is no ledger")
+        .to_string();
+    assert!(e.contains("a campaign's state file"), "{e}");
+    let other = dir.path().join("other.db");
+    let conn = Connection::open(&other).expect("other");
+    conn.execute_batch("CREATE TABLE t (x)").expect("create");
+    drop(conn);
+    let e = Ledger::open(&other).expect_err("foreign").to_string();
+    assert!(e.contains("is not a ledger"), "{e}");
+}
+
+#[test]
+fn counts_for_caps_limits_and_second_states() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut l = Ledger::open(&dir.path().join("l.db")).expect("opens");
+    l.record(&[
+        entry("+254712000001", "bf", "/c/bf.state.db", 60 * 30),
+        entry("+254712000001", "bf", "/c/bf.state.db", 10),
+        entry("+254712000001", "nl", "/c/nl.state.db", 5),
+        entry("+254712000002", "bf", "/d/bf.state.db", 5),
+    ])
+    .expect("record");
+    let day = Utc::now() - chrono::Duration::hours(24);
+    assert_eq!(l.messages_to_since("+254712000001", day).expect("count"), 2);
+    assert_eq!(l.unique_recipients_since(day).expect("unique"), 2);
+    assert_eq!(
+        l.other_state_files("bf", "/c/bf.state.db").expect("others"),
+        vec![("/d/bf.state.db".to_owned(), 1)]
+    );
+}
+
+#[test]
+fn opt_outs_are_added_once_listed_and_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut l = Ledger::open(&dir.path().join("l.db")).expect("opens");
+    let a = phone("+254712000001");
+    assert_eq!(
+        l.add_opt_outs(&[a.clone(), a.clone()], "cli").expect("add"),
+        1
+    );
+    assert_eq!(
+        l.opted_out(&["+254712000001", "+254712000002"])
+            .expect("check"),
+        vec![true, false]
+    );
+    assert!(l.remove_opt_out(&a).expect("remove"));
+    assert!(!l.remove_opt_out(&a).expect("remove again"));
+    assert!(l.opt_outs().expect("list").is_empty());
+}
+
+#[test]
+fn runs_opening_a_new_ledger_at_once_all_get_it() {
+    // Regression: two processes both migrated a new file and the second
+    // failed with "table messages already exists".
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("l.db");
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || Ledger::open(&path).map(|_| ()).map_err(|e| e.to_string()))
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().expect("thread"), Ok(()));
+    }
+}
