@@ -132,11 +132,11 @@ impl StateStore for StateDb {
             }
         }
         let mut claimed = Vec::new();
+        // No zone open: nothing may be claimed (an empty `IN ()` is not SQL).
+        let any_zone = self.zones.as_ref().is_none_or(|z| !z.is_empty());
         // Rows the screen turns away are settled `suppressed` in this same
         // transaction, so a row is either claimed for sending or suppressed,
         // never both; claiming goes on until `n` rows pass or none is left.
-        // No zone open: nothing may be claimed (an empty `IN ()` is not SQL).
-        let any_zone = self.zones.as_ref().is_none_or(|z| !z.is_empty());
         while any_zone && claimed.len() < n {
             let before = claimed.len();
             let mut batch =
@@ -148,6 +148,13 @@ impl StateStore for StateDb {
             }
             let phones: Vec<&str> = batch.iter().map(|c| c.phone.as_str()).collect();
             let verdicts = screen(&phones).map_err(StateError::Screen)?;
+            // A verdict missing for a row must not read as "send it".
+            if verdicts.len() != taken {
+                return Err(StateError::Screen(format!(
+                    "the opt-out check answered for {} of {taken} rows",
+                    verdicts.len()
+                )));
+            }
             let now = timestamp(Utc::now());
             let mut suppress = tx
                 .prepare_cached(
@@ -157,10 +164,7 @@ impl StateStore for StateDb {
                 )
                 .map_err(sql("suppressing rows"))?;
             let mut kept = Vec::with_capacity(taken);
-            for (row, verdict) in batch
-                .drain(..)
-                .zip(verdicts.into_iter().chain(std::iter::repeat(None)))
-            {
+            for (row, verdict) in batch.drain(..).zip(verdicts) {
                 match verdict {
                     Some(why) => {
                         suppress
