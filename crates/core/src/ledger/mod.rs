@@ -435,19 +435,8 @@ fn create_private(path: &Path) -> Result<(), LedgerError> {
         }
         builder.create(dir).map_err(err)?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        // Another run created it a moment ago: it is a ledger (or about to be).
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(err(e)),
-    }
+    // Another run may have created it a moment ago: it is a ledger (or about to be).
+    crate::state::create_owner_only(path).map_err(err)
 }
 
 #[cfg(test)]

@@ -744,6 +744,13 @@ pub fn create_private_file(path: &Path) -> Result<(), StateError> {
             format!("the folder {} does not exist", parent.display()),
         )));
     }
+    create_owner_only(path).map_err(err)
+}
+
+/// Creates an empty file readable by its owner only (0600); a file another
+/// process created a moment earlier is left as it is. Shared by the state
+/// and the ledger, which both hold phone numbers.
+pub(crate) fn create_owner_only(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -754,7 +761,7 @@ pub fn create_private_file(path: &Path) -> Result<(), StateError> {
     match options.open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(err(e)),
+        Err(e) => Err(e),
     }
 }
 
