@@ -9,6 +9,12 @@
 //! `/usr/bin/time -v` when it exists, else from `VmHWM` in /proc polled while
 //! the process runs; the table says which. `BENCH_N` (default 1,000,000)
 //! overrides the large size; the small one is a tenth of it.
+//!
+//! Planning reads the account's ledger (its opt-out list, and what this
+//! campaign already sent from another state). The large size is planned a
+//! second time with `ledger = false`; the ledger-on plan reads a ledger
+//! holding 10,000 opt-outs and 100,000 messages of another campaign. Target:
+//! within 20 % of the ledger-off time.
 
 mod common;
 
@@ -29,9 +35,41 @@ struct Planned {
     peak_kb: u64,
 }
 
-/// Plans `n` rows once, measuring wall time and peak RSS of the process.
+/// Plans `n` rows once with the ledger on (a ledger filled as an account's
+/// would be), measuring wall time and peak RSS of the process.
 fn plan_measured(n: usize) -> (Planned, CampaignDir) {
     let dir = CampaignDir::new(n, "concurrency = 16");
+    fill_ledger(&dir.ledger());
+    (measure(&dir), dir)
+}
+
+/// Opt-outs and another campaign's messages, as a busy account's ledger holds.
+fn fill_ledger(path: &Path) {
+    use convers8_campaign::ledger::{Ledger, LedgerEntry, LedgerState};
+    use convers8_campaign::phone::E164;
+    let mut ledger = Ledger::open(path).expect("the bench ledger opens");
+    let phone = |i: usize| format!("+2547{:08}", 30_000_000 + i);
+    let opted: Vec<E164> = (0..10_000)
+        .map(|i| E164::parse(&phone(i), None).expect("a valid phone"))
+        .collect();
+    ledger.add_opt_outs(&opted, "bench").expect("opt-outs");
+    let at = chrono::Utc::now() - chrono::Duration::hours(1);
+    let messages: Vec<LedgerEntry> = (0..100_000)
+        .map(|i| LedgerEntry {
+            phone: phone(i),
+            campaign: "another campaign".into(),
+            state_file: "/elsewhere/another.state.db".into(),
+            row: i as u64 + 1,
+            at,
+            state: LedgerState::Sent,
+            message_id: Some(format!("m{i}")),
+        })
+        .collect();
+    ledger.record(&messages).expect("messages");
+}
+
+/// Plans the campaign in `dir` once, measuring wall time and peak RSS.
+fn measure(dir: &CampaignDir) -> Planned {
     let toml = dir.toml();
     let args = ["run", toml.to_str().expect("utf-8 path"), "--dry-run"];
     let (elapsed, peak_kb) = if Path::new(TIME).exists() {
@@ -55,15 +93,12 @@ fn plan_measured(n: usize) -> (Planned, CampaignDir) {
         .expect("state")
         .counts()
         .expect("counts");
-    (
-        Planned {
-            rows: counts.total(),
-            pending: counts.pending,
-            elapsed,
-            peak_kb,
-        },
-        dir,
-    )
+    Planned {
+        rows: counts.total(),
+        pending: counts.pending,
+        elapsed,
+        peak_kb,
+    }
 }
 
 /// Runs the command, reading `VmHWM` (the kernel's peak RSS) every 5 ms.
@@ -123,6 +158,7 @@ fn main() {
     let small = large / 10;
     let (s, _small_dir) = plan_measured(small);
     let (l, large_dir) = plan_measured(large);
+    let off = measure(&CampaignDir::without_ledger(large, "concurrency = 16"));
     let reference = sqlite_import(&large_dir.csv());
     let csv_mb = std::fs::metadata(large_dir.csv()).map_or(0, |m| m.len()) as f64 / 1e6;
 
@@ -175,6 +211,21 @@ fn main() {
         format!("{peak_mb:.1} MB"),
         "< 150 MB",
         peak_mb < 150.0,
+    );
+    table.info(
+        "1M-size, ledger = false: wall time",
+        format!(
+            "{:.2} s ({:.0} rows/s)",
+            off.elapsed.as_secs_f64(),
+            per_second(off.rows as f64, off.elapsed)
+        ),
+    );
+    let ledger_cost = l.elapsed.as_secs_f64() / off.elapsed.as_secs_f64() - 1.0;
+    table.check(
+        "ledger cost: ledger-on time / ledger = false time - 1",
+        format!("{:.1} %", ledger_cost * 100.0),
+        "<= 20 %",
+        ledger_cost <= 0.20 && off.rows == l.rows,
     );
     table.info(
         "reference: sqlite3 .import into a bare table",

@@ -9,6 +9,11 @@
 //! The ratio of the two rates is the engine's overhead: claiming, pacing,
 //! classifying and recording every row. Target: ratio ≥ 0.70.
 //!
+//! The same campaign is also sent with `ledger = false`, from its own plan
+//! and against its own fresh sandbox: the difference is what the account's
+//! ledger costs (a reservation per claimed row before it leaves, a settle
+//! per answer). Target: the ledger-on rate within 15 % of the ledger-off one.
+//!
 //! `BENCH_N` (default 200,000) and `BENCH_CONCURRENCY` (default 64) override;
 //! `BENCH_GENERATOR=reqwest` uses the reqwest loop even when `oha` is there.
 
@@ -28,8 +33,11 @@ fn main() {
     }
     let n = env_count("BENCH_N", 200_000);
     let concurrency = env_count("BENCH_CONCURRENCY", 64);
-    let dir = CampaignDir::new(n, &format!("concurrency = {concurrency}"));
+    let send = format!("concurrency = {concurrency}");
+    let dir = CampaignDir::new(n, &send);
     let plan_time = plan(&dir);
+    let no_ledger = CampaignDir::without_ledger(n, &send);
+    plan(&no_ledger);
     let body = {
         let db = StateDb::open_read_only(&dir.state()).expect("the planned state opens");
         db.body_for_row(1)
@@ -59,26 +67,17 @@ fn main() {
         (name, rate, sandbox.stats().accepted)
     };
 
-    // The engine, against a fresh sandbox of the same kind.
-    let sandbox = SandboxProcess::start(&["--rate", "0"]);
-    let toml = dir.toml();
-    let toml = toml.to_str().expect("utf-8 temp path");
-    let (elapsed, output) = run_timed(
-        &mut command(Some(&sandbox), &["run", toml]),
-        Duration::from_secs(900),
-    );
-    let stats = sandbox.stats();
-    let counts = StateDb::open_read_only(&dir.state())
-        .expect("state")
-        .counts()
-        .expect("counts");
-    let engine_rate = per_second(counts.sent as f64, elapsed);
-    let own = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find(|l| l.contains("this run:"))
-        .map(|l| l.trim().to_owned())
-        .unwrap_or_default();
+    // The engine without the ledger, then with it, each against a fresh
+    // sandbox of the same kind.
+    let off = engine_run(&no_ledger);
+    let on = engine_run(&dir);
+    let (elapsed, counts, accepted, own) = (on.elapsed, on.sent, on.accepted, on.own.clone());
+    let engine_rate = on.rate;
     let ratio = engine_rate / raw_rate;
+    let ledger_cost = 1.0 - on.rate / off.rate;
+    let ledger_entries = convers8_campaign::ledger::Ledger::open(&dir.ledger())
+        .and_then(|l| l.messages())
+        .map_or(0, |m| m.len());
 
     let mut table = Table::new(format!(
         "send_throughput: N = {n}, concurrency {concurrency}, sandbox --rate 0 --latency-ms 0 ({})",
@@ -97,7 +96,7 @@ fn main() {
     table.info("load generator: rate", format!("{raw_rate:.0} req/s"));
     table.info(
         "engine: sent / sandbox accepted",
-        format!("{} / {}", counts.sent, stats.accepted),
+        format!("{counts} / {accepted}"),
     );
     table.info(
         "engine: wall time of `run` (process start to exit)",
@@ -112,9 +111,64 @@ fn main() {
         "ratio engine / load generator",
         format!("{ratio:.2}"),
         ">= 0.70",
-        ratio >= 0.70 && counts.sent == n as u64,
+        ratio >= 0.70 && counts == n as u64,
+    );
+    table.info(
+        "engine, ledger = false: sent, wall time",
+        format!(
+            "{} in {:.2} s ({:.0} msg/s)",
+            off.sent,
+            off.elapsed.as_secs_f64(),
+            off.rate
+        ),
+    );
+    table.info(
+        "engine, ledger on: messages in the ledger",
+        ledger_entries.to_string(),
+    );
+    table.check(
+        "ledger cost: 1 - (ledger on / ledger = false)",
+        format!("{:.1} %", ledger_cost * 100.0),
+        "<= 15 %",
+        ledger_cost <= 0.15 && off.sent == n as u64 && ledger_entries == n,
     );
     table.print();
+}
+
+/// One `run` of a planned campaign against a fresh unlimited sandbox.
+struct EngineRun {
+    elapsed: Duration,
+    sent: u64,
+    accepted: u64,
+    rate: f64,
+    own: String,
+}
+
+fn engine_run(dir: &CampaignDir) -> EngineRun {
+    let sandbox = SandboxProcess::start(&["--rate", "0"]);
+    let toml = dir.toml();
+    let toml = toml.to_str().expect("utf-8 temp path");
+    let (elapsed, output) = run_timed(
+        &mut command(Some(&sandbox), &["run", toml]),
+        Duration::from_secs(900),
+    );
+    let sent = StateDb::open_read_only(&dir.state())
+        .expect("state")
+        .counts()
+        .expect("counts")
+        .sent;
+    let own = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find(|l| l.contains("this run:"))
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_default();
+    EngineRun {
+        elapsed,
+        sent,
+        accepted: sandbox.stats().accepted,
+        rate: per_second(sent as f64, elapsed),
+        own,
+    }
 }
 
 /// `oha` on PATH, or where `cargo install` puts it.

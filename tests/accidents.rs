@@ -259,7 +259,13 @@ fn accident_mid_run(
     dir: &CampaignDir,
     accident: impl FnOnce(&Path),
 ) -> (Output, usize) {
-    let child = spawn_captured(bin(sandbox).arg("run").arg(dir.toml()));
+    // Each accident is a new campaign dir of one test: each its own ledger.
+    let child = spawn_captured(
+        bin(sandbox)
+            .env("CONVERS8_LEDGER", dir.dir.path().join("ledger.db"))
+            .arg("run")
+            .arg(dir.toml()),
+    );
     sandbox.wait_for_messages(20);
     accident(&dir.state());
     let at_accident = sandbox.messages().len();

@@ -184,6 +184,8 @@ fn faketime(at: &str, sandbox: &TestSandbox) -> Option<std::process::Command> {
         .env("TZ", "UTC")
         // Only the wall clock moves; timers keep real time.
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        // Never the user's own ledger.
+        .env("CONVERS8_LEDGER", test_ledger())
         .env("CONVERS8_API_KEY", KEY)
         .env("CONVERS8_BASE_URL", sandbox.base_url());
     Some(cmd)

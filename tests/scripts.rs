@@ -210,6 +210,9 @@ fn run_json_prints_one_summary_and_nothing_else() {
         format!(r#"window = {{ start = "{start:02}:00", end = "{end:02}:00", timezone = "UTC" }}"#);
     let closed = CampaignDir::new(&text_campaign(&window, "Hi"), &kenyan_csv(2));
     let out = bin(&sandbox)
+        // Another campaign called "test": a ledger of its own, or the first
+        // one's messages would make it a second state of that campaign.
+        .env("CONVERS8_LEDGER", closed.dir.path().join("ledger.db"))
         .args(["run", "--json"])
         .arg(closed.toml())
         .output()

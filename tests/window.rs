@@ -123,6 +123,8 @@ fn under_faketime_the_binary_keeps_the_window_on_the_fall_back_night() {
         .env("TZ", "UTC")
         // Only the wall clock moves; timers keep real time.
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        // Never the user's own ledger.
+        .env("CONVERS8_LEDGER", test_ledger())
         .env("CONVERS8_API_KEY", KEY)
         .env("CONVERS8_BASE_URL", sandbox.base_url())
         .output()

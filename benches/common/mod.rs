@@ -227,6 +227,9 @@ default_country = "KE"
 type = "text"
 [message.content]
 text = "Hi {{{{name}}}}, your code {{{{code}}}} is ready in {{{{city}}}}."
+
+[ledger]
+path = "ledger.db"
 "#
     )
 }
@@ -237,14 +240,33 @@ pub struct CampaignDir {
 }
 
 impl CampaignDir {
+    /// A campaign with a ledger of its own, `ledger.db` beside it (runs
+    /// measure with the ledger on, as operators run, and campaigns of one
+    /// bench never see one another).
     pub fn new(rows: usize, send: &str) -> CampaignDir {
+        Self::with_toml(rows, &campaign_toml(send))
+    }
+
+    /// The same campaign with `ledger = false`: the ledger's cost is the
+    /// difference between the two.
+    pub fn without_ledger(rows: usize, send: &str) -> CampaignDir {
+        let toml = campaign_toml(send).replace("[ledger]\npath = \"ledger.db\"\n", "");
+        Self::with_toml(rows, &format!("ledger = false\n{toml}"))
+    }
+
+    fn with_toml(rows: usize, toml: &str) -> CampaignDir {
         let dir = tempfile::Builder::new()
             .prefix("convers8-bench-")
             .tempdir()
             .expect("tempdir");
-        std::fs::write(dir.path().join("campaign.toml"), campaign_toml(send)).expect("toml");
+        std::fs::write(dir.path().join("campaign.toml"), toml).expect("toml");
         write_recipients(&dir.path().join("recipients.csv"), rows);
         CampaignDir { dir }
+    }
+
+    /// The campaign's own ledger (see [`CampaignDir::new`]).
+    pub fn ledger(&self) -> PathBuf {
+        self.dir.path().join("ledger.db")
     }
 
     pub fn toml(&self) -> PathBuf {
@@ -267,8 +289,8 @@ pub fn command(sandbox: Option<&SandboxProcess>, args: &[&str]) -> Command {
         .env_remove("RUST_LOG")
         .env_remove("CONVERS8_API_KEY")
         .env_remove("CONVERS8_BASE_URL")
-        // Benchmarks measure with the ledger on, as operators run, but never
-        // in the user's own ledger.
+        // Campaigns name their own ledger (see `CampaignDir`); this only
+        // keeps anything else a bench runs out of the user's own ledger.
         .env(
             "CONVERS8_LEDGER",
             std::env::temp_dir().join(format!("convers8-bench-{}.ledger.db", std::process::id())),

@@ -1,6 +1,7 @@
-//! `convers8-campaign retry`: puts failed (optionally only some error codes)
-//! or uncertain rows back to `pending`, after a confirmation, and sends them
-//! exactly as `run` would.
+//! `convers8-campaign retry`: sends failed (optionally only some error
+//! codes), uncertain or suppressed (say, only `frequency_cap`) rows again,
+//! after a confirmation, exactly as `run` would — each checked again at its
+//! claim, so an opted-out phone or one still over its cap stays suppressed.
 //!
 //! The rows are reset by the engine, under the run lock, at the moment
 //! messages will really leave — the same path `run --resend-uncertain` takes
@@ -33,6 +34,10 @@ Examples:
   # Rows whose send may or may not have arrived: they may get it twice
   convers8-campaign retry campaigns/text/campaign.toml --uncertain
 
+  # Rows held back by the [audience] cap, now that the period has passed
+  convers8-campaign retry campaigns/text/campaign.toml --suppressed \\
+      --codes frequency_cap
+
 Without a terminal, retry needs --yes (it never waits for an answer); it
 exits 1 when there is no state, no key, or the confirmation is declined.
 
@@ -40,10 +45,10 @@ exits 1 when there is no state, no key, or the confirmation is declined.
     exit::table!()
 );
 
-/// Put failed or uncertain rows back to pending and send them, like `run`.
+/// Send failed, uncertain or suppressed rows again, like `run`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["failed", "uncertain"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["failed", "uncertain", "suppressed"])))]
 pub struct RetryArgs {
     #[command(flatten)]
     pub campaign: CampaignArgs,
@@ -58,7 +63,7 @@ pub struct RetryArgs {
     #[arg(long)]
     pub failed: bool,
 
-    /// Only failed rows with one of these error codes (e.g. internal_error,validation_error).
+    /// Only rows with one of these codes (failed: internal_error,...; suppressed: frequency_cap).
     // `conflicts_with` rather than `requires = "failed"`: a flag's default
     // `false` satisfies `requires`, and the group already demands one of the two.
     #[arg(
@@ -72,6 +77,10 @@ pub struct RetryArgs {
     /// Retry rows whose send may have arrived (timeouts, crashes): they may get it twice.
     #[arg(long)]
     pub uncertain: bool,
+
+    /// Reconsider suppressed rows (checked again when claimed: opt-outs, caps).
+    #[arg(long)]
+    pub suppressed: bool,
 
     /// Do not ask for confirmation (needed when stdin is not a terminal).
     #[arg(long, short = 'y')]
@@ -91,22 +100,25 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
 async fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
     let campaign = args.campaign.load()?;
     let state_path = args.campaign.state_path();
+    let codes: Vec<String> = args
+        .codes
+        .iter()
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect();
     let selection = if args.uncertain {
         RetrySelection::Uncertain
+    } else if args.suppressed {
+        RetrySelection::Suppressed { codes }
     } else {
-        RetrySelection::Failed {
-            codes: args
-                .codes
-                .iter()
-                .map(|c| c.trim().to_owned())
-                .filter(|c| !c.is_empty())
-                .collect(),
-        }
+        RetrySelection::Failed { codes }
     };
     let what = match &selection {
         RetrySelection::Uncertain => "uncertain".to_owned(),
         RetrySelection::Failed { codes } if codes.is_empty() => "failed".to_owned(),
         RetrySelection::Failed { codes } => format!("failed ({})", codes.join(", ")),
+        RetrySelection::Suppressed { codes } if codes.is_empty() => "suppressed".to_owned(),
+        RetrySelection::Suppressed { codes } => format!("suppressed ({})", codes.join(", ")),
     };
 
     let db = args.campaign.open_state(false)?;
@@ -161,11 +173,16 @@ async fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
         .require_client_config(campaign.api.base_url.as_deref(), campaign.send.timeout)?;
 
     say!(
-        "{} back to pending and be sent",
+        "{} be sent again{}",
         if n == 1 {
-            format!("1 {what} row will go")
+            format!("1 {what} row will")
         } else {
-            format!("{n} {what} rows will go")
+            format!("{n} {what} rows will")
+        },
+        if matches!(selection, RetrySelection::Suppressed { .. }) {
+            " (each checked again: opted-out phones and those still over a cap stay suppressed)"
+        } else {
+            ""
         }
     );
     if matches!(selection, RetrySelection::Uncertain) {

@@ -88,6 +88,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub add_new_recipients: bool,
 
+    /// Plan even though the ledger shows this campaign sent from another state
+    /// file; phones it shows messaged are marked sent, not messaged again.
+    #[arg(long)]
+    pub new_state_ok: bool,
+
     /// Stop gracefully after this long (e.g. 50m), so a cron slot never overlaps the next.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_runtime: Option<Duration>,
@@ -166,6 +171,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     options.reset = Some(convers8_campaign::state::RetrySelection::Uncertain);
                 }
                 options.add_new_recipients = args.add_new_recipients;
+                options.new_state_ok = args.new_state_ok;
                 options.max_runtime = args.max_runtime;
                 options.wait_for_window = args.wait;
             },

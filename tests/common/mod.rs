@@ -194,13 +194,18 @@ pub fn bare_bin() -> Command {
 
 /// The ledger every binary a test starts uses unless the test names its
 /// own: a temporary file, so no test ever reads or writes the real user's
-/// ledger (`~/.local/state/...`). Shared by the tests of one process, so a
-/// test that puts phones on the opt-out list must use a ledger of its own.
+/// ledger (`~/.local/state/...`). One per test (by the test's thread, which
+/// the harness names after it): the ledger remembers every campaign, and
+/// tests that each run a campaign called "test" from their own state must
+/// not see one another's messages, daily limits or opt-outs.
 pub fn test_ledger() -> PathBuf {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("ledger tempdir"))
-        .path()
-        .join("ledger.db")
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("ledger tempdir"));
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
+    dir.path().join(format!("{test}.ledger.db"))
 }
 
 /// Starts `run` on the campaign in the background, its output discarded.

@@ -30,8 +30,10 @@ const ROOT_KEYS: &[&str] = &[
     "vars",
     "message",
     "ledger",
+    "audience",
 ];
 const LEDGER_KEYS: &[&str] = &["enabled", "path"];
+const AUDIENCE_KEYS: &[&str] = &["max_messages", "per"];
 const CAMPAIGN_KEYS: &[&str] = &["name", "description"];
 const RECIPIENTS_KEYS: &[&str] = &[
     "csv",
@@ -168,6 +170,14 @@ struct RawFile {
     vars: Option<toml::Table>,
     message: Option<RawMessage>,
     ledger: Option<RawLedger>,
+    audience: Option<RawAudience>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudience {
+    max_messages: Option<i64>,
+    per: Option<String>,
 }
 
 /// `ledger = false`, or a `[ledger]` table.
@@ -444,6 +454,16 @@ impl Doc<'_> {
         };
         let message = self.message(raw.message)?;
         let ledger = self.ledger(raw.ledger)?;
+        let audience = match raw.audience {
+            Some(a) => Some(self.audience(a)?),
+            None => None,
+        };
+        if audience.is_some() && !ledger.enabled {
+            return Err(self.invalid(
+                &[key("audience")],
+                "[audience] counts messages in the account's ledger, and this campaign turns the ledger off: remove `ledger = false` (or `enabled = false`), or remove [audience]".into(),
+            ));
+        }
 
         Ok(Campaign {
             file: file.to_owned(),
@@ -458,7 +478,48 @@ impl Doc<'_> {
             vars,
             message,
             ledger,
+            audience,
             file_sha256,
+        })
+    }
+
+    fn audience(&self, raw: RawAudience) -> Result<AudienceSpec, CampaignError> {
+        let table = [key("audience")];
+        let max_messages = raw.max_messages.ok_or_else(|| {
+            self.missing_key(
+                &table,
+                "max_messages",
+                "say how many messages one phone may get per period, such as max_messages = 2",
+            )
+        })?;
+        if !(1..=i64::from(u32::MAX)).contains(&max_messages) {
+            return Err(self.invalid(
+                &[key("audience"), key("max_messages")],
+                format!(
+                    "`max_messages` in [audience] must be between 1 and {}, found {max_messages}",
+                    u32::MAX
+                ),
+            ));
+        }
+        let per = raw.per.ok_or_else(|| {
+            self.missing_key(
+                &table,
+                "per",
+                "give the period as a number of hours or days, such as per = \"7d\"",
+            )
+        })?;
+        let period = parse_period(&per).ok_or_else(|| {
+            self.invalid(
+                &[key("audience"), key("per")],
+                format!(
+                    "`per` in [audience] must be a period such as \"24h\", \"7d\" or \"30d\" (hours or days, at most 366 days), found {per:?}"
+                ),
+            )
+        })?;
+        Ok(AudienceSpec {
+            max_messages: max_messages as u32,
+            per: period,
+            per_text: per.trim().to_owned(),
         })
     }
 
@@ -997,6 +1058,20 @@ fn table_name(path: &[Seg]) -> String {
     }
 }
 
+/// A frequency cap's period: a whole number of hours (`"24h"`) or days
+/// (`"7d"`), up to a year. Months are left out on purpose: their length varies.
+fn parse_period(text: &str) -> Option<chrono::Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: i64 = number.trim().parse().ok().filter(|n| *n > 0)?;
+    let hours = match unit {
+        "h" => n,
+        "d" => n.checked_mul(24)?,
+        _ => return None,
+    };
+    (hours <= 366 * 24).then(|| chrono::Duration::hours(hours))
+}
+
 fn dotted(path: &[Seg]) -> String {
     let mut out = String::new();
     for seg in path {
@@ -1032,6 +1107,7 @@ fn expected_keys(table: &[Seg]) -> &'static [&'static str] {
         ["api"] => API_KEYS,
         ["message"] => MESSAGE_KEYS,
         ["ledger"] => LEDGER_KEYS,
+        ["audience"] => AUDIENCE_KEYS,
         _ => &[],
     }
 }
@@ -1542,6 +1618,9 @@ content = { text = "t" }
 [ledger]
 enabled = true
 path = "l.db"
+[audience]
+max_messages = 2
+per = "7d"
 "#;
         load(text).unwrap();
         for list in [
@@ -1553,6 +1632,7 @@ path = "l.db"
             API_KEYS,
             MESSAGE_KEYS,
             LEDGER_KEYS,
+            AUDIENCE_KEYS,
         ] {
             for k in list {
                 assert!(

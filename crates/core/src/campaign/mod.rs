@@ -49,6 +49,8 @@ pub struct Campaign {
     pub message: MessageSpec,
     /// `[ledger]` (or `ledger = false`).
     pub ledger: LedgerSpec,
+    /// `[audience]`: the frequency cap per phone, across campaigns.
+    pub audience: Option<AudienceSpec>,
     /// Lowercase hex SHA-256 of the campaign file's bytes.
     pub file_sha256: String,
 }
@@ -89,6 +91,16 @@ impl Default for LedgerSpec {
             path: None,
         }
     }
+}
+
+/// `[audience]`: at most `max_messages` messages to one phone in any `per`,
+/// counting every campaign that shares the ledger (this one included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudienceSpec {
+    pub max_messages: u32,
+    pub per: chrono::Duration,
+    /// `per` as written (`"7d"`), for messages.
+    pub per_text: String,
 }
 
 /// `[send]`: pacing and the attempt budget.

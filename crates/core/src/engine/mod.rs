@@ -41,8 +41,8 @@ use tokio::time::Instant;
 
 use crate::api::{Client, ClientConfig, ClientError};
 use crate::campaign::{Campaign, SendWindow};
-use crate::ledger::Ledger;
 use crate::ledger::screen::{RunLedger, ScreenError, Suppressions};
+use crate::ledger::{Ledger, Sender, Settled};
 use crate::state::{
     self, Claimed, Counts, FileGone, LockError, Outcome, RecipientState, RetrySelection,
     RowOutcome, StateError, StateRead, StateStore,
@@ -81,8 +81,13 @@ pub struct RunOptions {
     pub window: Option<SendWindow>,
     /// Outside the window, wait for it to open instead of exiting "try later".
     pub wait_for_window: bool,
-    /// At most this many messages sent in any rolling 24 hours.
+    /// At most this many unique recipients in any rolling 24 hours: across
+    /// every campaign sharing the ledger when this run records in one, else
+    /// this campaign's own messages.
     pub daily_limit: Option<u32>,
+    /// Plan even though the ledger shows this campaign sent from another
+    /// state file (those it messaged are planned `sent`/`uncertain`).
+    pub new_state_ok: bool,
     /// Rows claimed per state transaction; bounds the rows a crash leaves uncertain.
     pub claim_batch: usize,
     /// Systemic failures in a row that stop the run.
@@ -133,6 +138,7 @@ impl RunOptions {
             window: send.window,
             wait_for_window: false,
             daily_limit: send.daily_limit,
+            new_state_ok: false,
             claim_batch: default_claim_batch(send.concurrency),
             breaker_threshold: 20,
             backoff: BackoffPolicy::default(),
@@ -278,6 +284,15 @@ pub enum RunError {
     /// nothing was sent, because a list meant to stop messages was unread.
     #[error("{0}: nothing was sent")]
     Screen(#[from] ScreenError),
+    /// The ledger shows this campaign sent from another state file: planning
+    /// it here would message those people again.
+    #[error(transparent)]
+    OtherState(Box<OtherState>),
+    /// The campaign has `[audience]`, but the run does not record in a ledger.
+    #[error(
+        "{campaign} has an [audience] frequency cap, which counts messages in the account's ledger, and this run has no ledger to record in"
+    )]
+    AudienceWithoutLedger { campaign: String },
     /// The ledger could not be written mid-run: the run stopped.
     #[error(
         "cannot record messages in the ledger: {message}; the run stopped so that no message leaves unrecorded. Fix the ledger (see the error), then run again: the state keeps every outcome"
@@ -310,6 +325,23 @@ impl From<PlanError> for RunError {
             other => RunError::Plan(other),
         }
     }
+}
+
+/// What [`RunError::OtherState`] says.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the ledger {ledger} holds {count} messages of campaign {campaign:?} sent from another state, {other}{more}: planning it in {state} would message them again. Resume with --state {other}, or pass --new-state-ok to plan here (phones the ledger shows messaged become sent or uncertain, not sent again)"
+)]
+pub struct OtherState {
+    pub ledger: String,
+    pub campaign: String,
+    /// The state this run was asked to plan in.
+    pub state: String,
+    /// The other state file that sent this campaign's earliest message.
+    pub other: String,
+    pub count: u64,
+    /// ", and N more state files" when there are several.
+    pub more: String,
 }
 
 fn state_lost_text(path: &str, what: &FileGone, unrecorded: u64, copy: Option<&Path>) -> String {
@@ -355,8 +387,24 @@ pub async fn run(
     // new campaign must not both create, migrate or plan it.
     let mut db = state::open_for_run(&options.state_path)?;
 
-    let (run_ledger, suppressions) = open_ledger(campaign, options)?;
-    let (plan, replanned) = prepare_plan(db.as_mut(), campaign, options, progress, &suppressions)?;
+    let sender = Sender {
+        campaign: campaign.name.clone(),
+        state_file: state_identity(&options.state_path),
+    };
+    let (mut run_ledger, suppressions) = open_ledger(campaign, options, sender)?;
+    if campaign.audience.is_some() && !run_ledger.records() {
+        return Err(RunError::AudienceWithoutLedger {
+            campaign: campaign.file.display().to_string(),
+        });
+    }
+    let (plan, replanned) = prepare_plan(
+        db.as_mut(),
+        campaign,
+        options,
+        progress,
+        suppressions,
+        &run_ledger,
+    )?;
     let path = options.state_path.clone();
     let lost = |db: &dyn StateStore, e: StateError| state_error(db, &path, e, 0);
     let recovered_uncertain = db
@@ -385,6 +433,9 @@ pub async fn run(
         report.end = RunEnd::DryRun;
         return Ok(report);
     }
+    // Messages a run of this state reserved in the ledger and never settled
+    // (it died) are settled from what the state says now.
+    settle_leftovers(&mut run_ledger, db.as_ref())?;
     // A stop asked for while planning (which does not look up) ends here.
     if let Some(reason) = stop.reason() {
         report.end = RunEnd::Stopped(reason);
@@ -438,14 +489,15 @@ pub async fn run(
         }
     }
 
-    if let Some(daily) = options.daily_limit {
-        let used = db.sent_since(Utc::now() - chrono::Duration::hours(24))?;
-        if used >= u64::from(daily) {
-            report.end = RunEnd::DailyLimitReached {
-                next_at: next_daily_slot(db.as_ref(), daily)?,
-            };
-            return Ok(report);
-        }
+    let daily_in_ledger = run_ledger
+        .ledger()
+        .filter(|_| run_ledger.enforces_daily_limit())
+        .map(|l| l.path().to_owned());
+    if let Some(daily) = options.daily_limit
+        && let Some(next_at) = daily_limit_used_up(db.as_ref(), &run_ledger, daily)?
+    {
+        report.end = RunEnd::DailyLimitReached { next_at };
+        return Ok(report);
     }
 
     // Only now, when messages will really leave, may this run claim the
@@ -498,7 +550,12 @@ pub async fn run(
     if let RunEnd::DailyLimitReached { next_at } = &mut report.end
         && let Some(daily) = options.daily_limit
     {
-        *next_at = next_daily_slot(db.as_ref(), daily)?;
+        *next_at = match &daily_in_ledger {
+            Some(path) => Ledger::open(path)
+                .and_then(|l| l.next_daily_slot(daily, Utc::now()))
+                .map_err(ScreenError::from)?,
+            None => next_daily_slot(db.as_ref(), daily)?,
+        };
     }
     db.finish_run(run_id, report.end.history_label(), sent, failed, uncertain)
         .map_err(|e| lost(db.as_ref(), e))?;
@@ -555,11 +612,78 @@ fn state_lost(db: &dyn StateStore, state_path: &Path, what: FileGone, unrecorded
     }
 }
 
+/// How the ledger names a state file: its absolute path, so two runs that
+/// reach one state by different relative paths are one state to it.
+fn state_identity(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
+}
+
+/// When the daily limit is used up now: `Some(when its next slot opens)`.
+fn daily_limit_used_up(
+    db: &dyn StateRead,
+    ledger: &RunLedger,
+    daily: u32,
+) -> Result<Option<Option<DateTime<Utc>>>, RunError> {
+    if let Some(l) = ledger.ledger().filter(|_| ledger.enforces_daily_limit()) {
+        let next = l
+            .next_daily_slot(daily, Utc::now())
+            .map_err(ScreenError::from)?;
+        return Ok(next.map(Some));
+    }
+    let used = db.sent_since(Utc::now() - chrono::Duration::hours(24))?;
+    if used < u64::from(daily) {
+        return Ok(None);
+    }
+    Ok(Some(next_daily_slot(db, daily)?))
+}
+
+/// Settles the ledger's reservations a dead run of this state left, from
+/// the state: a row sent or uncertain keeps its message, any other gives it
+/// back. (Rows it left `sending` are `uncertain` by now.)
+fn settle_leftovers(ledger: &mut RunLedger, db: &dyn StateRead) -> Result<(), RunError> {
+    let Some(l) = ledger.ledger().filter(|_| ledger.records()) else {
+        return Ok(());
+    };
+    let leftovers = l
+        .sending_of(&ledger.sender().state_file)
+        .map_err(ScreenError::from)?;
+    if leftovers.is_empty() {
+        return Ok(());
+    }
+    let parse = |t: Option<&String>| {
+        t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or_else(Utc::now, |t| t.with_timezone(&Utc))
+    };
+    let mut settled = Vec::with_capacity(leftovers.len());
+    for (phone, row) in leftovers {
+        let how = match db.recipient_by_phone(&phone)? {
+            Some(r) if r.state == RecipientState::Sent => Settled::Sent {
+                message_id: r.message_id.clone(),
+                at: parse(r.sent_at.as_ref()),
+            },
+            Some(r) if matches!(r.state, RecipientState::Uncertain | RecipientState::Sending) => {
+                Settled::Uncertain {
+                    at: parse(r.updated_at.as_ref()),
+                }
+            }
+            _ => Settled::NotSent,
+        };
+        settled.push((phone, row, how));
+    }
+    ledger.settle(&settled).map_err(|e| RunError::LedgerFailed {
+        message: e.to_string(),
+    })
+}
+
 /// Opens the ledger the options name and reads the campaign's exclude
 /// files: the run's claim-time screen, and the plan-time snapshot.
 fn open_ledger(
     campaign: &Campaign,
     options: &RunOptions,
+    sender: Sender,
 ) -> Result<(RunLedger, Suppressions), RunError> {
     let (ledger, record) = match &options.ledger {
         LedgerUse::Off => (None, false),
@@ -570,7 +694,8 @@ fn open_ledger(
         ),
     };
     let suppressions = Suppressions::load(campaign, ledger.as_ref())?;
-    let run_ledger = RunLedger::new(ledger, record, suppressions.excluded().clone());
+    let run_ledger = RunLedger::new(ledger, record, suppressions.excluded().clone(), sender)
+        .with_limits(campaign.audience.as_ref(), options.daily_limit);
     Ok((run_ledger, suppressions))
 }
 
@@ -582,7 +707,8 @@ fn prepare_plan(
     campaign: &Campaign,
     options: &RunOptions,
     progress: &dyn Progress,
-    suppressions: &Suppressions,
+    suppressions: Suppressions,
+    ledger: &RunLedger,
 ) -> Result<(Option<PlanSummary>, bool), RunError> {
     let check = plan::check_inputs(db, campaign)?;
     let changed = match &check {
@@ -618,15 +744,16 @@ fn prepare_plan(
             options.state_path.display()
         ));
     }
+    let suppressions = earlier_messages(campaign, options, ledger, suppressions)?;
     progress.note(&format!(
         "planning {} from {}",
         campaign.name,
         campaign.recipients.csv.display()
     ));
     let summary =
-        plan::plan_campaign_screened(db, campaign, mode, suppressions, |_: &RowProblem| {})?;
+        plan::plan_campaign_screened(db, campaign, mode, &suppressions, |_: &RowProblem| {})?;
     progress.note(&format!(
-        "planned {} rows: {} to send, {} invalid, {} duplicate, {} suppressed{}",
+        "planned {} rows: {} to send, {} invalid, {} duplicate, {} suppressed{}{}",
         summary.rows,
         summary.pending,
         summary.invalid,
@@ -636,9 +763,56 @@ fn prepare_plan(
             format!(", {} already planned", summary.already_planned)
         } else {
             String::new()
+        },
+        if summary.messaged_before > 0 {
+            format!(
+                ", {} already messaged by this campaign (the ledger's record: not sent again)",
+                summary.messaged_before
+            )
+        } else {
+            String::new()
         }
     ));
     Ok((Some(summary), mode == PlanWrite::Replace))
+}
+
+/// Before a plan: refuses when the ledger shows this campaign sent from
+/// another state file (unless the options allow it), and adds to the
+/// plan-time snapshot who the ledger shows this campaign already messaged,
+/// so a lost or second state does not message them again.
+fn earlier_messages(
+    campaign: &Campaign,
+    options: &RunOptions,
+    ledger: &RunLedger,
+    suppressions: Suppressions,
+) -> Result<Suppressions, RunError> {
+    let Some(l) = ledger.ledger().filter(|_| ledger.records()) else {
+        return Ok(suppressions);
+    };
+    let here = &ledger.sender().state_file;
+    let others = l
+        .other_state_files(&campaign.name, here)
+        .map_err(ScreenError::from)?;
+    if let Some((other, count)) = others.first()
+        && !options.new_state_ok
+    {
+        return Err(RunError::OtherState(Box::new(OtherState {
+            ledger: l.path().display().to_string(),
+            campaign: campaign.name.clone(),
+            state: options.state_path.display().to_string(),
+            other: other.clone(),
+            count: *count,
+            more: match others.len() - 1 {
+                0 => String::new(),
+                1 => ", and 1 more state file".to_owned(),
+                n => format!(", and {n} more state files"),
+            },
+        })));
+    }
+    let messaged = l
+        .campaign_messages(&campaign.name)
+        .map_err(ScreenError::from)?;
+    Ok(suppressions.with_earlier_messages(messaged))
 }
 
 /// When the rolling 24-hour window frees its next slot.
@@ -662,6 +836,7 @@ fn claimable_states(reset: Option<&RetrySelection>) -> Vec<RecipientState> {
     match reset {
         Some(RetrySelection::Uncertain) => states.push(RecipientState::Uncertain),
         Some(RetrySelection::Failed { .. }) => states.push(RecipientState::Failed),
+        Some(RetrySelection::Suppressed { .. }) => states.push(RecipientState::Suppressed),
         None => {}
     }
     states
@@ -753,17 +928,9 @@ async fn send_rows(
         stop: stop.clone(),
         stats: stats.clone(),
     });
-    // The ledger names the state by its absolute path, so two runs that
-    // reach one state by different relative paths are one state to it.
-    let context = writer::LedgerContext {
-        campaign: campaign.name.clone(),
-        state_file: std::fs::canonicalize(&options.state_path)
-            .unwrap_or_else(|_| options.state_path.clone())
-            .display()
-            .to_string(),
-    };
-    let writer = StateWriter::spawn_with_ledger(db, stop.clone(), Some((ledger, context)))
-        .map_err(RunError::Writer)?;
+    let daily_in_ledger = ledger.enforces_daily_limit();
+    let writer =
+        StateWriter::spawn_with_ledger(db, stop.clone(), Some(ledger)).map_err(RunError::Writer)?;
     let started = Instant::now();
     let mut guards = JoinSet::new();
     if let Some(deadline) = deadline {
@@ -822,6 +989,7 @@ async fn send_rows(
         &stop,
         to_send,
         recipient_hours,
+        daily_in_ledger,
     );
     let end = tokio::select! {
         end = feeding => end,
@@ -897,6 +1065,7 @@ async fn feed(
     stop: &Stop,
     to_send: u64,
     recipient_hours: Option<&RecipientHours>,
+    daily_in_ledger: bool,
 ) -> RunEnd {
     let handle = writer.handle();
     // Re-evaluated before every claim: zones open and close during a run.
@@ -918,8 +1087,8 @@ async fn feed(
         if stop.is_stopping() {
             break;
         }
-        let rows = match next_claim.take() {
-            Some(pending) => pending.rows().await,
+        let batch = match next_claim.take() {
+            Some(pending) => pending.batch().await,
             None => {
                 let mut want = unit;
                 if options.limit.is_some() {
@@ -929,7 +1098,7 @@ async fn feed(
                         break;
                     }
                 }
-                if let Some(daily) = options.daily_limit {
+                if let Some(daily) = options.daily_limit.filter(|_| !daily_in_ledger) {
                     match daily_budget(
                         &handle,
                         daily,
@@ -958,14 +1127,24 @@ async fn feed(
                 handle.claim(want as usize, open_zones()).await
             }
         };
-        let rows = match rows {
-            Ok(rows) => rows,
+        let (rows, held) = match batch {
+            Ok(batch) => (batch.rows, batch.held),
             Err(e) => {
                 stop.trigger(StopReason::StateFailed(e.to_string()));
                 break;
             }
         };
         if rows.is_empty() {
+            // The ledger holds the rest back: the account's daily limit is
+            // used up. Rows still in flight may fail and give their place back.
+            if held {
+                if tasks.is_empty() {
+                    end = RunEnd::DailyLimitReached { next_at: None };
+                    break;
+                }
+                tasks.join_next().await;
+                continue;
+            }
             break;
         }
         claimed_total += rows.len() as u64;

@@ -54,6 +54,9 @@ pub struct PlanSummary {
     pub suppressed: u64,
     /// `--add-new-recipients` only: rows whose phone the state already had.
     pub already_planned: u64,
+    /// Rows the ledger shows this campaign already messaged (from a state
+    /// that was lost or another one): planned `sent` or `uncertain`, not sent again.
+    pub messaged_before: u64,
     pub csv_sha256: String,
     /// The first [`PROBLEMS_KEPT`] invalid or duplicate rows.
     pub problems: Vec<RowProblem>,
@@ -469,6 +472,12 @@ pub fn plan_campaign_screened(
                 return Err(e.into());
             }
             summary.csv_sha256 = read?;
+            for earlier in suppressions.earlier_messages() {
+                if sink.mark_messaged(earlier)? {
+                    summary.pending -= 1;
+                    summary.messaged_before += 1;
+                }
+            }
             let now = timestamp(Utc::now());
             let info = PlanInfo {
                 campaign_name: campaign.name.clone(),

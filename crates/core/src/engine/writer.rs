@@ -13,10 +13,11 @@
 //! it could not record are counted, for the run's last word.
 //!
 //! The writer also speaks to the account's ledger ([`RunLedger`]): each claim
-//! is screened against the opt-out list inside the claim's transaction, and
-//! after each commit the batch's sent and uncertain outcomes are appended to
-//! the ledger in one transaction — after the claim is answered, so the
-//! ledger never delays a send.
+//! is screened inside the claim's transaction (opt-outs, the frequency cap,
+//! the account's daily limit; the messages it admits are reserved in the
+//! ledger before the claim commits), and after each commit the batch's
+//! outcomes settle their reservations in one ledger transaction — after the
+//! claim is answered, so settling never delays a send.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -28,8 +29,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::shutdown::{Stop, StopReason};
+use crate::ledger::Settled;
 use crate::ledger::screen::RunLedger;
-use crate::ledger::{LedgerEntry, LedgerState};
 use crate::state::{Claimed, FileGone, Outcome, RowOutcome, StateError, StateStore};
 
 /// Commit when this many outcomes are waiting...
@@ -42,7 +43,7 @@ enum Command {
         max: usize,
         /// The zones whose rows may be claimed now; `None` for any.
         zones: Option<Vec<String>>,
-        reply: oneshot::Sender<Result<Vec<Claimed>, String>>,
+        reply: oneshot::Sender<Result<ClaimBatch, String>>,
     },
     /// The outcome buffer is full: commit it now.
     Nudge,
@@ -74,12 +75,13 @@ pub struct WriteFailure {
     pub ledger: bool,
 }
 
-/// What the writer needs to tell the ledger which campaign sent a message.
-#[derive(Debug, Clone)]
-pub struct LedgerContext {
-    pub campaign: String,
-    /// The state file's identity (its absolute path when known).
-    pub state_file: String,
+/// Rows claimed for sending.
+#[derive(Debug, Default)]
+pub struct ClaimBatch {
+    pub rows: Vec<Claimed>,
+    /// The ledger held rows back: the account's daily limit is used up (the
+    /// rows here, if any, were admitted before it was).
+    pub held: bool,
 }
 
 /// What [`StateWriter::close`] hands back.
@@ -113,11 +115,11 @@ impl StateWriter {
     }
 
     /// [`StateWriter::spawn`], screening claims through `ledger` and
-    /// appending what goes out to it.
+    /// settling what goes out in it.
     pub fn spawn_with_ledger(
         db: Box<dyn StateStore>,
         stop: Stop,
-        ledger: Option<(RunLedger, LedgerContext)>,
+        ledger: Option<RunLedger>,
     ) -> std::io::Result<StateWriter> {
         let (tx, rx) = mpsc::channel();
         let outcomes = Arc::new(Mutex::new(Vec::with_capacity(BATCH_ROWS)));
@@ -162,10 +164,15 @@ impl StateWriter {
 }
 
 /// A claim asked for and not yet answered; see [`WriterHandle::request_claim`].
-pub struct PendingClaim(oneshot::Receiver<Result<Vec<Claimed>, String>>);
+pub struct PendingClaim(oneshot::Receiver<Result<ClaimBatch, String>>);
 
 impl PendingClaim {
     pub async fn rows(self) -> Result<Vec<Claimed>, WriterError> {
+        self.batch().await.map(|b| b.rows)
+    }
+
+    /// The rows, and whether the ledger held any back.
+    pub async fn batch(self) -> Result<ClaimBatch, WriterError> {
         self.0.await.map_err(|_| stopped())?.map_err(WriterError)
     }
 }
@@ -190,8 +197,8 @@ impl WriterHandle {
         &self,
         max: usize,
         zones: Option<Vec<String>>,
-    ) -> Result<Vec<Claimed>, WriterError> {
-        self.request_claim(max, zones)?.rows().await
+    ) -> Result<ClaimBatch, WriterError> {
+        self.request_claim(max, zones)?.batch().await
     }
 
     /// Queues an outcome for the next commit. Never blocks on the disk and
@@ -235,12 +242,13 @@ struct Writer {
     batch: Vec<RowOutcome>,
     failed: Option<WriteFailure>,
     stop: Stop,
-    ledger: Option<(RunLedger, LedgerContext)>,
+    ledger: Option<RunLedger>,
     /// Rows handed out and not settled yet, by id: their phone and CSV row,
-    /// which the ledger records and outcomes do not carry.
+    /// which the ledger keys its entries by and outcomes do not carry.
     in_flight: HashMap<i64, (String, u64)>,
-    /// Ledger entries of the last commit, appended once the claim is answered.
-    to_ledger: Vec<LedgerEntry>,
+    /// How the last commit's messages ended, settled in the ledger once the
+    /// claim is answered.
+    to_ledger: Vec<(String, u64, Settled)>,
 }
 
 impl Writer {
@@ -250,7 +258,7 @@ impl Writer {
     }
 
     /// Commits the waiting outcomes, and claims `max` rows in the same transaction.
-    fn commit(&mut self, max: usize) -> Result<Vec<Claimed>, String> {
+    fn commit(&mut self, max: usize) -> Result<ClaimBatch, String> {
         self.take_outcomes();
         if let Some(failure) = &mut self.failed {
             failure.unrecorded += settled(&self.batch);
@@ -258,15 +266,19 @@ impl Writer {
             return Err(failure.message.clone());
         }
         if self.batch.is_empty() && max == 0 {
-            return Ok(Vec::new());
+            return Ok(ClaimBatch::default());
         }
         let started = Instant::now();
+        let mut held = false;
         let result = match &mut self.ledger {
-            Some((ledger, _)) => {
-                self.db
-                    .record_and_claim_screened(&self.batch, max, &mut |phones: &[&str]| {
-                        ledger.screen(phones)
-                    })
+            Some(ledger) => {
+                let result = self.db.record_and_claim_screened(
+                    &self.batch,
+                    max,
+                    &mut |rows: &[Claimed]| ledger.screen(rows),
+                );
+                held = ledger.take_held();
+                result
             }
             None => self.db.record_and_claim(&self.batch, max),
         };
@@ -281,60 +293,54 @@ impl Writer {
         );
         let recorded = settled(&self.batch);
         self.batch.clear();
-        result.map_err(|e| {
-            tracing::error!("cannot write the state: {e}");
-            let message = e.to_string();
-            let gone = match e {
-                StateError::Gone { what, .. } => Some(what),
-                _ => None,
-            };
-            self.stop.trigger(StopReason::StateFailed(message.clone()));
-            self.failed = Some(WriteFailure {
-                message: message.clone(),
-                gone,
-                // Even if the commit went through, it went to a file that is
-                // no longer the state: these outcomes are not in it.
-                unrecorded: recorded,
-                ledger: false,
-            });
-            message
-        })
+        result
+            .map_err(|e| {
+                tracing::error!("cannot write the state: {e}");
+                let message = e.to_string();
+                let gone = match e {
+                    StateError::Gone { what, .. } => Some(what),
+                    _ => None,
+                };
+                self.stop.trigger(StopReason::StateFailed(message.clone()));
+                self.failed = Some(WriteFailure {
+                    message: message.clone(),
+                    gone,
+                    // Even if the commit went through, it went to a file that is
+                    // no longer the state: these outcomes are not in it.
+                    unrecorded: recorded,
+                    ledger: false,
+                });
+                message
+            })
+            .map(|rows| ClaimBatch { rows, held })
     }
 
-    /// After a commit: the batch's messages that left or may have left
-    /// become ledger entries, and the new claims are remembered.
+    /// After a commit: how the batch's messages ended, for the ledger, and
+    /// the new claims remembered.
     fn note_for_ledger(&mut self, claimed: &[Claimed]) {
-        let Some((ledger, context)) = &self.ledger else {
+        if !self.ledger.as_ref().is_some_and(RunLedger::records) {
             return;
-        };
-        let records = ledger.records();
+        }
         for o in &self.batch {
             let Some((phone, row)) = self.in_flight.remove(&o.id) else {
                 continue;
             };
-            let (state, message_id) = match &o.outcome {
-                Outcome::Sent { message_id } => (LedgerState::Sent, Some(message_id.clone())),
-                Outcome::Uncertain { .. } => (LedgerState::Uncertain, None),
-                Outcome::Failed { .. } | Outcome::Released => continue,
-            };
-            if records {
-                self.to_ledger.push(LedgerEntry {
-                    phone,
-                    campaign: context.campaign.clone(),
-                    state_file: context.state_file.clone(),
-                    row,
+            let settled = match &o.outcome {
+                Outcome::Sent { message_id } => Settled::Sent {
+                    message_id: Some(message_id.clone()),
                     at: o.at,
-                    state,
-                    message_id,
-                });
-            }
+                },
+                Outcome::Uncertain { .. } => Settled::Uncertain { at: o.at },
+                Outcome::Failed { .. } | Outcome::Released => Settled::NotSent,
+            };
+            self.to_ledger.push((phone, row, settled));
         }
         for c in claimed {
             self.in_flight.insert(c.id, (c.phone.clone(), c.row));
         }
     }
 
-    /// Appends the last commit's messages to the ledger in one transaction.
+    /// Settles the last commit's messages in the ledger in one transaction.
     ///
     /// If that fails the run stops, as for a state failure: the state already
     /// holds these outcomes (it is the campaign's truth), but a ledger that
@@ -346,10 +352,10 @@ impl Writer {
             self.to_ledger.clear();
             return;
         }
-        let Some((ledger, _)) = &mut self.ledger else {
+        let Some(ledger) = &mut self.ledger else {
             return;
         };
-        if let Err(e) = ledger.record(&self.to_ledger) {
+        if let Err(e) = ledger.settle(&self.to_ledger) {
             let message = format!(
                 "{e} ({} messages sent by this run are in the state file but not in the ledger)",
                 self.to_ledger.len()
@@ -372,20 +378,11 @@ impl Writer {
         if self.failed.is_some() {
             return;
         }
-        if let Some((ledger, context)) = &self.ledger
-            && ledger.records()
-        {
+        if self.ledger.as_ref().is_some_and(RunLedger::records) {
             let now = Utc::now();
             for (_, (phone, row)) in self.in_flight.drain() {
-                self.to_ledger.push(LedgerEntry {
-                    phone,
-                    campaign: context.campaign.clone(),
-                    state_file: context.state_file.clone(),
-                    row,
-                    at: now,
-                    state: LedgerState::Uncertain,
-                    message_id: None,
-                });
+                self.to_ledger
+                    .push((phone, row, Settled::Uncertain { at: now }));
             }
         }
         self.flush_ledger();
@@ -405,7 +402,7 @@ fn writer_loop(
     rx: mpsc::Receiver<Command>,
     buffer: Arc<Mutex<Vec<RowOutcome>>>,
     stop: Stop,
-    ledger: Option<(RunLedger, LedgerContext)>,
+    ledger: Option<RunLedger>,
 ) -> (Box<dyn StateStore>, Option<WriteFailure>) {
     let mut writer = Writer {
         db,

@@ -13,6 +13,7 @@
 //! opens, migrates and queries the file; it does not decide what a run does
 //! with the answers (the engine does), nor where the file is ([`location`]).
 
+mod admit;
 pub mod location;
 pub mod phone_list;
 mod schema;
@@ -28,6 +29,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use crate::phone::E164;
 use crate::state::timestamp;
 
+pub use admit::{Admission, Candidate, Limits, Sender, Settled};
 pub use schema::{APPLICATION_ID, latest_version};
 
 /// How long a write waits for another run's transaction on the same ledger.
@@ -64,10 +66,13 @@ pub enum LedgerError {
     NoLocation,
 }
 
-/// Whether a message went out for sure or may have.
+/// Whether a message went out for sure, may have, or is on its way (its
+/// row claimed by a run that has not recorded an answer yet). All three
+/// count as messages for caps and limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LedgerState {
+    Sending,
     Sent,
     Uncertain,
 }
@@ -75,8 +80,18 @@ pub enum LedgerState {
 impl LedgerState {
     pub fn as_str(self) -> &'static str {
         match self {
+            LedgerState::Sending => "sending",
             LedgerState::Sent => "sent",
             LedgerState::Uncertain => "uncertain",
+        }
+    }
+
+    fn parse(text: &str) -> LedgerState {
+        match text {
+            "sent" => LedgerState::Sent,
+            "sending" => LedgerState::Sending,
+            // Anything else may have been delivered.
+            _ => LedgerState::Uncertain,
         }
     }
 }
@@ -207,8 +222,9 @@ impl Ledger {
         }
     }
 
-    /// Appends messages in one transaction (a run calls this once per batch
-    /// of outcomes the state committed).
+    /// Records messages in one transaction: each replaces the entry of its
+    /// state file and phone (the reservation its claim made, or an earlier
+    /// attempt at the same row).
     pub fn record(&mut self, entries: &[LedgerEntry]) -> Result<(), LedgerError> {
         if entries.is_empty() {
             return Ok(());
@@ -229,7 +245,11 @@ impl Ledger {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO messages (phone, campaign, state_file, row, at, state, message_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT(state_file, phone) DO UPDATE SET
+                       campaign = excluded.campaign, row = excluded.row, at = excluded.at,
+                       state = excluded.state, message_id = excluded.message_id,
+                       prior_state = NULL",
                 )
                 .map_err(sql)?;
             for e in entries {
@@ -260,32 +280,15 @@ impl Ledger {
             )
             .map_err(|e| self.sql("reading messages", e))?;
         let rows = stmt
-            .query_map([], |r| {
-                let at: String = r.get(4)?;
-                let state: String = r.get(5)?;
-                Ok(LedgerEntry {
-                    phone: r.get(0)?,
-                    campaign: r.get(1)?,
-                    state_file: r.get(2)?,
-                    row: r.get::<_, i64>(3)?.max(0) as u64,
-                    at: DateTime::parse_from_rfc3339(&at)
-                        .map(|t| t.with_timezone(&Utc))
-                        .unwrap_or_default(),
-                    state: if state == "sent" {
-                        LedgerState::Sent
-                    } else {
-                        LedgerState::Uncertain
-                    },
-                    message_id: r.get(6)?,
-                })
-            })
+            .query_map([], read_entry)
             .map_err(|e| self.sql("reading messages", e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.sql("reading messages", e))
     }
 
-    /// Messages (sent or uncertain) to `phone` at or after `since`, from any
-    /// campaign: what a frequency cap per phone compares with its limit.
+    /// Messages (sent, uncertain or on their way) to `phone` at or after
+    /// `since`, from any campaign: what a frequency cap per phone compares
+    /// with its limit.
     pub fn messages_to_since(&self, phone: &str, since: DateTime<Utc>) -> Result<u64, LedgerError> {
         self.conn
             .query_row(
@@ -297,7 +300,7 @@ impl Ledger {
             .map_err(|e| self.sql("counting messages to a phone", e))
     }
 
-    /// Distinct phones messaged (sent or uncertain) at or after `since`,
+    /// Distinct phones messaged (sent, uncertain or on their way) at or after `since`,
     /// across the account: what a daily limit of unique recipients over a
     /// moving 24 hours compares with.
     pub fn unique_recipients_since(&self, since: DateTime<Utc>) -> Result<u64, LedgerError> {
@@ -334,6 +337,24 @@ impl Ledger {
             .map_err(|e| self.sql("reading campaigns", e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.sql("reading campaigns", e))
+    }
+
+    /// The messages of the campaign named `campaign`, from any state file,
+    /// the latest per phone: who a new plan of that campaign must not
+    /// message again.
+    pub fn campaign_messages(&self, campaign: &str) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT phone, campaign, state_file, row, at, state, message_id FROM messages
+                 WHERE id IN (SELECT max(id) FROM messages WHERE campaign = ?1 GROUP BY phone)",
+            )
+            .map_err(|e| self.sql("reading a campaign's messages", e))?;
+        let rows = stmt
+            .query_map([campaign], read_entry)
+            .map_err(|e| self.sql("reading a campaign's messages", e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql("reading a campaign's messages", e))
     }
 
     /// Puts phones on the opt-out list in one transaction; returns how many
@@ -415,6 +436,24 @@ impl Ledger {
             })
             .collect()
     }
+}
+
+/// One `messages` row, selected as `phone, campaign, state_file, row, at,
+/// state, message_id`.
+fn read_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerEntry> {
+    let at: String = r.get(4)?;
+    let state: String = r.get(5)?;
+    Ok(LedgerEntry {
+        phone: r.get(0)?,
+        campaign: r.get(1)?,
+        state_file: r.get(2)?,
+        row: r.get::<_, i64>(3)?.max(0) as u64,
+        at: DateTime::parse_from_rfc3339(&at)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default(),
+        state: LedgerState::parse(&state),
+        message_id: r.get(6)?,
+    })
 }
 
 /// Creates an empty owner-only file, and its directory (0700) if missing.

@@ -7,7 +7,7 @@
 use rusqlite::Connection;
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: every message that left or may have left, from any campaign of the
     // account, and the account's opt-out list.
     r#"
@@ -39,6 +39,33 @@ const MIGRATIONS: &[&str] = &[
         -- where it came from: "cli", or the imported file's path
         source          TEXT NOT NULL
     ) WITHOUT ROWID;
+    "#,
+    // 2: a message is reserved (`sending`) in the same moment its row is
+    // claimed, so runs of other campaigns count it before it leaves; one
+    // entry per state file and phone (a resend updates it, and a resend that
+    // does not go out restores what it replaced, `prior_state`).
+    r#"
+    CREATE TABLE messages_v2 (
+        id              INTEGER PRIMARY KEY,
+        phone           TEXT NOT NULL,
+        campaign        TEXT NOT NULL,
+        state_file      TEXT NOT NULL,
+        row             INTEGER NOT NULL,
+        at              TEXT NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('sending', 'sent', 'uncertain')),
+        message_id      TEXT,
+        prior_state     TEXT CHECK (prior_state IN ('sent', 'uncertain')),
+        UNIQUE (state_file, phone)
+    );
+    INSERT INTO messages_v2 (id, phone, campaign, state_file, row, at, state, message_id)
+        SELECT id, phone, campaign, state_file, row, at, state, message_id FROM messages
+        WHERE id IN (SELECT max(id) FROM messages GROUP BY state_file, phone);
+    DROP TABLE messages;
+    ALTER TABLE messages_v2 RENAME TO messages;
+    CREATE INDEX messages_by_phone ON messages(phone, at);
+    CREATE INDEX messages_by_at ON messages(at, phone);
+    CREATE INDEX messages_by_campaign ON messages(campaign, state_file);
+    CREATE INDEX messages_sending ON messages(state_file) WHERE state = 'sending';
     "#,
 ];
 

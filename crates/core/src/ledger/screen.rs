@@ -3,16 +3,22 @@
 //! ([`Suppressions`], a snapshot) and again when each row is claimed
 //! ([`RunLedger::screen`], the opt-out list read at that moment, so an
 //! opt-out added while a campaign runs is honoured before that person's
-//! claim). [`RunLedger`] is also how the state writer appends what a run
-//! sent to the ledger. It decides nothing about pacing or limits.
+//! claim) — and, at claim time only, the account's limits: the frequency
+//! cap per phone and the daily limit of unique recipients, counted in the
+//! ledger (see [`super::admit`]). [`RunLedger`] is also how the state writer
+//! settles what a run sent in the ledger. It decides nothing about pacing.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
+use chrono::Utc;
+
 use super::phone_list::{self, PhoneListError, PhoneListFormat};
-use super::{Ledger, LedgerEntry, LedgerError};
-use crate::campaign::Campaign;
-use crate::state::{ProblemCode, Suppression};
+use super::{
+    Admission, Candidate, Ledger, LedgerEntry, LedgerError, LedgerState, Limits, Sender, Settled,
+};
+use crate::campaign::{AudienceSpec, Campaign};
+use crate::state::{Claimed, EarlierMessage, ProblemCode, Suppression, Verdict};
 
 /// Who must not be sent, as known when a plan is made.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +28,8 @@ pub struct Suppressions {
     excluded: HashMap<String, PathBuf>,
     /// The ledger the opt-outs came from, for the reason shown.
     ledger: Option<PathBuf>,
+    /// Phones the ledger shows this campaign already messaged.
+    messaged: Vec<EarlierMessage>,
 }
 
 impl Suppressions {
@@ -41,7 +49,37 @@ impl Suppressions {
             opted_out,
             excluded: load_excludes(campaign)?,
             ledger: ledger.map(|l| l.path().to_owned()),
+            messaged: Vec::new(),
         })
+    }
+
+    /// Adds what the ledger shows this campaign already sent (from any state
+    /// file): a plan marks those phones' rows sent or uncertain.
+    pub fn with_earlier_messages(mut self, entries: Vec<LedgerEntry>) -> Suppressions {
+        self.messaged = entries
+            .into_iter()
+            .map(|e| {
+                let sent = e.state == LedgerState::Sent;
+                EarlierMessage {
+                    details: format!(
+                        "{} by this campaign from {} at {} (the ledger's record)",
+                        if sent { "sent" } else { "may have been sent" },
+                        e.state_file,
+                        crate::state::timestamp(e.at)
+                    ),
+                    phone: e.phone,
+                    sent,
+                    message_id: e.message_id,
+                    at: e.at,
+                }
+            })
+            .collect();
+        self
+    }
+
+    /// What the ledger shows this campaign already sent.
+    pub fn earlier_messages(&self) -> &[EarlierMessage] {
+        &self.messaged
     }
 
     /// Why `phone` (E.164) must not be sent, if it must not.
@@ -110,7 +148,7 @@ pub fn load_excludes(campaign: &Campaign) -> Result<HashMap<String, PathBuf>, Ph
 }
 
 /// The ledger as one run uses it from the state writer's thread: it screens
-/// each claim and appends what went out.
+/// each claim (reserving the messages it admits) and settles what went out.
 #[derive(Debug)]
 pub struct RunLedger {
     /// `None`: no ledger file (disabled and none exists); only the exclude
@@ -119,15 +157,44 @@ pub struct RunLedger {
     /// `false` for `[ledger] enabled = false`: opt-outs are honoured, nothing is written.
     record: bool,
     excluded: HashMap<String, PathBuf>,
+    sender: Sender,
+    limits: Limits,
+    /// `per` as the campaign wrote it, for the reason shown.
+    cap_text: String,
+    /// The last screen held rows back: the daily limit is used up.
+    held: bool,
 }
 
 impl RunLedger {
-    pub fn new(ledger: Option<Ledger>, record: bool, excluded: HashMap<String, PathBuf>) -> Self {
+    pub fn new(
+        ledger: Option<Ledger>,
+        record: bool,
+        excluded: HashMap<String, PathBuf>,
+        sender: Sender,
+    ) -> Self {
         RunLedger {
             ledger,
             record,
             excluded,
+            sender,
+            limits: Limits::default(),
+            cap_text: String::new(),
+            held: false,
         }
+    }
+
+    /// Enforces the campaign's frequency cap and the account's daily limit
+    /// at claim time (only when this run records: the limits count the
+    /// ledger's messages, and a run that does not record would not be counted).
+    pub fn with_limits(mut self, audience: Option<&AudienceSpec>, daily: Option<u32>) -> Self {
+        self.limits = Limits {
+            cap: audience.map(|a| (a.max_messages, a.per)),
+            daily,
+        };
+        self.cap_text = audience
+            .map(|a| format!("{} per {}", a.max_messages, a.per_text))
+            .unwrap_or_default();
+        self
     }
 
     /// Whether this run appends to a ledger.
@@ -135,33 +202,130 @@ impl RunLedger {
         self.record && self.ledger.is_some()
     }
 
-    /// One answer per phone: opted out now (read from the ledger), excluded,
-    /// or free to send. An unreadable ledger is an error, never "free".
-    pub fn screen(&mut self, phones: &[&str]) -> Result<Vec<Option<Suppression>>, String> {
-        let opted = match &self.ledger {
-            Some(l) => l.opted_out(phones).map_err(|e| e.to_string())?,
-            None => vec![false; phones.len()],
-        };
-        let path = self.ledger.as_ref().map(|l| l.path().to_owned());
-        Ok(phones
+    /// Whether the account's daily limit is counted here, in the ledger
+    /// (rather than from this campaign's state alone).
+    pub fn enforces_daily_limit(&self) -> bool {
+        self.records() && self.limits.daily.is_some()
+    }
+
+    /// The ledger, for reads beside the run (the daily limit's next slot).
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+
+    pub fn sender(&self) -> &Sender {
+        &self.sender
+    }
+
+    /// Whether the last screen held rows back (and clears it).
+    pub fn take_held(&mut self) -> bool {
+        std::mem::take(&mut self.held)
+    }
+
+    /// One verdict per row: excluded by the campaign, opted out now (read
+    /// from the ledger), over the frequency cap, held by the daily limit,
+    /// or free to send — in which case, when this run records, its message
+    /// is reserved in the ledger before the claim commits. An unreadable
+    /// ledger is an error, never "free".
+    pub fn screen(&mut self, rows: &[Claimed]) -> Result<Vec<Verdict>, String> {
+        let mut verdicts: Vec<Option<Verdict>> = rows
             .iter()
-            .zip(opted)
-            .map(|(phone, out)| {
-                if out {
-                    Some(opted_out(path.as_deref()))
-                } else {
-                    self.excluded.get(*phone).map(|f| excluded(f))
-                }
+            .map(|r| {
+                self.excluded
+                    .get(&r.phone)
+                    .map(|f| Verdict::Suppress(excluded(f)))
             })
+            .collect();
+        let asking: Vec<(usize, Candidate<'_>)> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| verdicts[*i].is_none())
+            .map(|(i, r)| {
+                (
+                    i,
+                    Candidate {
+                        phone: &r.phone,
+                        row: r.row,
+                    },
+                )
+            })
+            .collect();
+        let path = self.ledger.as_ref().map(|l| l.path().to_owned());
+        let answers: Vec<Admission> = match &mut self.ledger {
+            None => vec![Admission::Admitted; asking.len()],
+            Some(ledger) if self.record => {
+                let candidates: Vec<Candidate<'_>> = asking.iter().map(|(_, c)| *c).collect();
+                ledger
+                    .admit(&self.sender, &candidates, &self.limits, Utc::now())
+                    .map_err(|e| e.to_string())?
+            }
+            Some(ledger) => {
+                let phones: Vec<&str> = asking.iter().map(|(_, c)| c.phone).collect();
+                ledger
+                    .opted_out(&phones)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|out| {
+                        if out {
+                            Admission::OptedOut
+                        } else {
+                            Admission::Admitted
+                        }
+                    })
+                    .collect()
+            }
+        };
+        if answers.len() != asking.len() {
+            return Err(format!(
+                "the ledger answered for {} of {} rows",
+                answers.len(),
+                asking.len()
+            ));
+        }
+        for ((i, _), answer) in asking.iter().zip(answers) {
+            verdicts[*i] = Some(match answer {
+                Admission::Admitted => Verdict::Send,
+                Admission::OptedOut => Verdict::Suppress(opted_out(path.as_deref())),
+                Admission::Capped { messages } => Verdict::Suppress(Suppression {
+                    code: ProblemCode::FrequencyCap,
+                    details: format!(
+                        "{messages} messages in the last {} from campaigns sharing the ledger (cap: {})",
+                        self.limits
+                            .cap
+                            .map(|(_, per)| describe_period(per))
+                            .unwrap_or_default(),
+                        self.cap_text
+                    ),
+                }),
+                Admission::Held => {
+                    self.held = true;
+                    Verdict::Hold
+                }
+            });
+        }
+        Ok(verdicts
+            .into_iter()
+            .map(|v| v.unwrap_or(Verdict::Hold))
             .collect())
     }
 
-    /// Appends a batch of messages in one transaction (nothing when this run
-    /// does not record).
-    pub fn record(&mut self, entries: &[LedgerEntry]) -> Result<(), LedgerError> {
+    /// Settles a batch of reserved messages in one transaction (nothing
+    /// when this run does not record).
+    pub fn settle(&mut self, outcomes: &[(String, u64, Settled)]) -> Result<(), LedgerError> {
         match &mut self.ledger {
-            Some(l) if self.record => l.record(entries),
+            Some(l) if self.record => l.settle(&self.sender, outcomes),
             _ => Ok(()),
         }
+    }
+}
+
+/// A period as a person says it: "7 days", "24 hours".
+fn describe_period(per: chrono::Duration) -> String {
+    let hours = per.num_hours();
+    if hours % 24 == 0 {
+        let days = hours / 24;
+        format!("{days} day{}", if days == 1 { "" } else { "s" })
+    } else {
+        format!("{hours} hours")
     }
 }

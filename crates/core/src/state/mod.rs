@@ -185,6 +185,9 @@ pub enum ProblemCode {
     OptedOut,
     /// In one of the campaign's `[recipients] exclude` files: `suppressed`.
     Excluded,
+    /// Over the `[audience]` cap of messages per phone at claim time:
+    /// `suppressed` (`retry --suppressed --codes frequency_cap` reconsiders).
+    FrequencyCap,
 }
 
 impl ProblemCode {
@@ -198,6 +201,7 @@ impl ProblemCode {
             ProblemCode::InvalidTimezone => "invalid_timezone",
             ProblemCode::OptedOut => "opted_out",
             ProblemCode::Excluded => "excluded",
+            ProblemCode::FrequencyCap => "frequency_cap",
         }
     }
 
@@ -205,7 +209,9 @@ impl ProblemCode {
     /// choice not to send, not a fault in the row.
     pub fn state(self) -> RecipientState {
         match self {
-            ProblemCode::OptedOut | ProblemCode::Excluded => RecipientState::Suppressed,
+            ProblemCode::OptedOut | ProblemCode::Excluded | ProblemCode::FrequencyCap => {
+                RecipientState::Suppressed
+            }
             ProblemCode::Duplicate => RecipientState::Duplicate,
             _ => RecipientState::Invalid,
         }
@@ -239,6 +245,33 @@ pub enum Inserted {
 pub struct Suppression {
     pub code: ProblemCode,
     pub details: String,
+}
+
+/// A message to a phone that the ledger shows this campaign already sent
+/// (or may have sent) from a state that is gone or another one: a new plan
+/// marks the phone's row with it instead of sending again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlierMessage {
+    /// E.164.
+    pub phone: String,
+    /// Delivered for sure (`sent`), or perhaps (`uncertain`).
+    pub sent: bool,
+    pub message_id: Option<String>,
+    pub at: DateTime<Utc>,
+    /// Where it was recorded, for the row's details.
+    pub details: String,
+}
+
+/// What the claim's check says about one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It may go: it becomes `sending`.
+    Send,
+    /// It must not go: it becomes `suppressed`.
+    Suppress(Suppression),
+    /// Not now (a limit is used up): it keeps its state, and the claim
+    /// takes no later row either.
+    Hold,
 }
 
 /// A row claimed for sending: its state is `sending` and committed.
@@ -402,6 +435,12 @@ pub enum RetrySelection {
         codes: Vec<String>,
     },
     Uncertain,
+    /// Suppressed rows, optionally only those with one of these reasons
+    /// (`frequency_cap`): claimed again, they are checked again, so an
+    /// opted-out phone stays suppressed.
+    Suppressed {
+        codes: Vec<String>,
+    },
 }
 
 /// Timestamps are stored as fixed-width RFC 3339 UTC text, so they sort as text.

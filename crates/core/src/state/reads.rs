@@ -148,33 +148,32 @@ impl StateRead for StateDb {
     }
 
     fn count_for_retry(&self, selection: &RetrySelection) -> Result<u64, StateError> {
-        let n: i64 = match selection {
-            RetrySelection::Uncertain => self.conn.query_row(
-                "SELECT count(*) FROM recipients WHERE state = 'uncertain'",
-                [],
+        let (state, codes) = match selection {
+            RetrySelection::Uncertain => ("uncertain", &Vec::new()),
+            RetrySelection::Failed { codes } => ("failed", codes),
+            RetrySelection::Suppressed { codes } => ("suppressed", codes),
+        };
+        let n: rusqlite::Result<i64> = if codes.is_empty() {
+            self.conn.query_row(
+                "SELECT count(*) FROM recipients WHERE state = ?1",
+                [state],
                 |r| r.get(0),
-            ),
-            RetrySelection::Failed { codes } if codes.is_empty() => self.conn.query_row(
-                "SELECT count(*) FROM recipients WHERE state = 'failed'",
-                [],
-                |r| r.get(0),
-            ),
-            RetrySelection::Failed { codes } => {
-                let mut total = 0;
-                for code in codes {
-                    total += self
-                        .conn
-                        .query_row(
-                            "SELECT count(*) FROM recipients WHERE state = 'failed' AND error_code = ?1",
-                            [code],
-                            |r| r.get::<_, i64>(0),
-                        )
-                        .map_err(|e| self.sql("counting rows", e))?;
-                }
-                Ok(total)
+            )
+        } else {
+            let mut total = 0;
+            for code in codes {
+                total += self
+                    .conn
+                    .query_row(
+                        "SELECT count(*) FROM recipients WHERE state = ?1 AND error_code = ?2",
+                        [state, code.as_str()],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(|e| self.sql("counting rows", e))?;
             }
-        }
-        .map_err(|e| self.sql("counting rows", e))?;
+            Ok(total)
+        };
+        let n = n.map_err(|e| self.sql("counting rows", e))?;
         Ok(n as u64)
     }
 
@@ -250,6 +249,20 @@ impl StateRead for StateDb {
                 ),
                 [row as i64],
                 |r| Ok((read_record(r)?, r.get(10)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql("reading a recipient", e))
+    }
+
+    fn recipient_by_phone(&self, phone: &str) -> Result<Option<RecipientRecord>, StateError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM recipients
+                     WHERE phone = ?1 AND state <> 'duplicate' ORDER BY id DESC LIMIT 1"
+                ),
+                [phone],
+                read_record,
             )
             .optional()
             .map_err(|e| self.sql("reading a recipient", e))

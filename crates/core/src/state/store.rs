@@ -25,8 +25,8 @@ use chrono::{DateTime, Utc};
 
 use super::reads::{AttemptsCount, ErrorStateCount};
 use super::{
-    Claimed, Counts, Inserted, PlanInfo, PlannedRow, RecipientRecord, RecipientState,
-    RetrySelection, RowOutcome, RunRecord, StateDb, StateError, Suppression,
+    Claimed, Counts, EarlierMessage, Inserted, PlanInfo, PlannedRow, RecipientRecord,
+    RecipientState, RetrySelection, RowOutcome, RunRecord, StateDb, StateError, Verdict,
 };
 
 /// What reading the state needs: nothing here writes, and a reader works
@@ -90,6 +90,10 @@ pub trait StateRead {
         &self,
         row: u64,
     ) -> Result<Option<(RecipientRecord, Option<String>)>, StateError>;
+
+    /// The row planned for a phone (E.164), not counting its duplicates: how
+    /// the ledger's reservation for that phone ended, after a crash.
+    fn recipient_by_phone(&self, phone: &str) -> Result<Option<RecipientRecord>, StateError>;
 
     /// How many rows are in any of `states`, per planned zone (`None` for
     /// rows planned without one), most rows first: when the rows of a window
@@ -166,11 +170,12 @@ pub trait StateStore: StateRead + Send {
     /// order, and those [`StateStore::resend_during_run`] selected) in one
     /// transaction. The claim is durable before this returns.
     ///
-    /// `screen` sees the phones of each group of rows being claimed and
-    /// answers, per phone, whether it must not be sent (the opt-out list read
-    /// at this moment): those rows become `suppressed` in the same
-    /// transaction and are not returned, and more rows are claimed in their
-    /// place. An error from the screen claims nothing.
+    /// `screen` sees each group of rows about to be claimed and answers, per
+    /// row, whether it may go (the opt-out list and the account's limits read
+    /// at this moment): rows it suppresses become `suppressed` in the same
+    /// transaction and more rows are claimed in their place; a row it holds
+    /// back keeps its state and ends the claim. An error from the screen
+    /// claims nothing.
     fn record_and_claim_screened(
         &mut self,
         outcomes: &[RowOutcome],
@@ -184,8 +189,8 @@ pub trait StateStore: StateRead + Send {
         outcomes: &[RowOutcome],
         n: usize,
     ) -> Result<Vec<Claimed>, StateError> {
-        self.record_and_claim_screened(outcomes, n, &mut |phones: &[&str]| {
-            Ok(vec![None; phones.len()])
+        self.record_and_claim_screened(outcomes, n, &mut |rows: &[Claimed]| {
+            Ok(vec![Verdict::Send; rows.len()])
         })
     }
 
@@ -216,10 +221,9 @@ pub trait StateStore: StateRead + Send {
     }
 }
 
-/// Decides, for the phones of rows being claimed, which must not be sent
-/// (one answer per phone, in order; `Err` says why it could not tell).
-pub type ClaimScreen<'a> =
-    dyn FnMut(&[&str]) -> Result<Vec<Option<Suppression>>, String> + Send + 'a;
+/// Decides, for rows about to be claimed, which may go (one answer per row,
+/// in order; `Err` says why it could not tell).
+pub type ClaimScreen<'a> = dyn FnMut(&[Claimed]) -> Result<Vec<Verdict>, String> + Send + 'a;
 
 /// How a new plan treats the rows already planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +244,10 @@ pub trait PlanRows {
     /// Plans one row; says what it became (a duplicate of an earlier phone,
     /// already planned in add mode, ...).
     fn insert(&mut self, row: &PlannedRow) -> Result<Inserted, StateError>;
+
+    /// Marks the pending row of this plan with `earlier`'s phone as sent or
+    /// uncertain by that earlier message; whether there was such a row.
+    fn mark_messaged(&mut self, earlier: &EarlierMessage) -> Result<bool, StateError>;
 
     /// Writes the plan's record (its inputs' fingerprints and counts, known
     /// only after the last row) and makes everything visible at once.

@@ -358,15 +358,19 @@ fn a_screened_claim_suppresses_turned_away_rows_and_claims_others_instead() {
     let turned_away = ["+254700000001", "+254700000002", "+254700000004"];
     let mut seen = Vec::new();
     let claimed = db
-        .record_and_claim_screened(&[], 2, &mut |phones: &[&str]| {
-            seen.extend(phones.iter().map(|p| p.to_string()));
-            Ok(phones
+        .record_and_claim_screened(&[], 2, &mut |rows: &[Claimed]| {
+            seen.extend(rows.iter().map(|r| r.phone.clone()));
+            Ok(rows
                 .iter()
-                .map(|p| {
-                    turned_away.contains(p).then(|| Suppression {
-                        code: ProblemCode::OptedOut,
-                        details: "on the list".into(),
-                    })
+                .map(|r| {
+                    if turned_away.contains(&r.phone.as_str()) {
+                        Verdict::Suppress(Suppression {
+                            code: ProblemCode::OptedOut,
+                            details: "on the list".into(),
+                        })
+                    } else {
+                        Verdict::Send
+                    }
                 })
                 .collect())
         })
@@ -392,10 +396,77 @@ fn a_screened_claim_suppresses_turned_away_rows_and_claims_others_instead() {
 fn a_screen_that_cannot_read_its_list_claims_nothing() {
     let mut db = planned(3);
     let e = db
-        .record_and_claim_screened(&[], 2, &mut |_: &[&str]| Err("ledger locked".into()))
+        .record_and_claim_screened(&[], 2, &mut |_: &[Claimed]| Err("ledger locked".into()))
         .expect_err("no claim");
     assert!(matches!(e, StateError::Screen(_)), "{e}");
     assert_eq!(db.counts().expect("counts").pending, 3);
+}
+
+#[test]
+fn a_held_row_keeps_its_state_and_ends_the_claim() {
+    let mut db = planned(5);
+    // The limit has room for two: the third row and every later one wait.
+    let mut admitted = 0;
+    let claimed = db
+        .record_and_claim_screened(&[], 5, &mut |rows: &[Claimed]| {
+            Ok(rows
+                .iter()
+                .map(|_| {
+                    admitted += 1;
+                    if admitted <= 2 {
+                        Verdict::Send
+                    } else {
+                        Verdict::Hold
+                    }
+                })
+                .collect())
+        })
+        .expect("claim");
+    assert_eq!(
+        claimed.iter().map(|c| c.row).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let c = db.counts().expect("counts");
+    assert_eq!((c.sending, c.pending), (2, 3));
+}
+
+#[test]
+fn suppressed_rows_of_a_reason_are_claimed_again_when_selected() {
+    let mut db = planned(3);
+    let capped = |rows: &[Claimed]| -> Result<Vec<Verdict>, String> {
+        Ok(rows
+            .iter()
+            .map(|r| {
+                if r.row == 2 {
+                    Verdict::Suppress(Suppression {
+                        code: ProblemCode::FrequencyCap,
+                        details: "2 messages in the last 7 days".into(),
+                    })
+                } else {
+                    Verdict::Send
+                }
+            })
+            .collect())
+    };
+    let mut screen = capped;
+    let first = db
+        .record_and_claim_screened(&[], 3, &mut screen)
+        .expect("claim");
+    assert_eq!(first.len(), 2);
+    let only_caps = RetrySelection::Suppressed {
+        codes: vec!["frequency_cap".into()],
+    };
+    assert_eq!(db.count_for_retry(&only_caps).expect("count"), 1);
+    assert_eq!(
+        db.count_for_retry(&RetrySelection::Suppressed {
+            codes: vec!["opted_out".into()]
+        })
+        .expect("count"),
+        0
+    );
+    db.resend_during_run(Some(only_caps));
+    let again = db.claim(3).expect("claim");
+    assert_eq!(again.iter().map(|c| c.row).collect::<Vec<_>>(), vec![2]);
 }
 
 #[test]

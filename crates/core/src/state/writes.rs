@@ -13,8 +13,8 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::store::{ClaimScreen, PlanRows, PlanWrite, StateStore};
 use super::{
-    Claimed, FileWatch, Inserted, PlanInfo, PlannedRow, ProblemCode, RecipientState,
-    RetrySelection, RowOutcome, StateDb, StateError, timestamp,
+    Claimed, EarlierMessage, FileWatch, Inserted, PlanInfo, PlannedRow, ProblemCode,
+    RecipientState, RetrySelection, RowOutcome, StateDb, StateError, Verdict, timestamp,
 };
 
 impl StateStore for StateDb {
@@ -134,24 +134,25 @@ impl StateStore for StateDb {
         let mut claimed = Vec::new();
         // No zone open: nothing may be claimed (an empty `IN ()` is not SQL).
         let any_zone = self.zones.as_ref().is_none_or(|z| !z.is_empty());
-        // Rows the screen turns away are settled `suppressed` in this same
-        // transaction, so a row is either claimed for sending or suppressed,
-        // never both; claiming goes on until `n` rows pass or none is left.
-        while any_zone && claimed.len() < n {
-            let before = claimed.len();
-            let mut batch =
-                claim_rows(&tx, self.resend.as_ref(), self.zones.as_deref(), n - before)
-                    .map_err(sql("claiming rows"))?;
+        // Candidates are read, screened, and only then marked: a row the
+        // screen turns away is settled `suppressed` in this same transaction,
+        // one it holds back keeps its state untouched, and the others become
+        // `sending`. Claiming goes on until `n` rows pass, none is left, or
+        // the screen holds one back (a limit reached: nothing later may go).
+        let mut held = false;
+        while any_zone && !held && claimed.len() < n {
+            let want = n - claimed.len();
+            let batch = claimable_rows(&tx, self.resend.as_ref(), self.zones.as_deref(), want)
+                .map_err(sql("claiming rows"))?;
             let taken = batch.len();
             if taken == 0 {
                 break;
             }
-            let phones: Vec<&str> = batch.iter().map(|c| c.phone.as_str()).collect();
-            let verdicts = screen(&phones).map_err(StateError::Screen)?;
+            let verdicts = screen(&batch).map_err(StateError::Screen)?;
             // A verdict missing for a row must not read as "send it".
             if verdicts.len() != taken {
                 return Err(StateError::Screen(format!(
-                    "the opt-out check answered for {} of {taken} rows",
+                    "the claim's check answered for {} of {taken} rows",
                     verdicts.len()
                 )));
             }
@@ -160,22 +161,30 @@ impl StateStore for StateDb {
                 .prepare_cached(
                     "UPDATE recipients SET state = 'suppressed', error_code = ?2,
                        error_details = ?3, updated_at = ?4
-                     WHERE id = ?1 AND state = 'sending'",
+                     WHERE id = ?1",
                 )
                 .map_err(sql("suppressing rows"))?;
-            let mut kept = Vec::with_capacity(taken);
-            for (row, verdict) in batch.drain(..).zip(verdicts) {
+            let mut mark = tx
+                .prepare_cached(
+                    "UPDATE recipients SET state = 'sending', updated_at = ?2 WHERE id = ?1",
+                )
+                .map_err(sql("claiming rows"))?;
+            for (row, verdict) in batch.into_iter().zip(verdicts) {
                 match verdict {
-                    Some(why) => {
+                    Verdict::Send => {
+                        mark.execute(params![row.id, now])
+                            .map_err(sql("claiming rows"))?;
+                        claimed.push(row);
+                    }
+                    Verdict::Suppress(why) => {
                         suppress
                             .execute(params![row.id, why.code.as_str(), why.details, now])
                             .map_err(sql("suppressing rows"))?;
                     }
-                    None => kept.push(row),
+                    Verdict::Hold => held = true,
                 }
             }
-            claimed.extend(kept);
-            if taken < n - before {
+            if taken < want {
                 break;
             }
         }
@@ -371,6 +380,40 @@ impl PlanRows for SqlitePlan<'_> {
         Ok(inserted)
     }
 
+    fn mark_messaged(&mut self, earlier: &EarlierMessage) -> Result<bool, StateError> {
+        let (state, code) = if earlier.sent {
+            (RecipientState::Sent, None)
+        } else {
+            (RecipientState::Uncertain, Some("earlier_attempt"))
+        };
+        let at = timestamp(earlier.at);
+        let changed = self
+            .tx
+            .prepare_cached(
+                "UPDATE recipients SET state = ?2, message_id = ?3, error_code = ?4,
+                   error_details = ?5, updated_at = ?6,
+                   sent_at = CASE WHEN ?2 = 'sent' THEN ?6 ELSE NULL END
+                 WHERE phone = ?1 AND state = 'pending' AND generation = ?7",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    earlier.phone,
+                    state.as_str(),
+                    earlier.message_id,
+                    code,
+                    earlier.details,
+                    at,
+                    self.generation,
+                ])
+            })
+            .map_err(|source| StateError::Sql {
+                path: self.path.to_owned(),
+                operation: "marking rows the ledger shows messaged",
+                source,
+            })?;
+        Ok(changed > 0)
+    }
+
     fn commit(self: Box<Self>, info: &PlanInfo) -> Result<(), StateError> {
         let SqlitePlan {
             find_first,
@@ -428,9 +471,8 @@ fn zone_clause(zones: &[String], first: usize) -> String {
     format!(" AND timezone IN ({marks})")
 }
 
-/// Marks up to `n` claimable rows `sending` inside `tx` and returns them in
-/// row order.
-fn claim_rows(
+/// Up to `n` claimable rows inside `tx`, in row order (read, not yet marked).
+fn claimable_rows(
     tx: &Transaction<'_>,
     resend: Option<&RetrySelection>,
     zones: Option<&[String]>,
@@ -438,52 +480,48 @@ fn claim_rows(
 ) -> rusqlite::Result<Vec<Claimed>> {
     let (also, codes) = resend_clause(resend);
     let zones = zones.unwrap_or_default();
-    let in_zone = zone_clause(zones, 3 + codes.len());
+    let in_zone = zone_clause(zones, 2 + codes.len());
     let mut stmt = tx.prepare_cached(&format!(
-        "UPDATE recipients SET state = 'sending', updated_at = ?1
-         WHERE id IN (SELECT id FROM recipients
-                      WHERE (state = 'pending'{also}){in_zone} ORDER BY id LIMIT ?2)
-         RETURNING id, row, phone, body, attempts, timezone"
+        "SELECT id, row, phone, body, attempts, timezone FROM recipients
+         WHERE (state = 'pending'{also}){in_zone} ORDER BY id LIMIT ?1"
     ))?;
-    let now = timestamp(Utc::now());
     let limit = n as i64;
-    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit];
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&limit];
     values.extend(codes.iter().map(|c| c as &dyn rusqlite::ToSql));
     values.extend(zones.iter().map(|z| z as &dyn rusqlite::ToSql));
-    let mut claimed = stmt
-        .query_map(values.as_slice(), |r| {
-            Ok(Claimed {
-                id: r.get(0)?,
-                row: r.get::<_, i64>(1)? as u64,
-                phone: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                body: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-                attempts: r.get::<_, i64>(4)? as u32,
-                timezone: r.get(5)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    claimed.sort_by_key(|c| c.id);
-    Ok(claimed)
+    stmt.query_map(values.as_slice(), |r| {
+        Ok(Claimed {
+            id: r.get(0)?,
+            row: r.get::<_, i64>(1)? as u64,
+            phone: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+            body: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            attempts: r.get::<_, i64>(4)? as u32,
+            timezone: r.get(5)?,
+        })
+    })?
+    .collect()
 }
 
 /// The claim's extra condition for a resend selection, with its parameters
-/// (bound after the claim's own two).
+/// (bound after the claim's own one).
 fn resend_clause(selection: Option<&RetrySelection>) -> (String, Vec<String>) {
-    match selection {
-        None => (String::new(), Vec::new()),
-        Some(RetrySelection::Uncertain) => (" OR state = 'uncertain'".to_owned(), Vec::new()),
-        Some(RetrySelection::Failed { codes }) if codes.is_empty() => {
-            (" OR state = 'failed'".to_owned(), Vec::new())
+    let (state, codes) = match selection {
+        None => return (String::new(), Vec::new()),
+        Some(RetrySelection::Uncertain) => {
+            return (" OR state = 'uncertain'".to_owned(), Vec::new());
         }
-        Some(RetrySelection::Failed { codes }) => {
-            let marks = (0..codes.len())
-                .map(|i| format!("?{}", i + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            (
-                format!(" OR (state = 'failed' AND error_code IN ({marks}))"),
-                codes.clone(),
-            )
-        }
+        Some(RetrySelection::Failed { codes }) => ("failed", codes),
+        Some(RetrySelection::Suppressed { codes }) => ("suppressed", codes),
+    };
+    if codes.is_empty() {
+        return (format!(" OR state = '{state}'"), Vec::new());
     }
+    let marks = (0..codes.len())
+        .map(|i| format!("?{}", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (
+        format!(" OR (state = '{state}' AND error_code IN ({marks}))"),
+        codes.clone(),
+    )
 }

@@ -159,6 +159,12 @@ pub fn error_meaning(code: &str) -> Option<&'static str> {
         "duplicate" => "The same phone as an earlier row: only the first is sent.",
         "opted_out" => "On the account's opt-out list (the ledger): never sent.",
         "excluded" => "In one of the campaign's exclude files: never sent.",
+        "frequency_cap" => {
+            "Over the [audience] cap of messages per phone when its turn came (`retry --suppressed --codes frequency_cap` reconsiders it)."
+        }
+        "earlier_attempt" => {
+            "The ledger shows this campaign may already have messaged this phone from another state: not sent again."
+        }
         _ => return None,
     })
 }

@@ -1,0 +1,313 @@
+//! Admitting messages: the claim-time decision, in one ledger transaction,
+//! of whether each claimed row may go — opted out, over the phone's
+//! frequency cap, or beyond the account's daily limit of unique recipients —
+//! and, for those that may, a `sending` entry that reserves the message.
+//!
+//! The reservation is what makes the limits exact across runs: two
+//! campaigns claiming at the same moment take the ledger's write lock one
+//! after the other, and the second counts the first one's reservations as
+//! messages. An answer then settles the entry ([`Ledger::settle`]): `sent`
+//! or `uncertain` stay and count, a message that did not go out is removed
+//! (or, for a resend, gets back what it replaced). A run that dies leaves
+//! its reservations; they count as messages (they may have gone) until the
+//! next run of that state settles them from the state ([`Ledger::sending_of`]).
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+
+use super::{Ledger, LedgerError};
+use crate::state::timestamp;
+
+/// Which campaign, from which state file, is sending: the key of its entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    /// The `[campaign] name`.
+    pub campaign: String,
+    /// The state file's identity (its absolute path when known).
+    pub state_file: String,
+}
+
+/// One claimed row asking to go.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    /// E.164.
+    pub phone: &'a str,
+    /// Its CSV data row.
+    pub row: u64,
+}
+
+/// The account's rules a claim is checked against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// At most this many messages to one phone in this period, counting every
+    /// campaign (`[audience]`).
+    pub cap: Option<(u32, chrono::Duration)>,
+    /// At most this many unique recipients in a moving 24 hours, across the
+    /// account (`daily_limit`).
+    pub daily: Option<u32>,
+}
+
+/// What the ledger says about one candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Reserved: it may go.
+    Admitted,
+    /// On the opt-out list.
+    OptedOut,
+    /// The phone already has this many messages in the cap's period.
+    Capped { messages: u64 },
+    /// The daily limit is used up: this row and every later one of the claim
+    /// wait (nothing is reserved for them).
+    Held,
+}
+
+/// How a reserved message ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    Sent {
+        message_id: Option<String>,
+        at: DateTime<Utc>,
+    },
+    Uncertain {
+        at: DateTime<Utc>,
+    },
+    /// It never left, or the API refused it: it is no message.
+    NotSent,
+}
+
+/// The moving window of the account's daily limit.
+pub fn day_before(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::hours(24)
+}
+
+impl Ledger {
+    /// Decides each candidate in order and reserves those admitted, all in
+    /// one transaction holding the ledger's write lock.
+    pub fn admit(
+        &mut self,
+        sender: &Sender,
+        candidates: &[Candidate<'_>],
+        limits: &Limits,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Admission>, LedgerError> {
+        let path = self.path.display().to_string();
+        let sql = |source| LedgerError::Sql {
+            path: path.clone(),
+            operation: "reserving messages",
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let mut answers = Vec::with_capacity(candidates.len());
+        {
+            let mut opted = tx
+                .prepare_cached("SELECT 1 FROM opt_outs WHERE phone = ?1")
+                .map_err(sql)?;
+            // The row's own entry is the same message tried again, not another one.
+            let mut to_phone = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM messages
+                     WHERE phone = ?1 AND at >= ?2 AND state_file <> ?3",
+                )
+                .map_err(sql)?;
+            let mut seen_today = tx
+                .prepare_cached("SELECT 1 FROM messages WHERE phone = ?1 AND at >= ?2 LIMIT 1")
+                .map_err(sql)?;
+            let mut reserve = tx
+                .prepare_cached(
+                    "INSERT INTO messages (phone, campaign, state_file, row, at, state)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'sending')
+                     ON CONFLICT(state_file, phone) DO UPDATE SET
+                       campaign = excluded.campaign, row = excluded.row, at = excluded.at,
+                       state = 'sending',
+                       prior_state = CASE WHEN messages.state = 'sending'
+                                          THEN messages.prior_state ELSE messages.state END",
+                )
+                .map_err(sql)?;
+            let at = timestamp(now);
+            let day = timestamp(day_before(now));
+            // Read once per claim, then counted up as this claim admits.
+            let mut unique_today: Option<u64> = None;
+            let mut held = false;
+            for c in candidates {
+                if held {
+                    answers.push(Admission::Held);
+                    continue;
+                }
+                if opted.exists([c.phone]).map_err(sql)? {
+                    answers.push(Admission::OptedOut);
+                    continue;
+                }
+                if let Some((max, per)) = limits.cap {
+                    let since = timestamp(now - per);
+                    let messages: i64 = to_phone
+                        .query_row(params![c.phone, since, sender.state_file], |r| r.get(0))
+                        .map_err(sql)?;
+                    let messages = messages.max(0) as u64;
+                    if messages >= u64::from(max) {
+                        answers.push(Admission::Capped { messages });
+                        continue;
+                    }
+                }
+                if let Some(daily) = limits.daily
+                    && !seen_today.exists(params![c.phone, day]).map_err(sql)?
+                {
+                    let used = match unique_today {
+                        Some(n) => n,
+                        None => unique_since(&tx, &day).map_err(sql)?,
+                    };
+                    if used >= u64::from(daily) {
+                        held = true;
+                        answers.push(Admission::Held);
+                        continue;
+                    }
+                    unique_today = Some(used + 1);
+                }
+                reserve
+                    .execute(params![
+                        c.phone,
+                        sender.campaign,
+                        sender.state_file,
+                        c.row as i64,
+                        at
+                    ])
+                    .map_err(sql)?;
+                answers.push(Admission::Admitted);
+            }
+        }
+        tx.commit().map_err(sql)?;
+        Ok(answers)
+    }
+
+    /// Settles reserved messages in one transaction.
+    pub fn settle(
+        &mut self,
+        sender: &Sender,
+        outcomes: &[(String, u64, Settled)],
+    ) -> Result<(), LedgerError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.display().to_string();
+        let sql = |source| LedgerError::Sql {
+            path: path.clone(),
+            operation: "recording messages",
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        {
+            let mut went = tx
+                .prepare_cached(
+                    "INSERT INTO messages (phone, campaign, state_file, row, at, state, message_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT(state_file, phone) DO UPDATE SET
+                       campaign = excluded.campaign, row = excluded.row, at = excluded.at,
+                       state = excluded.state,
+                       message_id = coalesce(excluded.message_id, messages.message_id),
+                       prior_state = NULL",
+                )
+                .map_err(sql)?;
+            let mut drop_new = tx
+                .prepare_cached(
+                    "DELETE FROM messages WHERE state_file = ?1 AND phone = ?2
+                       AND state = 'sending' AND prior_state IS NULL",
+                )
+                .map_err(sql)?;
+            let mut restore = tx
+                .prepare_cached(
+                    "UPDATE messages SET state = prior_state, prior_state = NULL
+                     WHERE state_file = ?1 AND phone = ?2
+                       AND state = 'sending' AND prior_state IS NOT NULL",
+                )
+                .map_err(sql)?;
+            for (phone, row, settled) in outcomes {
+                let (state, at, message_id) = match settled {
+                    Settled::Sent { message_id, at } => ("sent", at, message_id.as_deref()),
+                    Settled::Uncertain { at } => ("uncertain", at, None),
+                    Settled::NotSent => {
+                        drop_new
+                            .execute(params![sender.state_file, phone])
+                            .map_err(sql)?;
+                        restore
+                            .execute(params![sender.state_file, phone])
+                            .map_err(sql)?;
+                        continue;
+                    }
+                };
+                went.execute(params![
+                    phone,
+                    sender.campaign,
+                    sender.state_file,
+                    *row as i64,
+                    timestamp(*at),
+                    state,
+                    message_id,
+                ])
+                .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Phones and rows reserved from `state_file` and not settled: what a
+    /// run of that state left when it died (or is sending right now).
+    pub fn sending_of(&self, state_file: &str) -> Result<Vec<(String, u64)>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT phone, row FROM messages WHERE state_file = ?1 AND state = 'sending'",
+            )
+            .map_err(|e| self.sql("reading reserved messages", e))?;
+        let rows = stmt
+            .query_map([state_file], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })
+            .map_err(|e| self.sql("reading reserved messages", e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql("reading reserved messages", e))
+    }
+
+    /// When the account's daily limit frees its next slot, if it is used up
+    /// now: the moment the phone whose last message is the oldest in the
+    /// window leaves it (a phone messaged again stays counted longer).
+    pub fn next_daily_slot(
+        &self,
+        daily: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        let day = timestamp(day_before(now));
+        let used = unique_since(&self.conn, &day)
+            .map_err(|e| self.sql("counting unique recipients", e))?;
+        if used < u64::from(daily) {
+            return Ok(None);
+        }
+        let offset = (used - u64::from(daily)) as i64;
+        let last: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT max(at) AS last FROM messages WHERE at >= ?1
+                 GROUP BY phone ORDER BY last LIMIT 1 OFFSET ?2",
+                params![day, offset],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql("counting unique recipients", e))?;
+        Ok(last
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc) + chrono::Duration::hours(24)))
+    }
+}
+
+fn unique_since(conn: &rusqlite::Connection, since: &str) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT count(DISTINCT phone) FROM messages WHERE at >= ?1",
+        [since],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
+}
