@@ -647,9 +647,7 @@ fn settle_leftovers(ledger: &mut RunLedger, db: &dyn StateRead) -> Result<(), Ru
     let Some(l) = ledger.ledger().filter(|_| ledger.records()) else {
         return Ok(());
     };
-    let leftovers = l
-        .sending_of(&ledger.sender().state_file)
-        .map_err(ScreenError::from)?;
+    let leftovers = l.sending_of(ledger.sender()).map_err(ScreenError::from)?;
     if leftovers.is_empty() {
         return Ok(());
     }

@@ -15,9 +15,10 @@
 //! The writer also speaks to the account's ledger ([`RunLedger`]): each claim
 //! is screened inside the claim's transaction (opt-outs, the frequency cap,
 //! the account's daily limit; the messages it admits are reserved in the
-//! ledger before the claim commits), and after each commit the batch's
-//! outcomes settle their reservations in one ledger transaction — after the
-//! claim is answered, so settling never delays a send.
+//! ledger before the claim commits), and each commit's outcomes settle
+//! their reservations in the ledger with the next claim's screen (one ledger
+//! transaction for both), or by the timer when no claim comes — never
+//! between a claim and its answer, so settling never delays a send.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -272,10 +273,13 @@ impl Writer {
         let mut held = false;
         let result = match &mut self.ledger {
             Some(ledger) => {
+                // The answers not yet settled ride with the claim's own
+                // ledger transaction.
+                let settles = &mut self.to_ledger;
                 let result = self.db.record_and_claim_screened(
                     &self.batch,
                     max,
-                    &mut |rows: &[Claimed]| ledger.screen(rows),
+                    &mut |rows: &[Claimed]| ledger.screen(rows, settles),
                 );
                 held = ledger.take_held();
                 result
@@ -418,9 +422,9 @@ fn writer_loop(
         match rx.recv_timeout(BATCH_WAIT) {
             Ok(Command::Claim { max, zones, reply }) => {
                 writer.db.claim_only_zones(zones);
+                // This commit's answers are settled in the ledger with the
+                // next claim (or by the timer below), never before a reply.
                 let _ = reply.send(writer.commit(max));
-                // After the answer: the ledger never holds up a send.
-                writer.flush_ledger();
             }
             Ok(Command::Nudge) | Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = writer.commit(0);

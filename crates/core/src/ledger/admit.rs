@@ -82,10 +82,14 @@ pub fn day_before(now: DateTime<Utc>) -> DateTime<Utc> {
 
 impl Ledger {
     /// Decides each candidate in order and reserves those admitted, all in
-    /// one transaction holding the ledger's write lock.
+    /// one transaction holding the ledger's write lock. `settle_first` are
+    /// answers of this sender's earlier messages, settled in the same
+    /// transaction before anything is counted (one commit instead of two:
+    /// this runs for every claim).
     pub fn admit(
         &mut self,
         sender: &Sender,
+        settle_first: &[(String, u64, Settled)],
         candidates: &[Candidate<'_>],
         limits: &Limits,
         now: DateTime<Utc>,
@@ -101,6 +105,8 @@ impl Ledger {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql)?;
         let mut answers = Vec::with_capacity(candidates.len());
+        let me = sender_id(&tx, &sender.campaign, &sender.state_file).map_err(sql)?;
+        settle_in(&tx, me, settle_first).map_err(sql)?;
         {
             let mut opted = tx
                 .prepare_cached("SELECT 1 FROM opt_outs WHERE phone = ?1")
@@ -109,7 +115,7 @@ impl Ledger {
             let mut to_phone = tx
                 .prepare_cached(
                     "SELECT count(*) FROM messages
-                     WHERE phone = ?1 AND at >= ?2 AND state_file <> ?3",
+                     WHERE phone = ?1 AND at >= ?2 AND sender <> ?3",
                 )
                 .map_err(sql)?;
             let mut seen_today = tx
@@ -117,10 +123,10 @@ impl Ledger {
                 .map_err(sql)?;
             let mut reserve = tx
                 .prepare_cached(
-                    "INSERT INTO messages (phone, campaign, state_file, row, at, state)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'sending')
-                     ON CONFLICT(state_file, phone) DO UPDATE SET
-                       campaign = excluded.campaign, row = excluded.row, at = excluded.at,
+                    "INSERT INTO messages (phone, sender, row, at, state)
+                     VALUES (?1, ?2, ?3, ?4, 'sending')
+                     ON CONFLICT(phone, sender) DO UPDATE SET
+                       row = excluded.row, at = excluded.at,
                        state = 'sending',
                        prior_state = CASE WHEN messages.state = 'sending'
                                           THEN messages.prior_state ELSE messages.state END",
@@ -143,7 +149,7 @@ impl Ledger {
                 if let Some((max, per)) = limits.cap {
                     let since = timestamp(now - per);
                     let messages: i64 = to_phone
-                        .query_row(params![c.phone, since, sender.state_file], |r| r.get(0))
+                        .query_row(params![c.phone, since, me], |r| r.get(0))
                         .map_err(sql)?;
                     let messages = messages.max(0) as u64;
                     if messages >= u64::from(max) {
@@ -166,13 +172,7 @@ impl Ledger {
                     unique_today = Some(used + 1);
                 }
                 reserve
-                    .execute(params![
-                        c.phone,
-                        sender.campaign,
-                        sender.state_file,
-                        c.row as i64,
-                        at
-                    ])
+                    .execute(params![c.phone, me, c.row as i64, at])
                     .map_err(sql)?;
                 answers.push(Admission::Admitted);
             }
@@ -200,71 +200,23 @@ impl Ledger {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql)?;
-        {
-            let mut went = tx
-                .prepare_cached(
-                    "INSERT INTO messages (phone, campaign, state_file, row, at, state, message_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT(state_file, phone) DO UPDATE SET
-                       campaign = excluded.campaign, row = excluded.row, at = excluded.at,
-                       state = excluded.state,
-                       message_id = coalesce(excluded.message_id, messages.message_id),
-                       prior_state = NULL",
-                )
-                .map_err(sql)?;
-            let mut drop_new = tx
-                .prepare_cached(
-                    "DELETE FROM messages WHERE state_file = ?1 AND phone = ?2
-                       AND state = 'sending' AND prior_state IS NULL",
-                )
-                .map_err(sql)?;
-            let mut restore = tx
-                .prepare_cached(
-                    "UPDATE messages SET state = prior_state, prior_state = NULL
-                     WHERE state_file = ?1 AND phone = ?2
-                       AND state = 'sending' AND prior_state IS NOT NULL",
-                )
-                .map_err(sql)?;
-            for (phone, row, settled) in outcomes {
-                let (state, at, message_id) = match settled {
-                    Settled::Sent { message_id, at } => ("sent", at, message_id.as_deref()),
-                    Settled::Uncertain { at } => ("uncertain", at, None),
-                    Settled::NotSent => {
-                        drop_new
-                            .execute(params![sender.state_file, phone])
-                            .map_err(sql)?;
-                        restore
-                            .execute(params![sender.state_file, phone])
-                            .map_err(sql)?;
-                        continue;
-                    }
-                };
-                went.execute(params![
-                    phone,
-                    sender.campaign,
-                    sender.state_file,
-                    *row as i64,
-                    timestamp(*at),
-                    state,
-                    message_id,
-                ])
-                .map_err(sql)?;
-            }
-        }
+        let me = sender_id(&tx, &sender.campaign, &sender.state_file).map_err(sql)?;
+        settle_in(&tx, me, outcomes).map_err(sql)?;
         tx.commit().map_err(sql)
     }
 
-    /// Phones and rows reserved from `state_file` and not settled: what a
-    /// run of that state left when it died (or is sending right now).
-    pub fn sending_of(&self, state_file: &str) -> Result<Vec<(String, u64)>, LedgerError> {
+    /// Phones and rows `sender` reserved and did not settle: what a run of
+    /// that state left when it died (or is sending right now).
+    pub fn sending_of(&self, sender: &Sender) -> Result<Vec<(String, u64)>, LedgerError> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT phone, row FROM messages WHERE state_file = ?1 AND state = 'sending'",
+                "SELECT m.phone, m.row FROM messages m JOIN senders s ON s.id = m.sender
+                 WHERE s.campaign = ?1 AND s.state_file = ?2 AND m.state = 'sending'",
             )
             .map_err(|e| self.sql("reading reserved messages", e))?;
         let rows = stmt
-            .query_map([state_file], |r| {
+            .query_map(params![sender.campaign, sender.state_file], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
             })
             .map_err(|e| self.sql("reading reserved messages", e))?;
@@ -301,6 +253,70 @@ impl Ledger {
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&Utc) + chrono::Duration::hours(24)))
     }
+}
+
+/// Settles reserved messages of sender `me` inside the caller's write transaction.
+fn settle_in(
+    tx: &rusqlite::Connection,
+    me: i64,
+    outcomes: &[(String, u64, Settled)],
+) -> rusqlite::Result<()> {
+    let mut went = tx.prepare_cached(
+        // The entry keeps the time of its reservation: seconds
+        // apart from the answer's, and leaving `at` alone spares
+        // two index updates per message (this runs for every row).
+        "INSERT INTO messages (phone, sender, row, at, state, message_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(phone, sender) DO UPDATE SET
+               state = excluded.state,
+               message_id = coalesce(excluded.message_id, messages.message_id),
+               prior_state = NULL",
+    )?;
+    let mut drop_new = tx.prepare_cached(
+        "DELETE FROM messages WHERE sender = ?1 AND phone = ?2
+               AND state = 'sending' AND prior_state IS NULL",
+    )?;
+    let mut restore = tx.prepare_cached(
+        "UPDATE messages SET state = prior_state, prior_state = NULL
+             WHERE sender = ?1 AND phone = ?2
+               AND state = 'sending' AND prior_state IS NOT NULL",
+    )?;
+    for (phone, row, settled) in outcomes {
+        let (state, at, message_id) = match settled {
+            Settled::Sent { message_id, at } => ("sent", at, message_id.as_deref()),
+            Settled::Uncertain { at } => ("uncertain", at, None),
+            Settled::NotSent => {
+                drop_new.execute(params![me, phone])?;
+                restore.execute(params![me, phone])?;
+                continue;
+            }
+        };
+        went.execute(params![
+            phone,
+            me,
+            *row as i64,
+            timestamp(*at),
+            state,
+            message_id,
+        ])?;
+    }
+    Ok(())
+}
+
+/// The number of a sender (a campaign name and its state file), given one
+/// the first time it is seen. Inside the caller's write transaction.
+pub(super) fn sender_id(
+    tx: &rusqlite::Connection,
+    campaign: &str,
+    state_file: &str,
+) -> rusqlite::Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO senders (campaign, state_file) VALUES (?1, ?2)
+         ON CONFLICT(campaign, state_file) DO NOTHING",
+    )?
+    .execute(params![campaign, state_file])?;
+    tx.prepare_cached("SELECT id FROM senders WHERE campaign = ?1 AND state_file = ?2")?
+        .query_row(params![campaign, state_file], |r| r.get(0))
 }
 
 fn unique_since(conn: &rusqlite::Connection, since: &str) -> rusqlite::Result<u64> {

@@ -192,6 +192,10 @@ impl Ledger {
             .map_err(|e| sql("enabling WAL", e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| sql("configuring", e))?;
+        // 16 MiB of page cache, as the state has: a run appends to three
+        // indexes of a table that grows by every message the account sends.
+        conn.pragma_update(None, "cache_size", -16_384)
+            .map_err(|e| sql("configuring", e))?;
         conn.set_prepared_statement_cache_capacity(16);
         match schema::migrate(&mut conn).map_err(|e| sql("migrating the schema", e))? {
             Ok(()) => {}
@@ -244,20 +248,30 @@ impl Ledger {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO messages (phone, campaign, state_file, row, at, state, message_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT(state_file, phone) DO UPDATE SET
-                       campaign = excluded.campaign, row = excluded.row, at = excluded.at,
+                    "INSERT INTO messages (phone, sender, row, at, state, message_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(phone, sender) DO UPDATE SET
+                       row = excluded.row, at = excluded.at,
                        state = excluded.state, message_id = excluded.message_id,
                        prior_state = NULL",
                 )
                 .map_err(sql)?;
+            let mut senders = std::collections::HashMap::new();
             for e in entries {
+                let key = (e.campaign.as_str(), e.state_file.as_str());
+                let sender = match senders.get(&key) {
+                    Some(id) => *id,
+                    None => {
+                        let id = admit::sender_id(&tx, e.campaign.as_str(), e.state_file.as_str())
+                            .map_err(sql)?;
+                        senders.insert(key, id);
+                        id
+                    }
+                };
                 insert
                     .execute(params![
                         e.phone,
-                        e.campaign,
-                        e.state_file,
+                        sender,
                         e.row as i64,
                         timestamp(e.at),
                         e.state.as_str(),
@@ -275,8 +289,8 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT phone, campaign, state_file, row, at, state, message_id
-                 FROM messages ORDER BY at, id",
+                "SELECT m.phone, s.campaign, s.state_file, m.row, m.at, m.state, m.message_id
+                 FROM messages m JOIN senders s ON s.id = m.sender ORDER BY m.at, m.id",
             )
             .map_err(|e| self.sql("reading messages", e))?;
         let rows = stmt
@@ -325,9 +339,9 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT state_file, count(*) FROM messages
-                 WHERE campaign = ?1 AND state_file <> ?2
-                 GROUP BY state_file ORDER BY min(at)",
+                "SELECT s.state_file, count(*) FROM senders s JOIN messages m ON m.sender = s.id
+                 WHERE s.campaign = ?1 AND s.state_file <> ?2
+                 GROUP BY s.state_file ORDER BY min(m.at)",
             )
             .map_err(|e| self.sql("reading campaigns", e))?;
         let rows = stmt
@@ -346,8 +360,11 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT phone, campaign, state_file, row, at, state, message_id FROM messages
-                 WHERE id IN (SELECT max(id) FROM messages WHERE campaign = ?1 GROUP BY phone)",
+                "SELECT m.phone, s.campaign, s.state_file, m.row, m.at, m.state, m.message_id
+                 FROM messages m JOIN senders s ON s.id = m.sender
+                 WHERE m.id IN (SELECT max(m2.id) FROM messages m2
+                                JOIN senders s2 ON s2.id = m2.sender
+                                WHERE s2.campaign = ?1 GROUP BY m2.phone)",
             )
             .map_err(|e| self.sql("reading a campaign's messages", e))?;
         let rows = stmt

@@ -42,30 +42,41 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "#,
     // 2: a message is reserved (`sending`) in the same moment its row is
     // claimed, so runs of other campaigns count it before it leaves; one
-    // entry per state file and phone (a resend updates it, and a resend that
-    // does not go out restores what it replaced, `prior_state`).
+    // entry per sender (a campaign name and its state file) and phone (a
+    // resend updates it, and a resend that does not go out restores what it
+    // replaced, `prior_state`). Senders get a number so each message carries
+    // a small key instead of two paths, and the table has two indexes
+    // besides its own: it takes a write per message sent. A state's own
+    // messages (read once per run or plan) are found by scanning. `state` is
+    // in no index, so settling rewrites no index.
     r#"
+    CREATE TABLE senders (
+        id              INTEGER PRIMARY KEY,
+        campaign        TEXT NOT NULL,
+        state_file      TEXT NOT NULL,
+        UNIQUE (campaign, state_file)
+    );
+    INSERT INTO senders (campaign, state_file)
+        SELECT DISTINCT campaign, state_file FROM messages;
     CREATE TABLE messages_v2 (
         id              INTEGER PRIMARY KEY,
         phone           TEXT NOT NULL,
-        campaign        TEXT NOT NULL,
-        state_file      TEXT NOT NULL,
+        sender          INTEGER NOT NULL REFERENCES senders(id),
         row             INTEGER NOT NULL,
         at              TEXT NOT NULL,
         state           TEXT NOT NULL CHECK (state IN ('sending', 'sent', 'uncertain')),
         message_id      TEXT,
         prior_state     TEXT CHECK (prior_state IN ('sent', 'uncertain')),
-        UNIQUE (state_file, phone)
+        -- also the frequency cap's index: a phone's messages, by sender
+        UNIQUE (phone, sender)
     );
-    INSERT INTO messages_v2 (id, phone, campaign, state_file, row, at, state, message_id)
-        SELECT id, phone, campaign, state_file, row, at, state, message_id FROM messages
-        WHERE id IN (SELECT max(id) FROM messages GROUP BY state_file, phone);
+    INSERT INTO messages_v2 (id, phone, sender, row, at, state, message_id)
+        SELECT m.id, m.phone, s.id, m.row, m.at, m.state, m.message_id
+        FROM messages m JOIN senders s ON s.campaign = m.campaign AND s.state_file = m.state_file
+        WHERE m.id IN (SELECT max(id) FROM messages GROUP BY campaign, state_file, phone);
     DROP TABLE messages;
     ALTER TABLE messages_v2 RENAME TO messages;
-    CREATE INDEX messages_by_phone ON messages(phone, at);
     CREATE INDEX messages_by_at ON messages(at, phone);
-    CREATE INDEX messages_by_campaign ON messages(campaign, state_file);
-    CREATE INDEX messages_sending ON messages(state_file) WHERE state = 'sending';
     "#,
 ];
 

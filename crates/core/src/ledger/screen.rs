@@ -225,9 +225,15 @@ impl RunLedger {
     /// One verdict per row: excluded by the campaign, opted out now (read
     /// from the ledger), over the frequency cap, held by the daily limit,
     /// or free to send — in which case, when this run records, its message
-    /// is reserved in the ledger before the claim commits. An unreadable
-    /// ledger is an error, never "free".
-    pub fn screen(&mut self, rows: &[Claimed]) -> Result<Vec<Verdict>, String> {
+    /// is reserved in the ledger before the claim commits. `settle_first`
+    /// (taken) are answers not yet settled in the ledger; they are settled
+    /// in the same ledger transaction, before anything is counted. An
+    /// unreadable ledger is an error, never "free".
+    pub fn screen(
+        &mut self,
+        rows: &[Claimed],
+        settle_first: &mut Vec<(String, u64, Settled)>,
+    ) -> Result<Vec<Verdict>, String> {
         let mut verdicts: Vec<Option<Verdict>> = rows
             .iter()
             .map(|r| {
@@ -255,8 +261,15 @@ impl RunLedger {
             None => vec![Admission::Admitted; asking.len()],
             Some(ledger) if self.record => {
                 let candidates: Vec<Candidate<'_>> = asking.iter().map(|(_, c)| *c).collect();
+                let settles = std::mem::take(settle_first);
                 ledger
-                    .admit(&self.sender, &candidates, &self.limits, Utc::now())
+                    .admit(
+                        &self.sender,
+                        &settles,
+                        &candidates,
+                        &self.limits,
+                        Utc::now(),
+                    )
                     .map_err(|e| e.to_string())?
             }
             Some(ledger) => {

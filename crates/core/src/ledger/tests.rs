@@ -149,17 +149,17 @@ fn a_reservation_counts_for_other_campaigns_at_once() {
     let a = sender("a", "/a.db");
     let b = sender("b", "/b.db");
     let first = l
-        .admit(&a, &candidates(&["+254712000001"]), &cap, now)
+        .admit(&a, &[], &candidates(&["+254712000001"]), &cap, now)
         .expect("admit");
     assert_eq!(first, vec![Admission::Admitted]);
     // Not settled yet: still one message for the cap.
     let second = l
-        .admit(&b, &candidates(&["+254712000001"]), &cap, now)
+        .admit(&b, &[], &candidates(&["+254712000001"]), &cap, now)
         .expect("admit");
     assert_eq!(second, vec![Admission::Capped { messages: 1 }]);
     // The same row of the same state asking again is the same message.
     let again = l
-        .admit(&a, &candidates(&["+254712000001"]), &cap, now)
+        .admit(&a, &[], &candidates(&["+254712000001"]), &cap, now)
         .expect("admit");
     assert_eq!(again, vec![Admission::Admitted]);
     // It did not go out: the phone is free again.
@@ -167,7 +167,7 @@ fn a_reservation_counts_for_other_campaigns_at_once() {
         .expect("settle");
     assert!(l.messages().expect("read").is_empty());
     assert_eq!(
-        l.admit(&b, &candidates(&["+254712000001"]), &cap, now)
+        l.admit(&b, &[], &candidates(&["+254712000001"]), &cap, now)
             .expect("admit"),
         vec![Admission::Admitted]
     );
@@ -187,6 +187,7 @@ fn the_daily_limit_counts_unique_phones_and_holds_the_rest_of_the_claim() {
     let answers = l
         .admit(
             &sender("a", "/a.db"),
+            &[],
             // The first phone was messaged an hour ago: it takes no new slot.
             &candidates(&[
                 "+254712000001",
@@ -224,22 +225,34 @@ fn a_resend_that_does_not_go_out_restores_the_uncertain_message() {
     let mut l = Ledger::open(&dir.path().join("l.db")).expect("opens");
     let a = sender("a", "/a.db");
     let now = Utc::now();
-    l.admit(&a, &candidates(&["+254712000001"]), &Limits::default(), now)
-        .expect("admit");
+    l.admit(
+        &a,
+        &[],
+        &candidates(&["+254712000001"]),
+        &Limits::default(),
+        now,
+    )
+    .expect("admit");
     l.settle(
         &a,
         &[("+254712000001".into(), 1, Settled::Uncertain { at: now })],
     )
     .expect("settle");
-    l.admit(&a, &candidates(&["+254712000001"]), &Limits::default(), now)
-        .expect("admit again");
-    assert_eq!(l.sending_of("/a.db").expect("sending").len(), 1);
+    l.admit(
+        &a,
+        &[],
+        &candidates(&["+254712000001"]),
+        &Limits::default(),
+        now,
+    )
+    .expect("admit again");
+    assert_eq!(l.sending_of(&a).expect("sending").len(), 1);
     l.settle(&a, &[("+254712000001".into(), 1, Settled::NotSent)])
         .expect("settle");
     let m = l.messages().expect("read");
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].state, LedgerState::Uncertain);
-    assert!(l.sending_of("/a.db").expect("sending").is_empty());
+    assert!(l.sending_of(&a).expect("sending").is_empty());
 }
 
 #[test]

@@ -164,16 +164,11 @@ impl StateStore for StateDb {
                      WHERE id = ?1",
                 )
                 .map_err(sql("suppressing rows"))?;
-            let mut mark = tx
-                .prepare_cached(
-                    "UPDATE recipients SET state = 'sending', updated_at = ?2 WHERE id = ?1",
-                )
-                .map_err(sql("claiming rows"))?;
+            let mut sending = Vec::with_capacity(taken);
             for (row, verdict) in batch.into_iter().zip(verdicts) {
                 match verdict {
                     Verdict::Send => {
-                        mark.execute(params![row.id, now])
-                            .map_err(sql("claiming rows"))?;
+                        sending.push(row.id);
                         claimed.push(row);
                     }
                     Verdict::Suppress(why) => {
@@ -183,6 +178,23 @@ impl StateStore for StateDb {
                     }
                     Verdict::Hold => held = true,
                 }
+            }
+            // One statement for the whole batch: this runs for every row sent.
+            if !sending.is_empty() {
+                let ids = format!(
+                    "[{}]",
+                    sending
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                tx.prepare_cached(
+                    "UPDATE recipients SET state = 'sending', updated_at = ?2
+                     WHERE id IN (SELECT value FROM json_each(?1))",
+                )
+                .and_then(|mut mark| mark.execute(params![ids, now]))
+                .map_err(sql("claiming rows"))?;
             }
             if taken < want {
                 break;
