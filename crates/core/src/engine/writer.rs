@@ -270,6 +270,10 @@ impl Writer {
             return Ok(ClaimBatch::default());
         }
         let started = Instant::now();
+        // This batch's answers become settles before the claim: a row that
+        // failed and is claimed again in this same transaction must have its
+        // old reservation settled before the new one is made, not after.
+        self.note_answers_for_ledger();
         let mut held = false;
         let result = match &mut self.ledger {
             Some(ledger) => {
@@ -287,7 +291,7 @@ impl Writer {
             None => self.db.record_and_claim(&self.batch, max),
         };
         if let Ok(claimed) = &result {
-            self.note_for_ledger(claimed);
+            self.note_claims_for_ledger(claimed);
         }
         tracing::debug!(
             recorded = self.batch.len(),
@@ -319,9 +323,8 @@ impl Writer {
             .map(|rows| ClaimBatch { rows, held })
     }
 
-    /// After a commit: how the batch's messages ended, for the ledger, and
-    /// the new claims remembered.
-    fn note_for_ledger(&mut self, claimed: &[Claimed]) {
+    /// How the batch's messages ended, queued for the ledger.
+    fn note_answers_for_ledger(&mut self) {
         if !self.ledger.as_ref().is_some_and(RunLedger::records) {
             return;
         }
@@ -338,6 +341,13 @@ impl Writer {
                 Outcome::Failed { .. } | Outcome::Released => Settled::NotSent,
             };
             self.to_ledger.push((phone, row, settled));
+        }
+    }
+
+    /// After a commit: the new claims remembered (their answers carry only the row id).
+    fn note_claims_for_ledger(&mut self, claimed: &[Claimed]) {
+        if !self.ledger.as_ref().is_some_and(RunLedger::records) {
+            return;
         }
         for c in claimed {
             self.in_flight.insert(c.id, (c.phone.clone(), c.row));

@@ -226,9 +226,9 @@ impl RunLedger {
     /// from the ledger), over the frequency cap, held by the daily limit,
     /// or free to send — in which case, when this run records, its message
     /// is reserved in the ledger before the claim commits. `settle_first`
-    /// (taken) are answers not yet settled in the ledger; they are settled
-    /// in the same ledger transaction, before anything is counted. An
-    /// unreadable ledger is an error, never "free".
+    /// are answers not yet settled in the ledger; they are settled in the
+    /// same ledger transaction, before anything is counted, and cleared once
+    /// it commits. An unreadable ledger is an error, never "free".
     pub fn screen(
         &mut self,
         rows: &[Claimed],
@@ -261,16 +261,18 @@ impl RunLedger {
             None => vec![Admission::Admitted; asking.len()],
             Some(ledger) if self.record => {
                 let candidates: Vec<Candidate<'_>> = asking.iter().map(|(_, c)| *c).collect();
-                let settles = std::mem::take(settle_first);
-                ledger
+                let answers = ledger
                     .admit(
                         &self.sender,
-                        &settles,
+                        settle_first,
                         &candidates,
                         &self.limits,
                         Utc::now(),
                     )
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                // Settled only once the transaction committed.
+                settle_first.clear();
+                answers
             }
             Some(ledger) => {
                 let phones: Vec<&str> = asking.iter().map(|(_, c)| c.phone).collect();

@@ -461,6 +461,11 @@ pub struct StateDb {
     /// run does not get to keep their state, so no later run resends them
     /// without being asked.
     resend: Option<RetrySelection>,
+    /// When the resend selection was given: only rows last changed before
+    /// then are selected, so a row this run already sent again (and that
+    /// came back uncertain or failed), or suppressed again, is not taken
+    /// a second time by the same run.
+    resend_since: String,
     /// The zones this run may claim rows of now (see
     /// [`StateStore::claim_only_zones`]); `None` for any.
     zones: Option<Vec<String>>,
@@ -566,6 +571,7 @@ impl StateDb {
             path: path.display().to_string(),
             watch: FileWatch::default(),
             resend: None,
+            resend_since: String::new(),
             zones: None,
         };
         db.conn
@@ -649,6 +655,7 @@ impl StateDb {
             path,
             watch: FileWatch::default(),
             resend: None,
+            resend_since: String::new(),
             zones: None,
         })
     }

@@ -195,6 +195,8 @@ fn retry_resets_only_the_selection() {
         codes: vec!["internal_error".into()],
     };
     assert_eq!(db.count_for_retry(&only_500).expect("count"), 1);
+    // Rows changed in the moment the selection is given count as this run's own.
+    std::thread::sleep(std::time::Duration::from_millis(5));
     // A resend selection is claimed like pending rows, and only by this handle.
     db.resend_during_run(Some(only_500));
     let claimed = db.claim(10).expect("claim");
@@ -464,9 +466,78 @@ fn suppressed_rows_of_a_reason_are_claimed_again_when_selected() {
         .expect("count"),
         0
     );
-    db.resend_during_run(Some(only_caps));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    db.resend_during_run(Some(only_caps.clone()));
     let again = db.claim(3).expect("claim");
     assert_eq!(again.iter().map(|c| c.row).collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
+fn a_run_never_takes_back_a_row_it_resent_or_suppressed_again() {
+    // Regression: a resent row that came back uncertain was claimed again by
+    // the same run (sent over and over), and a row suppressed again by the
+    // claim's own check was read again and again inside one claim.
+    let mut db = planned(3);
+    let first = db.claim(3).expect("claim");
+    db.record(
+        &first
+            .iter()
+            .map(|c| RowOutcome {
+                id: c.id,
+                attempts: 1,
+                at: Utc::now(),
+                outcome: Outcome::Uncertain {
+                    code: "no_answer".into(),
+                    details: "timeout".into(),
+                },
+            })
+            .collect::<Vec<_>>(),
+    )
+    .expect("record");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    db.resend_during_run(Some(RetrySelection::Uncertain));
+    let resent = db.claim(3).expect("claim");
+    assert_eq!(resent.len(), 3);
+    db.record(
+        &resent
+            .iter()
+            .map(|c| RowOutcome {
+                id: c.id,
+                attempts: 1,
+                at: Utc::now(),
+                outcome: Outcome::Uncertain {
+                    code: "no_answer".into(),
+                    details: "timeout again".into(),
+                },
+            })
+            .collect::<Vec<_>>(),
+    )
+    .expect("record");
+    assert!(
+        db.claim(3).expect("claim").is_empty(),
+        "resent twice in one run"
+    );
+
+    // Suppressed again at every claim: the claim ends instead of looping.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    db.resend_during_run(Some(RetrySelection::Uncertain));
+    let mut screened = 0;
+    let claimed = db
+        .record_and_claim_screened(&[], 2, &mut |rows: &[Claimed]| {
+            screened += rows.len();
+            Ok(rows
+                .iter()
+                .map(|_| {
+                    Verdict::Suppress(Suppression {
+                        code: ProblemCode::FrequencyCap,
+                        details: "capped".into(),
+                    })
+                })
+                .collect())
+        })
+        .expect("claim");
+    assert!(claimed.is_empty());
+    assert_eq!(screened, 3, "each row is screened once");
 }
 
 #[test]

@@ -35,6 +35,7 @@ impl StateStore for StateDb {
 
     fn resend_during_run(&mut self, selection: Option<RetrySelection>) {
         self.resend = selection;
+        self.resend_since = timestamp(Utc::now());
     }
 
     fn claim_only_zones(&mut self, zones: Option<Vec<String>>) {
@@ -142,8 +143,14 @@ impl StateStore for StateDb {
         let mut held = false;
         while any_zone && !held && claimed.len() < n {
             let want = n - claimed.len();
-            let batch = claimable_rows(&tx, self.resend.as_ref(), self.zones.as_deref(), want)
-                .map_err(sql("claiming rows"))?;
+            let batch = claimable_rows(
+                &tx,
+                self.resend.as_ref(),
+                &self.resend_since,
+                self.zones.as_deref(),
+                want,
+            )
+            .map_err(sql("claiming rows"))?;
             let taken = batch.len();
             if taken == 0 {
                 break;
@@ -487,18 +494,23 @@ fn zone_clause(zones: &[String], first: usize) -> String {
 fn claimable_rows(
     tx: &Transaction<'_>,
     resend: Option<&RetrySelection>,
+    resend_since: &str,
     zones: Option<&[String]>,
     n: usize,
 ) -> rusqlite::Result<Vec<Claimed>> {
     let (also, codes) = resend_clause(resend);
     let zones = zones.unwrap_or_default();
-    let in_zone = zone_clause(zones, 2 + codes.len());
+    // Zones are numbered after the limit, the resend moment and the codes.
+    let in_zone = zone_clause(zones, 2 + usize::from(resend.is_some()) + codes.len());
     let mut stmt = tx.prepare_cached(&format!(
         "SELECT id, row, phone, body, attempts, timezone FROM recipients
          WHERE (state = 'pending'{also}){in_zone} ORDER BY id LIMIT ?1"
     ))?;
     let limit = n as i64;
     let mut values: Vec<&dyn rusqlite::ToSql> = vec![&limit];
+    if resend.is_some() {
+        values.push(&resend_since);
+    }
     values.extend(codes.iter().map(|c| c as &dyn rusqlite::ToSql));
     values.extend(zones.iter().map(|z| z as &dyn rusqlite::ToSql));
     stmt.query_map(values.as_slice(), |r| {
@@ -515,25 +527,30 @@ fn claimable_rows(
 }
 
 /// The claim's extra condition for a resend selection, with its parameters
-/// (bound after the claim's own one).
+/// (bound after the claim's own two: the limit, and `?2`, the moment the
+/// selection was given — rows changed since are this run's own doing and
+/// are not taken again).
 fn resend_clause(selection: Option<&RetrySelection>) -> (String, Vec<String>) {
     let (state, codes) = match selection {
         None => return (String::new(), Vec::new()),
-        Some(RetrySelection::Uncertain) => {
-            return (" OR state = 'uncertain'".to_owned(), Vec::new());
-        }
+        Some(RetrySelection::Uncertain) => ("uncertain", &Vec::new()),
         Some(RetrySelection::Failed { codes }) => ("failed", codes),
         Some(RetrySelection::Suppressed { codes }) => ("suppressed", codes),
     };
     if codes.is_empty() {
-        return (format!(" OR state = '{state}'"), Vec::new());
+        return (
+            format!(" OR (state = '{state}' AND coalesce(updated_at, '') < ?2)"),
+            Vec::new(),
+        );
     }
     let marks = (0..codes.len())
-        .map(|i| format!("?{}", i + 2))
+        .map(|i| format!("?{}", i + 3))
         .collect::<Vec<_>>()
         .join(", ");
     (
-        format!(" OR (state = '{state}' AND error_code IN ({marks}))"),
+        format!(
+            " OR (state = '{state}' AND coalesce(updated_at, '') < ?2 AND error_code IN ({marks}))"
+        ),
         codes.clone(),
     )
 }
