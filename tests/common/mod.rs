@@ -3,6 +3,8 @@
 //! Every address is 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

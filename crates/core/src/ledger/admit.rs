@@ -129,7 +129,9 @@ impl Ledger {
                        row = excluded.row, at = excluded.at,
                        state = 'sending',
                        prior_state = CASE WHEN messages.state = 'sending'
-                                          THEN messages.prior_state ELSE messages.state END",
+                                          THEN messages.prior_state ELSE messages.state END,
+                       prior_at = CASE WHEN messages.state = 'sending'
+                                       THEN messages.prior_at ELSE messages.at END",
                 )
                 .map_err(sql)?;
             let at = timestamp(now);
@@ -270,14 +272,15 @@ fn settle_in(
              ON CONFLICT(phone, sender) DO UPDATE SET
                state = excluded.state,
                message_id = coalesce(excluded.message_id, messages.message_id),
-               prior_state = NULL",
+               prior_state = NULL, prior_at = NULL",
     )?;
     let mut drop_new = tx.prepare_cached(
         "DELETE FROM messages WHERE sender = ?1 AND phone = ?2
                AND state = 'sending' AND prior_state IS NULL",
     )?;
     let mut restore = tx.prepare_cached(
-        "UPDATE messages SET state = prior_state, prior_state = NULL
+        "UPDATE messages SET state = prior_state, at = coalesce(prior_at, at),
+           prior_state = NULL, prior_at = NULL
              WHERE sender = ?1 AND phone = ?2
                AND state = 'sending' AND prior_state IS NOT NULL",
     )?;

@@ -253,7 +253,7 @@ impl Ledger {
                      ON CONFLICT(phone, sender) DO UPDATE SET
                        row = excluded.row, at = excluded.at,
                        state = excluded.state, message_id = excluded.message_id,
-                       prior_state = NULL",
+                       prior_state = NULL, prior_at = NULL",
                 )
                 .map_err(sql)?;
             let mut senders = std::collections::HashMap::new();
@@ -354,24 +354,33 @@ impl Ledger {
     }
 
     /// The messages of the campaign named `campaign`, from any state file,
-    /// the latest per phone: who a new plan of that campaign must not
+    /// one per phone — a `sent` one when there is one (a delivery is
+    /// certain), else the latest: who a new plan of that campaign must not
     /// message again.
     pub fn campaign_messages(&self, campaign: &str) -> Result<Vec<LedgerEntry>, LedgerError> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT m.phone, s.campaign, s.state_file, m.row, m.at, m.state, m.message_id
-                 FROM messages m JOIN senders s ON s.id = m.sender
-                 WHERE m.id IN (SELECT max(m2.id) FROM messages m2
-                                JOIN senders s2 ON s2.id = m2.sender
-                                WHERE s2.campaign = ?1 GROUP BY m2.phone)",
+                 FROM messages m JOIN senders s ON s.id = m.sender WHERE s.campaign = ?1",
             )
             .map_err(|e| self.sql("reading a campaign's messages", e))?;
         let rows = stmt
             .query_map([campaign], read_entry)
             .map_err(|e| self.sql("reading a campaign's messages", e))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.sql("reading a campaign's messages", e))
+        let mut by_phone: std::collections::HashMap<String, LedgerEntry> =
+            std::collections::HashMap::new();
+        for entry in rows {
+            let entry = entry.map_err(|e| self.sql("reading a campaign's messages", e))?;
+            let rank = |e: &LedgerEntry| (e.state == LedgerState::Sent, e.at);
+            match by_phone.get(&entry.phone) {
+                Some(kept) if rank(kept) >= rank(&entry) => {}
+                _ => {
+                    by_phone.insert(entry.phone.clone(), entry);
+                }
+            }
+        }
+        Ok(by_phone.into_values().collect())
     }
 
     /// Puts phones on the opt-out list in one transaction; returns how many

@@ -44,7 +44,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // claimed, so runs of other campaigns count it before it leaves; one
     // entry per sender (a campaign name and its state file) and phone (a
     // resend updates it, and a resend that does not go out restores what it
-    // replaced, `prior_state`). Senders get a number so each message carries
+    // replaced, `prior_state` and `prior_at`). Senders get a number so each message carries
     // a small key instead of two paths, and the table has two indexes
     // besides its own: it takes a write per message sent. A state's own
     // messages (read once per run or plan) are found by scanning. `state` is
@@ -67,6 +67,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         state           TEXT NOT NULL CHECK (state IN ('sending', 'sent', 'uncertain')),
         message_id      TEXT,
         prior_state     TEXT CHECK (prior_state IN ('sent', 'uncertain')),
+        -- and the replaced message's time, restored with it
+        prior_at        TEXT,
         -- also the frequency cap's index: a phone's messages, by sender
         UNIQUE (phone, sender)
     );

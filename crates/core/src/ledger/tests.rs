@@ -225,17 +225,22 @@ fn a_resend_that_does_not_go_out_restores_the_uncertain_message() {
     let mut l = Ledger::open(&dir.path().join("l.db")).expect("opens");
     let a = sender("a", "/a.db");
     let now = Utc::now();
+    let earlier = now - chrono::Duration::hours(2);
     l.admit(
         &a,
         &[],
         &candidates(&["+254712000001"]),
         &Limits::default(),
-        now,
+        earlier,
     )
     .expect("admit");
     l.settle(
         &a,
-        &[("+254712000001".into(), 1, Settled::Uncertain { at: now })],
+        &[(
+            "+254712000001".into(),
+            1,
+            Settled::Uncertain { at: earlier },
+        )],
     )
     .expect("settle");
     l.admit(
@@ -252,6 +257,8 @@ fn a_resend_that_does_not_go_out_restores_the_uncertain_message() {
     let m = l.messages().expect("read");
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].state, LedgerState::Uncertain);
+    // With its own time: it counts as long as the first attempt does, no longer.
+    assert_eq!(timestamp(m[0].at), timestamp(earlier));
     assert!(l.sending_of(&a).expect("sending").is_empty());
 }
 
