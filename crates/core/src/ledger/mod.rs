@@ -192,10 +192,6 @@ impl Ledger {
             .map_err(|e| sql("enabling WAL", e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| sql("configuring", e))?;
-        // 16 MiB of page cache, as the state has: a run appends to three
-        // indexes of a table that grows by every message the account sends.
-        conn.pragma_update(None, "cache_size", -16_384)
-            .map_err(|e| sql("configuring", e))?;
         conn.set_prepared_statement_cache_capacity(16);
         match schema::migrate(&mut conn).map_err(|e| sql("migrating the schema", e))? {
             Ok(()) => {}

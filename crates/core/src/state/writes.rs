@@ -13,8 +13,9 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::store::{ClaimScreen, PlanRows, PlanWrite, StateStore};
 use super::{
-    Claimed, EarlierMessage, FileWatch, Inserted, PlanInfo, PlannedRow, ProblemCode,
-    RecipientState, RetrySelection, RowOutcome, StateDb, StateError, Verdict, timestamp,
+    Claimed, EarlierMessage, FileWatch, Inserted, PLAN_CACHE_KIB, PlanInfo, PlannedRow,
+    ProblemCode, RUN_CACHE_KIB, RecipientState, RetrySelection, RowOutcome, StateDb, StateError,
+    Verdict, timestamp,
 };
 
 impl StateStore for StateDb {
@@ -52,6 +53,10 @@ impl StateStore for StateDb {
             operation,
             source,
         };
+        // A large cache for the plan's one big transaction; `start_run`
+        // gives the memory back before sending (see `RUN_CACHE_KIB`).
+        conn.pragma_update(None, "cache_size", -PLAN_CACHE_KIB)
+            .map_err(|e| sql("configuring", e))?;
         // Deferred, as `Connection::transaction` would: the first write takes
         // SQLite's write lock. Rolled back when the plan is dropped uncommitted.
         let tx = Transaction::new_unchecked(conn, TransactionBehavior::Deferred)
@@ -217,6 +222,10 @@ impl StateStore for StateDb {
 
     fn start_run(&mut self) -> Result<i64, StateError> {
         self.check_file()?;
+        // Sending commits every few milliseconds: the small cache (see `RUN_CACHE_KIB`).
+        self.conn
+            .pragma_update(None, "cache_size", -RUN_CACHE_KIB)
+            .map_err(|e| self.sql("configuring", e))?;
         self.conn
             .execute(
                 "INSERT INTO runs (pid, started_at) VALUES (?1, ?2)",
