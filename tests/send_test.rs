@@ -223,3 +223,31 @@ fn a_rate_limited_test_waits_out_retry_after_and_is_sent_once() {
     assert_eq!(sandbox.messages().len(), 2, "each test sent exactly once");
     assert!(!dir.state().exists());
 }
+
+#[test]
+fn a_test_to_an_opted_out_phone_is_refused_and_nothing_is_sent() {
+    let sandbox = TestSandbox::unlimited();
+    let dir = CampaignDir::new(&text_campaign("", TEXT), "phone,name\n+254710000001,Ann\n");
+    let ledger = dir.dir.path().join("ledger.db");
+    let added = bare_bin()
+        .args(["optout", "add", "+254799000111", "--ledger"])
+        .arg(&ledger)
+        .output()
+        .expect("optout runs");
+    assert!(added.status.success(), "{}", stderr(&added));
+    let out = bin(&sandbox)
+        .env("CONVERS8_LEDGER", &ledger)
+        .arg("send-test")
+        .arg(dir.toml())
+        .args(["--to", "0799000111"])
+        .output()
+        .expect("send-test runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--to +254799000111: on the opt-out list of the ledger"),
+        "{err}"
+    );
+    assert!(sandbox.messages().is_empty());
+}

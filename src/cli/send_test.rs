@@ -46,6 +46,8 @@ Examples:
       --to 0712345678 --row 7
 
 The test is not recorded in the state file: the row is still sent by `run`.
+A --to on the account's opt-out list (or the campaign's exclude files) is
+refused: a test is a message too.
 Exit codes: 0 sent, 1 error (bad campaign or row, bad --to, the API refused).";
 
 /// Send one row's message to your own phone first, to see it as recipients will.
@@ -79,6 +81,13 @@ pub async fn run(args: SendTestArgs) -> anyhow::Result<ExitCode> {
     let campaign = Campaign::load(&args.campaign)?;
     let to = E164::parse(&args.to, campaign.recipients.default_country)
         .map_err(|why| anyhow!("--to: {why}"))?;
+    // A phone that must not be messaged is not messaged by a test either.
+    if let Some(why) = super::common::suppressions(&campaign)?.check(to.as_str()) {
+        bail!(
+            "--to {to}: {}: a test is never sent to a phone that must not be messaged; test with another phone, or take it off the list first (`optout remove {to}`)",
+            why.details
+        );
+    }
     args.api.warn_if_campaign_redirects(&campaign);
     let config = args
         .api
