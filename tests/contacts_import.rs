@@ -211,7 +211,7 @@ async fn a_rejected_key_stops_the_import_and_creates_nothing() {
     let summary = import::run(&wrong, &options(&csv, 2), &mut events, stop.clone())
         .await
         .expect("import runs");
-    let ImportEnd::KeyRejected { row, error } = &summary.end else {
+    let ImportEnd::Refused { row, error } = &summary.end else {
         panic!("{summary:?}")
     };
     assert!(*row <= 2, "the first answers end it: {row}");

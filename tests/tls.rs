@@ -376,53 +376,45 @@ fn a_trusted_certificate_for_another_name_is_rejected_without_the_ca_advice() {
 }
 
 #[test]
-fn run_with_an_untrusted_certificate_sends_nothing_and_records_why() {
+fn run_with_an_untrusted_certificate_stops_at_once_and_every_row_stays_pending() {
     let ca = TestCa::new("convers8-campaign test CA");
     let (sandbox, proxy) = start(&ca);
-    let dir = campaign(3);
+    let dir = campaign(40);
     let other = TestCa::new("some other CA").write_pem(dir.dir.path(), "other-ca.pem");
 
-    // As for any failure to connect: retried up to max_attempts (one here),
-    // then the row is failed; `--fail-on failed` makes that exit 3.
+    // Every request to that server would be refused the same way: the run
+    // stops at the first refusal instead of failing the list row by row,
+    // and no row is marked failed (nothing was sent).
     let out = bin_with(&proxy.base_url(), Roots::File(&other))
         .arg("run")
         .arg(dir.toml())
-        .args(["--max-attempts", "1", "--fail-on", "failed"])
+        .args(["--concurrency", "1", "--json"])
         .output()
         .expect("binary runs");
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout(&out).trim()).expect("one JSON summary");
+    assert_eq!(summary["end"], "tls_rejected", "{summary}");
+    let host = format!("localhost:{}", proxy.addr.port());
+    let message = summary["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("the certificate of {host} is not trusted"))
+            && message.contains("SSL_CERT_FILE"),
+        "{message}"
+    );
     let counts = dir.counts();
-    assert_eq!((counts.sent, counts.failed), (0, 3), "{counts:?}");
+    assert_eq!(
+        (counts.sent, counts.failed, counts.uncertain, counts.pending),
+        (0, 0, 0, 40),
+        "{counts:?}"
+    );
     assert!(sandbox.messages().is_empty());
     assert_eq!(sandbox.stats(), Default::default());
-    let (ok, failed) = proxy.handshakes_once_refused(3);
+    // One refused handshake stopped it: not one per row, nor retries of it.
+    let (ok, failed) = proxy.handshakes_once_refused(1);
     assert!(
-        ok == 0 && failed >= 3,
+        ok == 0 && failed <= 2,
         "handshakes: {ok} ok, {failed} failed"
     );
-
-    // Each row's record says why, and what to do.
-    let report = bare_bin()
-        .args(["report", "--format", "json"])
-        .arg(dir.toml())
-        .output()
-        .expect("report runs");
-    assert!(report.status.success(), "{}", stderr(&report));
-    let host = format!("localhost:{}", proxy.addr.port());
-    let rows: Vec<serde_json::Value> = stdout(&report)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
-    assert_eq!(rows.len(), 3);
-    for row in rows {
-        assert_eq!(row["state"], "failed", "{row}");
-        assert_eq!(row["error_code"], "connect_error", "{row}");
-        let details = row["error_details"].as_str().unwrap_or_default();
-        assert!(
-            details.contains(&format!("the certificate of {host} is not trusted"))
-                && details.contains("SSL_CERT_FILE"),
-            "{row}"
-        );
-    }
 }

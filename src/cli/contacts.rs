@@ -570,8 +570,8 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
 /// Prints the summary and chooses the exit code.
 fn finish_import(mut summary: ImportSummary, args: &ImportArgs) -> anyhow::Result<ExitCode> {
     let end = std::mem::take(&mut summary.end);
-    if let ImportEnd::KeyRejected { row, error } = end {
-        // One line: the rows were not created, and the key is what to fix.
+    if let ImportEnd::Refused { row, error } = end {
+        // One line: the rows were not created, and the key (or the trust) is what to fix.
         let mut so_far = format!(
             "created {}, invalid {}, duplicate {}, failed {}",
             summary.created, summary.invalid, summary.duplicate, summary.failed
@@ -606,7 +606,7 @@ fn finish_import(mut summary: ImportSummary, args: &ImportArgs) -> anyhow::Resul
             say!("{}", interrupted(&summary));
             return Ok(ExitCode::from(exit::INTERRUPTED));
         }
-        ImportEnd::Completed | ImportEnd::KeyRejected { .. } => {}
+        ImportEnd::Completed | ImportEnd::Refused { .. } => {}
     }
     let mut problems = Vec::new();
     if summary.failed > 0 {

@@ -300,7 +300,10 @@ pub fn end_code(end: &RunEnd) -> u8 {
         RunEnd::OutsideWindow { .. } | RunEnd::DailyLimitReached { .. } => exit::TRY_LATER,
         RunEnd::Stopped(StopReason::Interrupted) => exit::INTERRUPTED,
         RunEnd::Stopped(
-            StopReason::Unauthorized(_) | StopReason::Breaker(_) | StopReason::StateFailed(_),
+            StopReason::Unauthorized(_)
+            | StopReason::CertificateRejected(_)
+            | StopReason::Breaker(_)
+            | StopReason::StateFailed(_),
         ) => exit::ERROR,
     }
 }
@@ -339,7 +342,9 @@ pub fn describe_end(end: &RunEnd) -> (&'static str, String) {
         RunEnd::Stopped(StopReason::Interrupted) => "interrupted".to_owned(),
         RunEnd::Stopped(StopReason::MaxRuntime) => "stopped at --max-runtime".to_owned(),
         RunEnd::Stopped(StopReason::WindowClosed) => "stopped: the send window closed".to_owned(),
-        RunEnd::Stopped(StopReason::Unauthorized(e)) => format!("stopped: {e}"),
+        RunEnd::Stopped(StopReason::Unauthorized(e) | StopReason::CertificateRejected(e)) => {
+            format!("stopped: {e}")
+        }
         RunEnd::Stopped(StopReason::Breaker(e)) => format!("stopped by the circuit breaker: {e}"),
         RunEnd::Stopped(StopReason::StateFailed(e)) => {
             format!("stopped: cannot write the state: {e}")

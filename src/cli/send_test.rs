@@ -188,7 +188,7 @@ async fn send(client: &Client, kind: MessageKind, body: String) -> anyhow::Resul
                 }
             })
         }
-        Answer::MaybeTookEffect(error) | Answer::KeyRejected(error) => Err(error.into()),
+        Answer::MaybeTookEffect(error) | Answer::Refused(error) => Err(error.into()),
         Answer::NotSent { last_error } => Err(match last_error {
             Some(error) => anyhow::Error::new(error).context("not sent"),
             None => anyhow!("not sent"),

@@ -53,6 +53,11 @@ pub enum ApiError {
     /// handshake): always safe to retry.
     #[error("could not reach the API at {url}: {reason}")]
     NeverSent { url: String, reason: String },
+    /// This client refused the server's TLS certificate: nothing was sent,
+    /// and every other request to that server would be refused the same
+    /// way until the operator fixes the trust (or the URL). Stops a run.
+    #[error("could not reach the API at {url}: {reason}")]
+    CertificateRejected { url: String, reason: String },
     /// The request was (or may have been) written but no answer came back:
     /// a timeout or a reset after sending. The message may have been delivered.
     #[error(
@@ -129,6 +134,7 @@ impl ApiError {
             ApiError::Server { code: Some(c), .. } => c,
             ApiError::Server { code: None, .. } => "server_error",
             ApiError::NeverSent { .. } => "connect_error",
+            ApiError::CertificateRejected { .. } => "tls_rejected",
             ApiError::MaybeDelivered { .. } => "no_answer",
             ApiError::Gateway { .. } => "gateway_error",
             ApiError::Oversized { .. } | ApiError::Unexpected { .. } => "unexpected_response",
@@ -144,9 +150,9 @@ impl ApiError {
             ApiError::RateLimited { message, .. }
             | ApiError::Unauthorized { message }
             | ApiError::Server { message, .. } => message.clone(),
-            ApiError::NeverSent { reason, .. } | ApiError::MaybeDelivered { reason, .. } => {
-                reason.clone()
-            }
+            ApiError::NeverSent { reason, .. }
+            | ApiError::CertificateRejected { reason, .. }
+            | ApiError::MaybeDelivered { reason, .. } => reason.clone(),
             ApiError::Gateway { status, excerpt } | ApiError::Unexpected { status, excerpt } => {
                 format!("HTTP {status}: {excerpt}")
             }
@@ -159,7 +165,9 @@ impl ApiError {
     pub fn disposition(&self) -> Disposition {
         match self {
             ApiError::RateLimited { .. } => Disposition::RateLimited,
-            ApiError::Unauthorized { .. } => Disposition::StopRun,
+            ApiError::Unauthorized { .. } | ApiError::CertificateRejected { .. } => {
+                Disposition::StopRun
+            }
             ApiError::Validation { .. } | ApiError::NotFound { .. } => Disposition::Permanent,
             ApiError::Server { .. } | ApiError::NeverSent { .. } => Disposition::Retry,
             // Each of these may have delivered the message; whatever the status
@@ -247,7 +255,12 @@ impl ApiError {
     /// request never left; anything later may have delivered the message.
     pub fn from_transport(url: &str, err: &reqwest::Error) -> Self {
         let reason = transport_reason(url, err);
-        if err.is_connect() {
+        if err.is_connect() && reason.starts_with(TLS_REJECTED) {
+            ApiError::CertificateRejected {
+                url: url.to_owned(),
+                reason,
+            }
+        } else if err.is_connect() {
             ApiError::NeverSent {
                 url: url.to_owned(),
                 reason,
@@ -286,6 +299,8 @@ fn transport_reason(url: &str, err: &reqwest::Error) -> String {
 /// How rustls words a server certificate it would not accept, and the reason
 /// it gives when no trusted root signed the chain.
 const CERTIFICATE_REJECTED: &str = "invalid peer certificate: ";
+/// How [`cause_text`] begins the reason of a certificate it rejected.
+const TLS_REJECTED: &str = "TLS handshake failed: the certificate of ";
 const UNKNOWN_ISSUER: &str = "UnknownIssuer";
 
 /// `kind: cause`, except for a certificate the client would not accept: that
@@ -310,10 +325,10 @@ fn cause_text(kind: &str, cause: &str, url: &str) -> String {
         .unwrap_or_else(|| url.to_owned());
     if cause[CERTIFICATE_REJECTED.len()..].starts_with(UNKNOWN_ISSUER) {
         format!(
-            "TLS handshake failed: the certificate of {host} is not trusted ({cause}); if a TLS-inspecting proxy or a private CA issued it, add that CA to the system certificate store or set SSL_CERT_FILE to a PEM file holding it"
+            "{TLS_REJECTED}{host} is not trusted ({cause}); if a TLS-inspecting proxy or a private CA issued it, add that CA to the system certificate store or set SSL_CERT_FILE to a PEM file holding it"
         )
     } else {
-        format!("TLS handshake failed: the certificate of {host} was rejected ({cause})")
+        format!("{TLS_REJECTED}{host} was rejected ({cause})")
     }
 }
 

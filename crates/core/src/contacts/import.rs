@@ -174,8 +174,9 @@ pub enum ImportEnd {
     Completed,
     /// The [`Stop`] fired before the import was done.
     Stopped(StopReason),
-    /// The API rejected the key at `row`: the import stopped there.
-    KeyRejected { row: u64, error: ApiError },
+    /// The API rejected the key at `row` (or this client refused the
+    /// server's certificate): the import stopped there.
+    Refused { row: u64, error: ApiError },
     /// The file could not be read past row `summary.rows`.
     ReadFailed(RecipientsError),
 }
@@ -233,7 +234,7 @@ pub async fn run(
         summary: ImportSummary::default(),
         events,
         in_flight: HashMap::new(),
-        key_rejected: None,
+        refused: None,
         stop: stop.clone(),
     };
     // E.164 → the first row that had it.
@@ -306,8 +307,8 @@ pub async fn run(
         import.summary.rows += import.summary.unread;
     }
     let mut summary = import.summary;
-    summary.end = match (import.key_rejected, read_error, stop.reason()) {
-        (Some((row, error)), _, _) => ImportEnd::KeyRejected { row, error },
+    summary.end = match (import.refused, read_error, stop.reason()) {
+        (Some((row, error)), _, _) => ImportEnd::Refused { row, error },
         (None, Some(e), _) => ImportEnd::ReadFailed(e),
         (None, None, Some(reason)) => ImportEnd::Stopped(reason),
         (None, None, None) => ImportEnd::Completed,
@@ -336,7 +337,7 @@ struct Importer<'a> {
     summary: ImportSummary,
     events: &'a mut dyn ImportEvents,
     in_flight: HashMap<Id, Pending>,
-    key_rejected: Option<(u64, ApiError)>,
+    refused: Option<(u64, ApiError)>,
     stop: Stop,
 }
 
@@ -371,10 +372,10 @@ impl Importer<'_> {
         };
         let report = match called {
             Ok(called) => {
-                if let Answer::KeyRejected(error) = &called.answer
-                    && self.key_rejected.is_none()
+                if let Answer::Refused(error) = &called.answer
+                    && self.refused.is_none()
                 {
-                    self.key_rejected = Some((pending.row, error.clone()));
+                    self.refused = Some((pending.row, error.clone()));
                     self.stop
                         .trigger(StopReason::Unauthorized(error.to_string()));
                 }
@@ -430,7 +431,7 @@ fn settle(pending: Pending, called: Called<Contact>) -> RowReport {
         Answer::MaybeTookEffect(error) => {
             with_error(RowStatus::Uncertain, pending, error.code(), error.details())
         }
-        Answer::KeyRejected(error) => with_error(
+        Answer::Refused(error) => with_error(
             RowStatus::NotImported,
             pending,
             error.code(),

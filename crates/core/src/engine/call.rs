@@ -82,9 +82,10 @@ pub enum Answer<T> {
     /// timeout after sending, a gateway's 502/504 page, an unreadable
     /// success): it may have taken effect, so it was not retried.
     MaybeTookEffect(ApiError),
-    /// The API rejected the key; nothing was accepted, and every other
-    /// request with this key would be rejected too.
-    KeyRejected(ApiError),
+    /// The API rejected the key, or this client refused the server's
+    /// certificate: nothing was accepted, and every other request would be
+    /// refused the same way.
+    Refused(ApiError),
     /// Not sent (or not sent again): a stop came first, or the caller's
     /// [`CallEvents::keep_trying`] said to give up. Nothing took effect.
     /// `last_error` is the failure the call was waiting to retry, if any.
@@ -203,7 +204,7 @@ where
                     return ended(Answer::Failed(Failure { error, gave_up }), attempts);
                 }
             }
-            Disposition::StopRun => return ended(Answer::KeyRejected(error), attempts),
+            Disposition::StopRun => return ended(Answer::Refused(error), attempts),
             Disposition::Permanent => {
                 let gave_up = GaveUp::Rejected;
                 return ended(Answer::Failed(Failure { error, gave_up }), attempts);
@@ -464,10 +465,7 @@ mod tests {
         assert_eq!(failure.gave_up, GaveUp::Rejected);
         assert_eq!(failure.details(), "phone_number: blocked");
         let called = call_until_answered(&policy, &(), || script.request()).await;
-        assert!(
-            matches!(called.answer, Answer::KeyRejected(_)),
-            "{called:?}"
-        );
+        assert!(matches!(called.answer, Answer::Refused(_)), "{called:?}");
         assert_eq!(called.attempts, 1);
         assert!(!stop.is_stopping(), "stopping is the caller's decision");
     }

@@ -21,6 +21,8 @@ pub enum StopReason {
     WindowClosed,
     /// The API rejected the key.
     Unauthorized(String),
+    /// This client refused the server's TLS certificate.
+    CertificateRejected(String),
     /// Too many systemic failures in a row.
     Breaker(String),
     /// The state file could not be written.

@@ -97,9 +97,13 @@ impl Delivery {
                 self.stats.uncertain.fetch_add(1, Ordering::Relaxed);
                 uncertain(&row, attempts, &error)
             }
-            Answer::KeyRejected(error) => {
-                self.stop
-                    .trigger(StopReason::Unauthorized(error.to_string()));
+            Answer::Refused(error) => {
+                self.stop.trigger(match error {
+                    ApiError::CertificateRejected { .. } => {
+                        StopReason::CertificateRejected(error.to_string())
+                    }
+                    _ => StopReason::Unauthorized(error.to_string()),
+                });
                 // Rejected before anything was accepted: safe to send later.
                 self.release(&row, attempts)
             }
