@@ -8,7 +8,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use chrono::{DateTime, Utc};
 use common::*;
+use convers8_campaign::api::{ApiKey, ClientConfig};
+use convers8_campaign::campaign::Campaign;
+use convers8_campaign::engine::clock::ManualClock;
+use convers8_campaign::engine::progress::Silent;
+use convers8_campaign::engine::{self, LedgerUse, RunEnd, RunOptions, Stop};
 use convers8_campaign::ledger::{Ledger, LedgerState};
 use convers8_campaign::state::{RecipientRecord, RecipientState, StateDb, StateRead};
 
@@ -295,4 +301,58 @@ fn a_run_killed_while_sending_leaves_reservations_that_the_next_run_settles() {
     assert_eq!(count(LedgerState::Sent), c.sent, "{c:?}");
     assert!(c.uncertain > 0, "{c:?}");
     assert_eq!(c.sent + c.uncertain, 10, "{c:?}");
+}
+
+#[test]
+fn the_account_daily_limit_follows_the_runs_clock() {
+    // The engine with a wall clock the test moves: the limit's 24 hours and
+    // the slot it names are the clock's, not the machine's.
+    let sandbox = TestSandbox::unlimited();
+    let (_keep, ledger) = ledger_dir();
+    let dir = CampaignDir::new(
+        &campaign("clocked", "daily_limit = 3", ""),
+        &phones_csv(0, 5),
+    );
+    let campaign = Campaign::load(&dir.toml()).expect("campaign");
+    let api = ClientConfig::new(sandbox.base_url(), ApiKey::new(KEY, "test").expect("key"));
+    let start: DateTime<Utc> = "2026-03-01T10:00:00Z".parse().expect("instant");
+    let clock = std::sync::Arc::new(ManualClock::new(start));
+    let mut options = RunOptions::from_campaign(&campaign, dir.state(), Some(api));
+    options.clock = clock.clone();
+    options.ledger = LedgerUse::Record(ledger.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let run = || {
+        rt.block_on(engine::run(&campaign, &options, &Silent, Stop::new()))
+            .expect("the run")
+    };
+
+    let first = run();
+    let next = start + chrono::Duration::hours(24);
+    assert_eq!(
+        first.end,
+        RunEnd::DailyLimitReached {
+            next_at: Some(next)
+        }
+    );
+    assert_eq!(sandbox.messages().len(), 3);
+
+    // A second before the slot: still nothing.
+    clock.set(next - chrono::Duration::seconds(1));
+    let early = run();
+    assert!(
+        matches!(early.end, RunEnd::DailyLimitReached { .. }),
+        "{:?}",
+        early.end
+    );
+    assert_eq!(sandbox.messages().len(), 3);
+
+    // The slot opened by the run's clock (the machine's is months away).
+    clock.set(next + chrono::Duration::seconds(1));
+    let later = run();
+    assert_eq!(later.end, RunEnd::Completed);
+    assert_eq!(sandbox.messages().len(), 5);
 }

@@ -496,7 +496,8 @@ pub async fn run(
         .filter(|_| run_ledger.enforces_daily_limit())
         .map(|l| l.path().to_owned());
     if let Some(daily) = options.daily_limit
-        && let Some(next_at) = daily_limit_used_up(db.as_ref(), &run_ledger, daily)?
+        && let Some(next_at) =
+            daily_limit_used_up(db.as_ref(), &run_ledger, daily, options.clock.now())?
     {
         report.end = RunEnd::DailyLimitReached { next_at };
         return Ok(report);
@@ -554,9 +555,9 @@ pub async fn run(
     {
         *next_at = match &daily_in_ledger {
             Some(path) => Ledger::open(path)
-                .and_then(|l| l.next_daily_slot(daily, Utc::now()))
+                .and_then(|l| l.next_daily_slot(daily, options.clock.now()))
                 .map_err(ScreenError::from)?,
-            None => next_daily_slot(db.as_ref(), daily)?,
+            None => next_daily_slot(db.as_ref(), daily, options.clock.now())?,
         };
     }
     db.finish_run(run_id, report.end.history_label(), sent, failed, uncertain)
@@ -628,18 +629,17 @@ fn daily_limit_used_up(
     db: &dyn StateRead,
     ledger: &RunLedger,
     daily: u32,
+    now: DateTime<Utc>,
 ) -> Result<Option<Option<DateTime<Utc>>>, RunError> {
     if let Some(l) = ledger.ledger().filter(|_| ledger.enforces_daily_limit()) {
-        let next = l
-            .next_daily_slot(daily, Utc::now())
-            .map_err(ScreenError::from)?;
+        let next = l.next_daily_slot(daily, now).map_err(ScreenError::from)?;
         return Ok(next.map(Some));
     }
-    let used = db.sent_since(Utc::now() - chrono::Duration::hours(24))?;
+    let used = db.sent_since(now - chrono::Duration::hours(24))?;
     if used < u64::from(daily) {
         return Ok(None);
     }
-    Ok(Some(next_daily_slot(db, daily)?))
+    Ok(Some(next_daily_slot(db, daily, now)?))
 }
 
 /// Settles the ledger's reservations a dead run of this state left, from
@@ -695,7 +695,8 @@ fn open_ledger(
     };
     let suppressions = Suppressions::load(campaign, ledger.as_ref())?;
     let run_ledger = RunLedger::new(ledger, record, suppressions.excluded().clone(), sender)
-        .with_limits(campaign.audience.as_ref(), options.daily_limit);
+        .with_limits(campaign.audience.as_ref(), options.daily_limit)
+        .with_clock(options.clock.clone());
     Ok((run_ledger, suppressions))
 }
 
@@ -816,8 +817,12 @@ fn earlier_messages(
 }
 
 /// When the rolling 24-hour window frees its next slot.
-fn next_daily_slot(db: &dyn StateRead, daily: u32) -> Result<Option<DateTime<Utc>>, RunError> {
-    let since = Utc::now() - chrono::Duration::hours(24);
+fn next_daily_slot(
+    db: &dyn StateRead,
+    daily: u32,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, RunError> {
+    let since = now - chrono::Duration::hours(24);
     let used = db.sent_since(since)?;
     // The oldest send that must leave the window before one more fits.
     let k = used.saturating_sub(u64::from(daily)) + 1;
@@ -1102,6 +1107,7 @@ async fn feed(
                     match daily_budget(
                         &handle,
                         daily,
+                        options.clock.now(),
                         &delivery.stats,
                         claimed_total,
                         &mut sent_before_run,
@@ -1247,6 +1253,7 @@ fn give_back(handle: &writer::WriterHandle, stats: &RunStats, rows: impl Iterato
 async fn daily_budget(
     handle: &writer::WriterHandle,
     daily: u32,
+    now: DateTime<Utc>,
     stats: &RunStats,
     claimed_total: u64,
     sent_before_run: &mut Option<u64>,
@@ -1254,9 +1261,7 @@ async fn daily_budget(
     let before = match *sent_before_run {
         Some(n) => n,
         None => {
-            let n = handle
-                .sent_since(Utc::now() - chrono::Duration::hours(24))
-                .await?;
+            let n = handle.sent_since(now - chrono::Duration::hours(24)).await?;
             *sent_before_run = Some(n);
             n
         }

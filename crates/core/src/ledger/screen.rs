@@ -11,13 +11,14 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use chrono::Utc;
+use std::sync::Arc;
 
 use super::phone_list::{self, PhoneListError, PhoneListFormat};
 use super::{
     Admission, Candidate, Ledger, LedgerEntry, LedgerError, LedgerState, Limits, Sender, Settled,
 };
 use crate::campaign::{AudienceSpec, Campaign};
+use crate::engine::clock::{Clock, SystemClock};
 use crate::state::{Claimed, EarlierMessage, ProblemCode, Suppression, Verdict};
 
 /// Who must not be sent, as known when a plan is made.
@@ -163,6 +164,9 @@ pub struct RunLedger {
     cap_text: String,
     /// The last screen held rows back: the daily limit is used up.
     held: bool,
+    /// What "now" is for the cap's period and the daily limit's 24 hours
+    /// (the run's clock, so a test can move it).
+    clock: Arc<dyn Clock>,
 }
 
 impl RunLedger {
@@ -180,7 +184,14 @@ impl RunLedger {
             limits: Limits::default(),
             cap_text: String::new(),
             held: false,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Judges the cap's period and the daily limit's 24 hours by `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Enforces the campaign's frequency cap and the account's daily limit
@@ -267,7 +278,7 @@ impl RunLedger {
                         settle_first,
                         &candidates,
                         &self.limits,
-                        Utc::now(),
+                        self.clock.now(),
                     )
                     .map_err(|e| e.to_string())?;
                 // Settled only once the transaction committed.
