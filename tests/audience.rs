@@ -235,6 +235,36 @@ fn a_second_state_file_is_refused_unless_asked_for_and_then_sends_only_the_rest(
     assert!(err.contains("--new-state-ok"), "{err}");
     assert_eq!(sandbox.messages().len(), 3, "the refused run sent");
 
+    // `validate` says so first, for a campaign whose default state is new.
+    let moved = CampaignDir::new(&campaign("launch", "", ""), &phones_csv(0, 8));
+    let check = output_of(
+        with_ledger(&sandbox, &ledger)
+            .args(["validate", "--json"])
+            .arg(moved.toml()),
+    );
+    assert!(check.status.success(), "{}", stderr(&check));
+    let verdict: serde_json::Value =
+        serde_json::from_str(stdout(&check).trim()).expect("one JSON verdict");
+    let warning = verdict["other_state_warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains(&format!(
+            "holds 3 messages of campaign \"launch\" sent from another state, {}",
+            first_state.display()
+        )) && warning.contains("--new-state-ok"),
+        "{verdict}"
+    );
+    // The campaign's own state, planned already, is not warned about.
+    let own = output_of(
+        with_ledger(&sandbox, &ledger)
+            .args(["validate", "--json"])
+            .arg(dir.toml()),
+    );
+    assert!(
+        !stdout(&own).contains("other_state_warning"),
+        "{}",
+        stdout(&own)
+    );
+
     let out = run_ok(
         with_ledger(&sandbox, &ledger)
             .arg("run")

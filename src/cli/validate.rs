@@ -6,7 +6,7 @@
 //! nothing beside the campaign (see `ScratchPlan`, which `preview` shares).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::output::plural;
@@ -67,6 +67,10 @@ struct Verdict<'a> {
     /// (a send window in each recipient's own hours).
     #[serde(skip_serializing_if = "Option::is_none")]
     timezone_warning: Option<String>,
+    /// Set when the ledger shows this campaign sent from a state file other
+    /// than the default one, which does not exist yet: `run` would refuse.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    other_state_warning: Option<String>,
     /// Whether the campaign can be sent (and, with --strict, has no bad row).
     ok: bool,
     strict: bool,
@@ -96,6 +100,34 @@ fn zone_fallback_warning(campaign: &Campaign, fell_back: u64) -> Option<String> 
     ))
 }
 
+/// `run` refuses to plan a campaign the ledger shows sent from another state
+/// file (see "No second campaign by accident"): said here first, when the
+/// default state does not exist yet (a planned one is not planned again).
+fn other_state_warning(campaign: &Campaign, file: &Path) -> anyhow::Result<Option<String>> {
+    use convers8_campaign::ledger::{Ledger, location};
+    let state = convers8_campaign::state::default_state_path(file);
+    if !campaign.ledger.enabled || state.exists() {
+        return Ok(None);
+    }
+    let Some(path) = location::for_campaign(campaign.ledger.path.as_deref()) else {
+        return Ok(None);
+    };
+    let Some(ledger) = Ledger::open_existing(&path)? else {
+        return Ok(None);
+    };
+    let here = convers8_campaign::engine::state_identity(&state);
+    let others = ledger.other_state_files(&campaign.name, &here)?;
+    Ok(others.first().map(|(other, count)| {
+        format!(
+            "the ledger {} holds {} of campaign {:?} sent from another state, {other}: `run` would refuse to plan in {}; resume with --state {other}, or plan here with --new-state-ok",
+            path.display(),
+            plural(*count, "message"),
+            campaign.name,
+            state.display()
+        )
+    }))
+}
+
 pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let campaign = Campaign::load(&args.campaign)?;
     let suppressions = super::common::suppressions(&campaign)?;
@@ -110,6 +142,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         .filter(|base| !convers8_campaign::api::is_production(base))
         .map(|base| super::common::foreign_base_url(&campaign, base));
     let timezone_warning = zone_fallback_warning(&campaign, s.zone_fallback);
+    let other_state_warning = other_state_warning(&campaign, &args.campaign)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let verdict = Verdict {
@@ -124,6 +157,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             problems: &s.problems,
             base_url_warning: base_url_warning.clone(),
             timezone_warning: timezone_warning.clone(),
+            other_state_warning: other_state_warning.clone(),
             ok,
             strict: args.strict,
         };
@@ -155,7 +189,10 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                 p.row, p.line, p.code, p.details
             );
         }
-        for warning in [&base_url_warning, &timezone_warning].into_iter().flatten() {
+        for warning in [&base_url_warning, &timezone_warning, &other_state_warning]
+            .into_iter()
+            .flatten()
+        {
             let _ = writeln!(out, "  warning: {warning}");
         }
         let unshown = (bad_rows + s.suppressed).saturating_sub(s.problems.len() as u64);

@@ -616,9 +616,19 @@ fn state_lost(db: &dyn StateStore, state_path: &Path, what: FileGone, unrecorded
 }
 
 /// How the ledger names a state file: its absolute path, so two runs that
-/// reach one state by different relative paths are one state to it.
-fn state_identity(path: &Path) -> String {
-    std::fs::canonicalize(path)
+/// reach one state by different relative paths are one state to it. A state
+/// not created yet is named as it will be (its folder's absolute path and
+/// its name), so `validate` can ask the ledger about it beforehand.
+pub fn state_identity(path: &Path) -> String {
+    let absolute = std::fs::canonicalize(path).or_else(|e| {
+        let name = path.file_name().ok_or(e)?;
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::canonicalize(folder).map(|f| f.join(name))
+    });
+    absolute
         .unwrap_or_else(|_| path.to_owned())
         .display()
         .to_string()
