@@ -102,6 +102,14 @@ fn two_campaigns_sharing_a_ledger_and_a_cap_of_one_per_week_message_a_shared_pho
         "{capped:?}"
     );
 
+    // `status` says why they were not sent.
+    let status = run_ok(bare_bin().arg("status").arg(summer.toml()));
+    assert!(
+        stdout(&status).contains("suppressed 3 (frequency_cap 3)"),
+        "{}",
+        stdout(&status)
+    );
+
     // Reconsidered while still over the cap: they stay suppressed.
     let out = run_ok(
         with_ledger(&sandbox, &ledger)

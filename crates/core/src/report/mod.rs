@@ -58,6 +58,10 @@ pub struct Status {
     pub last_run: Option<RunRecord>,
     /// Error codes of failed, uncertain and invalid rows, most frequent first.
     pub errors: Vec<ErrorCount>,
+    /// Why the suppressed rows were not sent (`opted_out`, `excluded`,
+    /// `frequency_cap`), most frequent first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suppressed_reasons: Vec<ErrorCount>,
     /// With a window in each recipient's own hours: pending rows per zone and
     /// when they may go next (see [`pending_by_zone`]); empty otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -138,6 +142,18 @@ pub fn gather_status(db: &dyn StateRead, now: DateTime<Utc>) -> Result<Status, S
         .into_iter()
         .map(|(code, count)| ErrorCount { code, count })
         .collect();
+    let suppressed_reasons = if counts.suppressed > 0 {
+        db.error_codes_by_state()?
+            .into_iter()
+            .filter(|e| e.state == RecipientState::Suppressed)
+            .map(|e| ErrorCount {
+                code: e.code,
+                count: e.count,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Status {
         state_file: db.location().to_owned(),
         campaign: plan.as_ref().map(|p| p.campaign_name.clone()),
@@ -154,6 +170,7 @@ pub fn gather_status(db: &dyn StateRead, now: DateTime<Utc>) -> Result<Status, S
         eta_seconds,
         last_run,
         errors,
+        suppressed_reasons,
         pending_by_zone: Vec::new(),
     })
 }
@@ -212,7 +229,19 @@ impl Status {
             (RecipientState::Duplicate, c.duplicate),
             (RecipientState::Suppressed, c.suppressed),
         ] {
-            writeln!(out, "  {:<10} {n}", state.as_str())?;
+            let why = if state == RecipientState::Suppressed && !self.suppressed_reasons.is_empty()
+            {
+                let list = self
+                    .suppressed_reasons
+                    .iter()
+                    .map(|e| format!("{} {}", e.code, e.count))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(" ({list})")
+            } else {
+                String::new()
+            };
+            writeln!(out, "  {:<10} {n}{why}", state.as_str())?;
         }
         if !self.pending_by_zone.is_empty() {
             // "pending: 120 open now, 300 open at 2026-11-26 06:00 UTC (Asia/Tokyo)"
