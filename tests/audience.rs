@@ -394,3 +394,46 @@ fn the_account_daily_limit_follows_the_runs_clock() {
     assert_eq!(later.end, RunEnd::Completed);
     assert_eq!(sandbox.messages().len(), 5);
 }
+
+#[test]
+fn a_copied_state_does_not_message_anyone_the_original_already_did() {
+    let sandbox = TestSandbox::unlimited();
+    let (_keep, ledger) = ledger_dir();
+    let dir = CampaignDir::new(&campaign("launch", "", ""), &phones_csv(0, 8));
+    run_ok(
+        with_ledger(&sandbox, &ledger)
+            .args(["run", "--limit", "3"])
+            .arg(dir.toml()),
+    );
+    // The folder is copied with its state (3 sent, 5 pending), and the
+    // original then finishes: the copy's 5 pending rows are messaged already.
+    let copy = tempfile::tempdir().expect("tempdir");
+    for file in ["campaign.toml", "recipients.csv", "campaign.state.db"] {
+        std::fs::copy(dir.dir.path().join(file), copy.path().join(file)).expect("copy");
+    }
+    run_ok(with_ledger(&sandbox, &ledger).arg("run").arg(dir.toml()));
+    assert_eq!(sandbox.messages().len(), 8);
+
+    let out = run_ok(
+        with_ledger(&sandbox, &ledger)
+            .arg("run")
+            .arg(copy.path().join("campaign.toml")),
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("all rows: 8 = sent 3 + failed 0 + uncertain 0 + invalid 0 + duplicate 0 + suppressed 5 + pending 0"),
+        "{text}"
+    );
+    let per_phone = sandbox.per_phone();
+    assert_eq!(per_phone.len(), 8);
+    assert!(per_phone.values().all(|&n| n == 1), "{per_phone:?}");
+    let rows = rows_in(
+        &copy.path().join("campaign.state.db"),
+        RecipientState::Suppressed,
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.error_code.as_deref() == Some("already_messaged")),
+        "{rows:?}"
+    );
+}

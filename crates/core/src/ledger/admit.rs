@@ -1,6 +1,7 @@
 //! Admitting messages: the claim-time decision, in one ledger transaction,
-//! of whether each claimed row may go — opted out, over the phone's
-//! frequency cap, or beyond the account's daily limit of unique recipients —
+//! of whether each claimed row may go — opted out, already messaged by this
+//! campaign from another state file, over the phone's frequency cap, or
+//! beyond the account's daily limit of unique recipients —
 //! and, for those that may, a `sending` entry that reserves the message.
 //!
 //! The reservation is what makes the limits exact across runs: two
@@ -54,6 +55,9 @@ pub enum Admission {
     Admitted,
     /// On the opt-out list.
     OptedOut,
+    /// This campaign (its name) already messaged the phone from another
+    /// state file: a copied state, or a second one running beside it.
+    MessagedElsewhere,
     /// The phone already has this many messages in the cap's period.
     Capped { messages: u64 },
     /// The daily limit is used up: this row and every later one of the claim
@@ -118,6 +122,12 @@ impl Ledger {
                      WHERE phone = ?1 AND at >= ?2 AND sender <> ?3",
                 )
                 .map_err(sql)?;
+            let mut same_campaign_elsewhere = tx
+                .prepare_cached(
+                    "SELECT 1 FROM messages m JOIN senders s ON s.id = m.sender
+                     WHERE m.phone = ?1 AND m.sender <> ?2 AND s.campaign = ?3 LIMIT 1",
+                )
+                .map_err(sql)?;
             let mut seen_today = tx
                 .prepare_cached("SELECT 1 FROM messages WHERE phone = ?1 AND at >= ?2 LIMIT 1")
                 .map_err(sql)?;
@@ -146,6 +156,13 @@ impl Ledger {
                 }
                 if opted.exists([c.phone]).map_err(sql)? {
                     answers.push(Admission::OptedOut);
+                    continue;
+                }
+                if same_campaign_elsewhere
+                    .exists(params![c.phone, me, sender.campaign])
+                    .map_err(sql)?
+                {
+                    answers.push(Admission::MessagedElsewhere);
                     continue;
                 }
                 if let Some((max, per)) = limits.cap {

@@ -312,6 +312,13 @@ impl RunLedger {
             verdicts[*i] = Some(match answer {
                 Admission::Admitted => Verdict::Send,
                 Admission::OptedOut => Verdict::Suppress(opted_out(path.as_deref())),
+                Admission::MessagedElsewhere => Verdict::Suppress(Suppression {
+                    code: ProblemCode::AlreadyMessaged,
+                    details: format!(
+                        "the ledger shows campaign {:?} already messaged this phone from another state file",
+                        self.sender.campaign
+                    ),
+                }),
                 Admission::Capped { messages } => Verdict::Suppress(Suppression {
                     code: ProblemCode::FrequencyCap,
                     details: format!(

@@ -188,6 +188,10 @@ pub enum ProblemCode {
     /// Over the `[audience]` cap of messages per phone at claim time:
     /// `suppressed` (`retry --suppressed --codes frequency_cap` reconsiders).
     FrequencyCap,
+    /// The ledger shows this campaign already messaged the phone from
+    /// another state file (a copied state, a second one beside it):
+    /// `suppressed`, so nobody gets the campaign twice.
+    AlreadyMessaged,
 }
 
 impl ProblemCode {
@@ -202,6 +206,7 @@ impl ProblemCode {
             ProblemCode::OptedOut => "opted_out",
             ProblemCode::Excluded => "excluded",
             ProblemCode::FrequencyCap => "frequency_cap",
+            ProblemCode::AlreadyMessaged => "already_messaged",
         }
     }
 
@@ -209,9 +214,10 @@ impl ProblemCode {
     /// choice not to send, not a fault in the row.
     pub fn state(self) -> RecipientState {
         match self {
-            ProblemCode::OptedOut | ProblemCode::Excluded | ProblemCode::FrequencyCap => {
-                RecipientState::Suppressed
-            }
+            ProblemCode::OptedOut
+            | ProblemCode::Excluded
+            | ProblemCode::FrequencyCap
+            | ProblemCode::AlreadyMessaged => RecipientState::Suppressed,
             ProblemCode::Duplicate => RecipientState::Duplicate,
             _ => RecipientState::Invalid,
         }

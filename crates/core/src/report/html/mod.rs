@@ -162,6 +162,9 @@ pub fn error_meaning(code: &str) -> Option<&'static str> {
         "frequency_cap" => {
             "Over the [audience] cap of messages per phone when its turn came (`retry --suppressed --codes frequency_cap` reconsiders it)."
         }
+        "already_messaged" => {
+            "This campaign already messaged this phone from another state file (a copied state, or a second one): not sent again."
+        }
         "earlier_attempt" => {
             "The ledger shows this campaign may already have messaged this phone from another state: not sent again."
         }
