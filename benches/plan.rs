@@ -43,31 +43,6 @@ fn plan_measured(n: usize) -> (Planned, CampaignDir) {
     (measure(&dir), dir)
 }
 
-/// Opt-outs and another campaign's messages, as a busy account's ledger holds.
-fn fill_ledger(path: &Path) {
-    use convers8_campaign::ledger::{Ledger, LedgerEntry, LedgerState};
-    use convers8_campaign::phone::E164;
-    let mut ledger = Ledger::open(path).expect("the bench ledger opens");
-    let phone = |i: usize| format!("+2547{:08}", 30_000_000 + i);
-    let opted: Vec<E164> = (0..10_000)
-        .map(|i| E164::parse(&phone(i), None).expect("a valid phone"))
-        .collect();
-    ledger.add_opt_outs(&opted, "bench").expect("opt-outs");
-    let at = chrono::Utc::now() - chrono::Duration::hours(1);
-    let messages: Vec<LedgerEntry> = (0..100_000)
-        .map(|i| LedgerEntry {
-            phone: phone(i),
-            campaign: "another campaign".into(),
-            state_file: "/elsewhere/another.state.db".into(),
-            row: i as u64 + 1,
-            at,
-            state: LedgerState::Sent,
-            message_id: Some(format!("m{i}")),
-        })
-        .collect();
-    ledger.record(&messages).expect("messages");
-}
-
 /// Plans the campaign in `dir` once, measuring wall time and peak RSS.
 fn measure(dir: &CampaignDir) -> Planned {
     let toml = dir.toml();

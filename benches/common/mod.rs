@@ -282,6 +282,31 @@ impl CampaignDir {
     }
 }
 
+/// Opt-outs and another campaign's messages, as a busy account's ledger holds.
+pub fn fill_ledger(path: &Path) {
+    use convers8_campaign::ledger::{Ledger, LedgerEntry, LedgerState};
+    use convers8_campaign::phone::E164;
+    let mut ledger = Ledger::open(path).expect("the bench ledger opens");
+    let phone = |i: usize| format!("+2547{:08}", 30_000_000 + i);
+    let opted: Vec<E164> = (0..10_000)
+        .map(|i| E164::parse(&phone(i), None).expect("a valid phone"))
+        .collect();
+    ledger.add_opt_outs(&opted, "bench").expect("opt-outs");
+    let at = chrono::Utc::now() - chrono::Duration::hours(1);
+    let messages: Vec<LedgerEntry> = (0..100_000)
+        .map(|i| LedgerEntry {
+            phone: phone(i),
+            campaign: "another campaign".into(),
+            state_file: "/elsewhere/another.state.db".into(),
+            row: i as u64 + 1,
+            at,
+            state: LedgerState::Sent,
+            message_id: Some(format!("m{i}")),
+        })
+        .collect();
+    ledger.record(&messages).expect("messages");
+}
+
 /// `convers8-campaign ARGS` aimed at `sandbox` (or at nothing), quiet.
 pub fn command(sandbox: Option<&SandboxProcess>, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin());

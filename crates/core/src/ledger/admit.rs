@@ -111,10 +111,18 @@ impl Ledger {
         let mut answers = Vec::with_capacity(candidates.len());
         let me = sender_id(&tx, &sender.campaign, &sender.state_file).map_err(sql)?;
         settle_in(&tx, me, settle_first).map_err(sql)?;
+        // One lookup for the whole claim, not one per row.
+        let opted_out = opted_out_among(&tx, candidates).map_err(sql)?;
+        // Only a campaign run from more than one state file can have
+        // messaged a phone from another one: most claims skip that check.
+        let other_states: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM senders WHERE campaign = ?1 AND id <> ?2)",
+                params![sender.campaign, me],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
         {
-            let mut opted = tx
-                .prepare_cached("SELECT 1 FROM opt_outs WHERE phone = ?1")
-                .map_err(sql)?;
             // The row's own entry is the same message tried again, not another one.
             let mut to_phone = tx
                 .prepare_cached(
@@ -154,13 +162,14 @@ impl Ledger {
                     answers.push(Admission::Held);
                     continue;
                 }
-                if opted.exists([c.phone]).map_err(sql)? {
+                if opted_out.contains(c.phone) {
                     answers.push(Admission::OptedOut);
                     continue;
                 }
-                if same_campaign_elsewhere
-                    .exists(params![c.phone, me, sender.campaign])
-                    .map_err(sql)?
+                if other_states
+                    && same_campaign_elsewhere
+                        .exists(params![c.phone, me, sender.campaign])
+                        .map_err(sql)?
                 {
                     answers.push(Admission::MessagedElsewhere);
                     continue;
@@ -272,6 +281,23 @@ impl Ledger {
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&Utc) + chrono::Duration::hours(24)))
     }
+}
+
+/// Which of the candidates' phones are on the opt-out list, in one query.
+fn opted_out_among(
+    tx: &rusqlite::Connection,
+    candidates: &[Candidate<'_>],
+) -> rusqlite::Result<std::collections::HashSet<String>> {
+    if candidates.is_empty() {
+        return Ok(Default::default());
+    }
+    let phones = serde_json::to_string(&candidates.iter().map(|c| c.phone).collect::<Vec<_>>())
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT o.phone FROM json_each(?1) j JOIN opt_outs o ON o.phone = j.value",
+    )?;
+    let rows = stmt.query_map([phones], |r| r.get::<_, String>(0))?;
+    rows.collect()
 }
 
 /// Settles reserved messages of sender `me` inside the caller's write transaction.
