@@ -98,49 +98,33 @@ impl Ledger {
         limits: &Limits,
         now: DateTime<Utc>,
     ) -> Result<Vec<Admission>, LedgerError> {
-        let path = self.path.display().to_string();
-        let sql = |source| LedgerError::Sql {
-            path: path.clone(),
-            operation: "reserving messages",
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let mut answers = Vec::with_capacity(candidates.len());
-        let me = sender_id(&tx, &sender.campaign, &sender.state_file).map_err(sql)?;
-        settle_in(&tx, me, settle_first).map_err(sql)?;
-        // One lookup for the whole claim, not one per row.
-        let opted_out = opted_out_among(&tx, candidates).map_err(sql)?;
-        // Only a campaign run from more than one state file can have
-        // messaged a phone from another one: most claims skip that check.
-        let other_states: bool = tx
-            .query_row(
+        self.write("reserving messages", |tx| {
+            let mut answers = Vec::with_capacity(candidates.len());
+            let me = sender_id(tx, &sender.campaign, &sender.state_file)?;
+            settle_in(tx, me, settle_first)?;
+            // One lookup for the whole claim, not one per row.
+            let opted_out = opted_out_among(tx, candidates)?;
+            // Only a campaign run from more than one state file can have
+            // messaged a phone from another one: most claims skip that check.
+            let other_states: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM senders WHERE campaign = ?1 AND id <> ?2)",
                 params![sender.campaign, me],
                 |r| r.get(0),
-            )
-            .map_err(sql)?;
-        {
-            // The row's own entry is the same message tried again, not another one.
-            let mut to_phone = tx
-                .prepare_cached(
+            )?;
+            {
+                // The row's own entry is the same message tried again, not another one.
+                let mut to_phone = tx.prepare_cached(
                     "SELECT count(*) FROM messages
                      WHERE phone = ?1 AND at >= ?2 AND sender <> ?3",
-                )
-                .map_err(sql)?;
-            let mut same_campaign_elsewhere = tx
-                .prepare_cached(
+                )?;
+                let mut same_campaign_elsewhere = tx.prepare_cached(
                     "SELECT 1 FROM messages m JOIN senders s ON s.id = m.sender
                      WHERE m.phone = ?1 AND m.sender <> ?2 AND s.campaign = ?3 LIMIT 1",
-                )
-                .map_err(sql)?;
-            let mut seen_today = tx
-                .prepare_cached("SELECT 1 FROM messages WHERE phone = ?1 AND at >= ?2 LIMIT 1")
-                .map_err(sql)?;
-            let mut reserve = tx
-                .prepare_cached(
+                )?;
+                let mut seen_today = tx.prepare_cached(
+                    "SELECT 1 FROM messages WHERE phone = ?1 AND at >= ?2 LIMIT 1",
+                )?;
+                let mut reserve = tx.prepare_cached(
                     "INSERT INTO messages (phone, sender, row, at, state)
                      VALUES (?1, ?2, ?3, ?4, 'sending')
                      ON CONFLICT(phone, sender) DO UPDATE SET
@@ -150,63 +134,57 @@ impl Ledger {
                                           THEN messages.prior_state ELSE messages.state END,
                        prior_at = CASE WHEN messages.state = 'sending'
                                        THEN messages.prior_at ELSE messages.at END",
-                )
-                .map_err(sql)?;
-            let at = timestamp(now);
-            let day = timestamp(day_before(now));
-            // Read once per claim, then counted up as this claim admits.
-            let mut unique_today: Option<u64> = None;
-            let mut held = false;
-            for c in candidates {
-                if held {
-                    answers.push(Admission::Held);
-                    continue;
-                }
-                if opted_out.contains(c.phone) {
-                    answers.push(Admission::OptedOut);
-                    continue;
-                }
-                if other_states
-                    && same_campaign_elsewhere
-                        .exists(params![c.phone, me, sender.campaign])
-                        .map_err(sql)?
-                {
-                    answers.push(Admission::MessagedElsewhere);
-                    continue;
-                }
-                if let Some((max, per)) = limits.cap {
-                    let since = timestamp(now - per);
-                    let messages: i64 = to_phone
-                        .query_row(params![c.phone, since, me], |r| r.get(0))
-                        .map_err(sql)?;
-                    let messages = messages.max(0) as u64;
-                    if messages >= u64::from(max) {
-                        answers.push(Admission::Capped { messages });
-                        continue;
-                    }
-                }
-                if let Some(daily) = limits.daily
-                    && !seen_today.exists(params![c.phone, day]).map_err(sql)?
-                {
-                    let used = match unique_today {
-                        Some(n) => n,
-                        None => unique_since(&tx, &day).map_err(sql)?,
-                    };
-                    if used >= u64::from(daily) {
-                        held = true;
+                )?;
+                let at = timestamp(now);
+                let day = timestamp(day_before(now));
+                // Read once per claim, then counted up as this claim admits.
+                let mut unique_today: Option<u64> = None;
+                let mut held = false;
+                for c in candidates {
+                    if held {
                         answers.push(Admission::Held);
                         continue;
                     }
-                    unique_today = Some(used + 1);
+                    if opted_out.contains(c.phone) {
+                        answers.push(Admission::OptedOut);
+                        continue;
+                    }
+                    if other_states
+                        && same_campaign_elsewhere.exists(params![c.phone, me, sender.campaign])?
+                    {
+                        answers.push(Admission::MessagedElsewhere);
+                        continue;
+                    }
+                    if let Some((max, per)) = limits.cap {
+                        let since = timestamp(now - per);
+                        let messages: i64 =
+                            to_phone.query_row(params![c.phone, since, me], |r| r.get(0))?;
+                        let messages = messages.max(0) as u64;
+                        if messages >= u64::from(max) {
+                            answers.push(Admission::Capped { messages });
+                            continue;
+                        }
+                    }
+                    if let Some(daily) = limits.daily
+                        && !seen_today.exists(params![c.phone, day])?
+                    {
+                        let used = match unique_today {
+                            Some(n) => n,
+                            None => unique_since(tx, &day)?,
+                        };
+                        if used >= u64::from(daily) {
+                            held = true;
+                            answers.push(Admission::Held);
+                            continue;
+                        }
+                        unique_today = Some(used + 1);
+                    }
+                    reserve.execute(params![c.phone, me, c.row as i64, at])?;
+                    answers.push(Admission::Admitted);
                 }
-                reserve
-                    .execute(params![c.phone, me, c.row as i64, at])
-                    .map_err(sql)?;
-                answers.push(Admission::Admitted);
             }
-        }
-        tx.commit().map_err(sql)?;
-        Ok(answers)
+            Ok(answers)
+        })
     }
 
     /// Settles reserved messages in one transaction.
@@ -218,19 +196,11 @@ impl Ledger {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let path = self.path.display().to_string();
-        let sql = |source| LedgerError::Sql {
-            path: path.clone(),
-            operation: "recording messages",
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let me = sender_id(&tx, &sender.campaign, &sender.state_file).map_err(sql)?;
-        settle_in(&tx, me, outcomes).map_err(sql)?;
-        tx.commit().map_err(sql)
+        self.write("recording messages", |tx| {
+            let me = sender_id(tx, &sender.campaign, &sender.state_file)?;
+            settle_in(tx, me, outcomes)?;
+            Ok(())
+        })
     }
 
     /// Phones and rows `sender` reserved and did not settle: what a run of

@@ -214,6 +214,28 @@ impl Ledger {
         &self.path
     }
 
+    /// Runs `write` in one IMMEDIATE transaction, committed when it returns
+    /// `Ok`: the write lock is taken up front, so two runs writing at once
+    /// wait on the busy timeout instead of failing to upgrade a read. An
+    /// error names the ledger and `operation`.
+    fn write<T>(
+        &mut self,
+        operation: &'static str,
+        write: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, LedgerError> {
+        let run = |conn: &mut Connection| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = write(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        };
+        run(&mut self.conn).map_err(|source| LedgerError::Sql {
+            path: self.path.display().to_string(),
+            operation,
+            source,
+        })
+    }
+
     fn sql(&self, operation: &'static str, source: rusqlite::Error) -> LedgerError {
         LedgerError::Sql {
             path: self.path.display().to_string(),
@@ -229,54 +251,40 @@ impl Ledger {
         if entries.is_empty() {
             return Ok(());
         }
-        let path = self.path.display().to_string();
-        let sql = |source| LedgerError::Sql {
-            path: path.clone(),
-            operation: "recording messages",
-            source,
-        };
-        // IMMEDIATE: take the write lock up front, so two runs committing at
-        // once wait on the busy timeout instead of failing to upgrade a read.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        {
-            let mut insert = tx
-                .prepare_cached(
+        self.write("recording messages", |tx| {
+            {
+                let mut insert = tx.prepare_cached(
                     "INSERT INTO messages (phone, sender, row, at, state, message_id)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT(phone, sender) DO UPDATE SET
                        row = excluded.row, at = excluded.at,
                        state = excluded.state, message_id = excluded.message_id,
                        prior_state = NULL, prior_at = NULL",
-                )
-                .map_err(sql)?;
-            let mut senders = std::collections::HashMap::new();
-            for e in entries {
-                let key = (e.campaign.as_str(), e.state_file.as_str());
-                let sender = match senders.get(&key) {
-                    Some(id) => *id,
-                    None => {
-                        let id = admit::sender_id(&tx, e.campaign.as_str(), e.state_file.as_str())
-                            .map_err(sql)?;
-                        senders.insert(key, id);
-                        id
-                    }
-                };
-                insert
-                    .execute(params![
+                )?;
+                let mut senders = std::collections::HashMap::new();
+                for e in entries {
+                    let key = (e.campaign.as_str(), e.state_file.as_str());
+                    let sender = match senders.get(&key) {
+                        Some(id) => *id,
+                        None => {
+                            let id =
+                                admit::sender_id(tx, e.campaign.as_str(), e.state_file.as_str())?;
+                            senders.insert(key, id);
+                            id
+                        }
+                    };
+                    insert.execute(params![
                         e.phone,
                         sender,
                         e.row as i64,
                         timestamp(e.at),
                         e.state.as_str(),
                         e.message_id,
-                    ])
-                    .map_err(sql)?;
+                    ])?;
+                }
             }
-        }
-        tx.commit().map_err(sql)
+            Ok(())
+        })
     }
 
     /// Every message on record, oldest first (tests, debugging; a real
@@ -382,33 +390,20 @@ impl Ledger {
     /// Puts phones on the opt-out list in one transaction; returns how many
     /// were not on it yet (one already there keeps its first date and source).
     pub fn add_opt_outs(&mut self, phones: &[E164], source: &str) -> Result<u64, LedgerError> {
-        let path = self.path.display().to_string();
-        let sql = |source| LedgerError::Sql {
-            path: path.clone(),
-            operation: "adding opt-outs",
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let mut added = 0;
-        {
-            let now = timestamp(Utc::now());
-            let mut insert = tx
-                .prepare_cached(
+        self.write("adding opt-outs", |tx| {
+            let mut added = 0;
+            {
+                let now = timestamp(Utc::now());
+                let mut insert = tx.prepare_cached(
                     "INSERT INTO opt_outs (phone, added_at, source) VALUES (?1, ?2, ?3)
                      ON CONFLICT(phone) DO NOTHING",
-                )
-                .map_err(sql)?;
-            for phone in phones {
-                added += insert
-                    .execute(params![phone.as_str(), now, source])
-                    .map_err(sql)? as u64;
+                )?;
+                for phone in phones {
+                    added += insert.execute(params![phone.as_str(), now, source])? as u64;
+                }
             }
-        }
-        tx.commit().map_err(sql)?;
-        Ok(added)
+            Ok(added)
+        })
     }
 
     /// Takes a phone off the opt-out list; whether it was on it.
