@@ -1152,6 +1152,55 @@ text = "Hi {{name}}"
     }
 
     #[test]
+    fn audience_reads_a_cap_and_names_what_is_wrong_with_one() {
+        let c = load(&format!(
+            "{MINIMAL}[audience]\nmax_messages = 2\nper = \"7d\"\n"
+        ))
+        .unwrap();
+        let a = c.audience.expect("audience");
+        assert_eq!((a.max_messages, a.per), (2, chrono::Duration::days(7)));
+        assert_eq!(
+            load(&format!(
+                "{MINIMAL}[audience]\nmax_messages = 1\nper = \"36h\"\n"
+            ))
+            .unwrap()
+            .audience
+            .map(|a| a.per),
+            Some(chrono::Duration::hours(36))
+        );
+        for (body, expected) in [
+            (
+                "max_messages = 0\nper = \"7d\"",
+                "`max_messages` in [audience] must be between 1",
+            ),
+            (
+                "max_messages = 2\nper = \"1 week\"",
+                "`per` in [audience] must be a period",
+            ),
+            (
+                "max_messages = 2\nper = \"0d\"",
+                "`per` in [audience] must be a period",
+            ),
+            ("max_messages = 2\nper = \"400d\"", "at most 366 days"),
+            ("per = \"7d\"", "missing key `max_messages` in [audience]"),
+            ("max_messages = 2", "missing key `per` in [audience]"),
+            (
+                "max_messages = 2\nper = \"7d\"\nmax = 1",
+                "unknown key `max`",
+            ),
+        ] {
+            let e = err(&format!("{MINIMAL}[audience]\n{body}\n"));
+            assert!(e.starts_with("campaigns/x/campaign.toml:"), "{e}");
+            assert!(e.contains(expected), "{body}: {e}");
+        }
+        // The cap counts the ledger's messages: no ledger, no cap.
+        let e = err(&format!(
+            "ledger = false\n{MINIMAL}[audience]\nmax_messages = 2\nper = \"7d\"\n"
+        ));
+        assert!(e.contains("remove `ledger = false`"), "{e}");
+    }
+
+    #[test]
     fn defaults() {
         let c = load(MINIMAL).unwrap();
         assert_eq!(c.name, "x");
