@@ -14,6 +14,7 @@ use convers8_campaign::campaign::Campaign;
 use convers8_campaign::engine::progress::Callback;
 use convers8_campaign::engine::{self, RunEnd, RunOptions, Snapshot, Stop};
 use convers8_campaign::sandbox::{Sandbox, SandboxConfig};
+use convers8_campaign::state::StateLocation;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -24,8 +25,11 @@ async fn main() -> anyhow::Result<()> {
     // A throwaway state file: rerunning the example starts over.
     let dir = tempfile::tempdir()?;
     let api = ClientConfig::new(sandbox.base_url(), key);
-    let options =
-        RunOptions::from_campaign(&campaign, dir.path().join("example.state.db"), Some(api));
+    let options = RunOptions::from_campaign(
+        &campaign,
+        StateLocation::File(dir.path().join("example.state.db")),
+        Some(api),
+    );
 
     // Called a few times a second; print only when something changed.
     let last = AtomicU64::new(u64::MAX);

@@ -5,6 +5,7 @@
 
 mod common;
 
+use convers8_campaign::state::StateLocation;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -355,7 +356,8 @@ fn the_account_daily_limit_follows_the_runs_clock() {
     let api = ClientConfig::new(sandbox.base_url(), ApiKey::new(KEY, "test").expect("key"));
     let start: DateTime<Utc> = "2026-03-01T10:00:00Z".parse().expect("instant");
     let clock = std::sync::Arc::new(ManualClock::new(start));
-    let mut options = RunOptions::from_campaign(&campaign, dir.state(), Some(api));
+    let mut options =
+        RunOptions::from_campaign(&campaign, StateLocation::File(dir.state()), Some(api));
     options.clock = clock.clone();
     options.ledger = LedgerUse::Record(ledger.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()

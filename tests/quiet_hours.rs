@@ -10,6 +10,7 @@
 
 mod common;
 
+use convers8_campaign::state::StateLocation;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -98,7 +99,8 @@ fn each_recipient_gets_the_message_inside_their_own_hours() {
     let campaign = Campaign::load(&dir.toml()).expect("campaign");
     let api = ClientConfig::new(sandbox.base_url(), ApiKey::new(KEY, "test").expect("key"));
     let clock = Arc::new(ManualClock::new(utc("2026-11-26T08:00:00Z")));
-    let mut options = RunOptions::from_campaign(&campaign, dir.state(), Some(api));
+    let mut options =
+        RunOptions::from_campaign(&campaign, StateLocation::File(dir.state()), Some(api));
     options.clock = clock.clone();
     let rt = runtime();
     let run = || {
@@ -153,7 +155,8 @@ fn at_the_hour_dakar_closes_only_honolulu_is_sent() {
     let dir = CampaignDir::new(&campaign_toml(true), &csv());
     let campaign = Campaign::load(&dir.toml()).expect("campaign");
     let api = ClientConfig::new(sandbox.base_url(), ApiKey::new(KEY, "test").expect("key"));
-    let mut options = RunOptions::from_campaign(&campaign, dir.state(), Some(api));
+    let mut options =
+        RunOptions::from_campaign(&campaign, StateLocation::File(dir.state()), Some(api));
     // 20:00 UTC: Dakar's window has just closed (its end is exclusive),
     // Nairobi, Port Louis and Tokyo are at night; Honolulu is at 10:00.
     options.clock = Arc::new(ManualClock::new(utc("2026-11-26T20:00:00Z")));
@@ -303,7 +306,8 @@ fn rows_claimed_before_their_zone_closes_are_not_sent_after_it() {
     let api = ClientConfig::new(sandbox.base_url(), ApiKey::new(KEY, "test").expect("key"));
     // 19:59 in Nairobi: open for one more minute.
     let clock = Arc::new(ManualClock::new(utc("2026-11-26T16:59:00Z")));
-    let mut options = RunOptions::from_campaign(&campaign, dir.state(), Some(api));
+    let mut options =
+        RunOptions::from_campaign(&campaign, StateLocation::File(dir.state()), Some(api));
     options.clock = clock.clone();
     let rt = runtime();
     let run = rt.spawn(async move { engine::run(&campaign, &options, &Silent, Stop::new()).await });

@@ -8,6 +8,7 @@
 
 mod common;
 
+use convers8_campaign::state::StateLocation;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,8 @@ fn options(
 ) -> (Campaign, RunOptions) {
     let campaign = Campaign::load(&dir.toml()).expect("campaign");
     let api = ClientConfig::new(sandbox.base_url(), ApiKey::new(KEY, "test").expect("key"));
-    let mut options = RunOptions::from_campaign(&campaign, dir.state(), Some(api));
+    let mut options =
+        RunOptions::from_campaign(&campaign, StateLocation::File(dir.state()), Some(api));
     options.clock = clock;
     (campaign, options)
 }

@@ -24,28 +24,122 @@ pub struct CampaignArgs {
     #[arg(value_name = "CAMPAIGN")]
     pub campaign: PathBuf,
 
-    /// The state file [default: <campaign file stem>.state.db beside the campaign].
-    #[arg(long, value_name = "PATH")]
-    pub state: Option<PathBuf>,
+    /// The state: a file, or a postgres:// URL of a database shared by
+    /// every runner [default: $CONVERS8_STATE_URL, else [state] url, else
+    /// <campaign file stem>.state.db beside the campaign].
+    #[arg(long, value_name = "PATH|URL")]
+    pub state: Option<String>,
 }
+
+/// The state's URL when `--state` is not given (it holds the password, if
+/// any, so it belongs in the environment rather than the campaign file).
+pub const STATE_URL_ENV: &str = "CONVERS8_STATE_URL";
+
+/// A campaign's state in a database is kept apart from its `--sandbox`
+/// rehearsals by this suffix on the campaign's name.
+const SANDBOX_CAMPAIGN_SUFFIX: &str = " (sandbox)";
 
 impl CampaignArgs {
     pub fn load(&self) -> anyhow::Result<Campaign> {
         Ok(Campaign::load(&self.campaign)?)
     }
 
-    pub fn state_path(&self) -> PathBuf {
-        self.state
-            .clone()
-            .unwrap_or_else(|| state::default_state_path(&self.campaign))
+    /// `--state` or `$CONVERS8_STATE_URL`, as given.
+    fn given_state(&self) -> Option<String> {
+        self.state.clone().or_else(|| {
+            std::env::var(STATE_URL_ENV)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        })
+    }
+
+    /// The default state file beside the campaign (a `--sandbox`
+    /// rehearsal's own when `sandbox` is set).
+    fn default_file(&self, sandbox: bool) -> PathBuf {
+        let path = state::default_state_path(&self.campaign);
+        if sandbox {
+            sandbox_state_path(&path)
+        } else {
+            path
+        }
+    }
+
+    /// The state as the operator named it, or the default file, without
+    /// reading the campaign (for messages when the campaign cannot be read).
+    pub fn state_shown(&self, sandbox: bool) -> String {
+        match self.given_state() {
+            Some(text) if state::location::is_postgres_url(&text) => {
+                state::PgTarget::new(&text, "").shown().to_owned()
+            }
+            Some(text) => text,
+            None => self.default_file(sandbox).display().to_string(),
+        }
+    }
+
+    /// Where the campaign's state is: `--state`, else `$CONVERS8_STATE_URL`,
+    /// else the campaign's `[state] url`, else the file beside the campaign.
+    /// `campaign` is the loaded campaign when the caller has it; a database
+    /// needs its name (one database holds many campaigns).
+    pub fn location(
+        &self,
+        campaign: Option<&Campaign>,
+        sandbox: bool,
+    ) -> anyhow::Result<state::StateLocation> {
+        let loaded;
+        let campaign = match campaign {
+            Some(c) => Some(c),
+            // Only a database needs the campaign; a file state is read even
+            // when the campaign file is gone.
+            None if self.campaign.exists() => match self.load() {
+                Ok(c) => {
+                    loaded = c;
+                    Some(&loaded)
+                }
+                Err(_)
+                    if self
+                        .given_state()
+                        .is_some_and(|t| !state::location::is_postgres_url(&t)) =>
+                {
+                    None
+                }
+                Err(e) if self.given_state().is_some() => return Err(e),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let text = self
+            .given_state()
+            .or_else(|| campaign.and_then(|c| c.state.url.clone()));
+        match text {
+            Some(text) if state::location::is_postgres_url(&text) => {
+                let campaign = match campaign {
+                    Some(c) => c,
+                    None => anyhow::bail!(
+                        "no campaign file at {}: a PostgreSQL state holds many campaigns, and the campaign file names this one",
+                        self.campaign.display()
+                    ),
+                };
+                let mut name = campaign.name.clone();
+                if sandbox {
+                    name.push_str(SANDBOX_CAMPAIGN_SUFFIX);
+                }
+                let location = state::StateLocation::parse(&text, &name);
+                Ok(match campaign.state.lease {
+                    Some(lease) => location.with_lease(lease),
+                    None => location,
+                })
+            }
+            Some(text) => Ok(state::StateLocation::File(PathBuf::from(text))),
+            None => Ok(state::StateLocation::File(self.default_file(sandbox))),
+        }
     }
 
     /// The state file, a `--sandbox` rehearsal's when `sandbox` is set:
-    /// `--state` when given, else beside the campaign.
-    pub fn state_path_for(&self, sandbox: bool) -> PathBuf {
-        match (&self.state, sandbox) {
-            (None, true) => sandbox_state_path(&self.state_path()),
-            _ => self.state_path(),
+    /// `--state` when given, else beside the campaign. `None` for a database.
+    pub fn state_path_for(&self, sandbox: bool) -> Option<PathBuf> {
+        match self.location(None, sandbox) {
+            Ok(state::StateLocation::File(path)) => Some(path),
+            _ => None,
         }
     }
 
@@ -53,8 +147,8 @@ impl CampaignArgs {
     /// When neither the state nor the campaign file exists, the campaign
     /// path is the likelier typo, so the error names it.
     pub fn open_state(&self, sandbox: bool) -> anyhow::Result<Box<dyn state::StateRead>> {
-        let path = self.state_path_for(sandbox);
-        match state::open_for_reading(&path) {
+        let location = self.location(None, sandbox)?;
+        match state::open_for_reading(&location) {
             Err(state::StateError::Missing { .. })
                 if self.state.is_none() && !self.campaign.exists() =>
             {
@@ -218,10 +312,16 @@ fn read_stdin_key() -> anyhow::Result<ApiKey> {
 
 /// The command a user types to run `subcommand` on the campaign again (for
 /// "to continue:" and other hints), named as this program was invoked.
-pub fn rerun_command(subcommand: &str, campaign: &Path, state: Option<&Path>) -> String {
+pub fn rerun_command(subcommand: &str, campaign: &Path, state: Option<&str>) -> String {
     let mut cmd = format!("{} {subcommand} {}", program(), shell_quote(campaign));
     if let Some(state) = state {
-        cmd.push_str(&format!(" --state {}", shell_quote(state)));
+        // A URL's password never goes into a hint (or a log that keeps it).
+        let shown = if state::location::is_postgres_url(state) {
+            state::PgTarget::new(state, "").shown().to_owned()
+        } else {
+            state.to_owned()
+        };
+        cmd.push_str(&format!(" --state {}", shell_quote(Path::new(&shown))));
     }
     cmd
 }
@@ -386,12 +486,20 @@ pub fn shell_quote(path: &Path) -> String {
 pub fn ledger_use(
     campaign: &Campaign,
     sandbox: bool,
-    state_path: &Path,
+    state: &state::StateLocation,
 ) -> anyhow::Result<convers8_campaign::engine::LedgerUse> {
     use convers8_campaign::engine::LedgerUse;
     use convers8_campaign::ledger::{LedgerError, location};
     let path = if sandbox {
-        Some(location::for_sandbox_state(state_path))
+        // A rehearsal with its state in a database keeps its ledger beside
+        // the campaign, where a file state's would be.
+        let beside = match state {
+            state::StateLocation::File(path) => path.clone(),
+            state::StateLocation::Postgres(_) => {
+                sandbox_state_path(&state::default_state_path(&campaign.file))
+            }
+        };
+        Some(location::for_sandbox_state(&beside))
     } else {
         location::for_campaign(campaign.ledger.path.as_deref())
     };
@@ -538,13 +646,25 @@ mod tests {
         };
         assert_eq!(
             args.state_path_for(true),
-            PathBuf::from("c/bf.sandbox.state.db")
+            Some(PathBuf::from("c/bf.sandbox.state.db"))
         );
-        assert_eq!(args.state_path_for(false), PathBuf::from("c/bf.state.db"));
+        assert_eq!(
+            args.state_path_for(false),
+            Some(PathBuf::from("c/bf.state.db"))
+        );
         let args = CampaignArgs {
-            state: Some(PathBuf::from("mine.db")),
+            state: Some("mine.db".to_owned()),
             ..args
         };
-        assert_eq!(args.state_path_for(true), PathBuf::from("mine.db"));
+        assert_eq!(args.state_path_for(true), Some(PathBuf::from("mine.db")));
+        let args = CampaignArgs {
+            state: Some("postgres://app:s3cret@db/c".to_owned()),
+            ..args
+        };
+        assert_eq!(args.state_path_for(false), None, "a database has no file");
+        assert_eq!(args.state_shown(false), "postgres://app@db/c");
+        assert!(
+            !rerun_command("run", Path::new("c/bf.toml"), args.state.as_deref()).contains("s3cret")
+        );
     }
 }

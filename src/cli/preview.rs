@@ -59,11 +59,20 @@ pub struct PreviewArgs {
 
 pub async fn run(args: PreviewArgs) -> anyhow::Result<ExitCode> {
     let campaign = args.campaign.load()?;
-    let state_path = args.campaign.state_path();
+    let location = args.campaign.location(Some(&campaign), false)?;
+    // A campaign in a database is previewed from the database once planned.
+    let planned = match &location {
+        state::StateLocation::File(path) => path.exists(),
+        state::StateLocation::Postgres(_) => match state::open_for_reading(&location) {
+            Ok(_) => true,
+            Err(state::StateError::NoCampaign { .. }) => false,
+            Err(e) => return Err(e.into()),
+        },
+    };
     // Held so a scratch plan's directory lives until the preview is printed.
     let scratch;
-    let (db, kind, source, changed) = if state_path.exists() {
-        let db = state::open_for_reading(&state_path)?;
+    let (db, kind, source, changed) = if planned {
+        let db = state::open_for_reading(&location)?;
         let changed = !matches!(
             plan::check_inputs(db.as_ref(), &campaign)?,
             InputCheck::Unchanged
@@ -72,10 +81,7 @@ pub async fn run(args: PreviewArgs) -> anyhow::Result<ExitCode> {
             .plan_info()?
             .and_then(|p| MessageKind::parse(&p.message_type))
             .unwrap_or(campaign.message.kind);
-        let source = format!(
-            "previewing from the state file {} (what a run will really send)",
-            state_path.display()
-        );
+        let source = format!("previewing from the state {location} (what a run will really send)");
         (db, kind, source, changed)
     } else {
         let suppressions = super::common::suppressions(&campaign)?;

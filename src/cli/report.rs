@@ -163,14 +163,15 @@ fn write_report(
 /// kept), the campaign file and its CSV. (The files the plan was made from
 /// are checked once the state is open.)
 fn protected_files(args: &CampaignArgs, sandbox: bool) -> Vec<(String, PathBuf)> {
-    let state = args.state_path_for(sandbox);
-    let mut files = vec![
-        ("the state file".to_owned(), state.clone()),
-        ("the campaign file".to_owned(), args.campaign.clone()),
-    ];
-    let mut bases = vec![state.clone()];
-    if let Ok(real) = std::fs::canonicalize(&state) {
-        bases.push(real);
+    let mut files = vec![("the campaign file".to_owned(), args.campaign.clone())];
+    let mut bases = Vec::new();
+    // A state in a database has no files here to protect.
+    if let Some(state) = args.state_path_for(sandbox) {
+        files.push(("the state file".to_owned(), state.clone()));
+        if let Ok(real) = std::fs::canonicalize(&state) {
+            bases.push(real);
+        }
+        bases.push(state);
     }
     for base in bases {
         for suffix in convers8_campaign::state::lock::COMPANION_SUFFIXES

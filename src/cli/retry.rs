@@ -92,14 +92,14 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
     if args.summary.json
         && let Err(err) = &result
     {
-        super::run::print_error_summary(&args.campaign.state_path(), err);
+        super::run::print_error_summary(&args.campaign.state_shown(false), err);
     }
     result
 }
 
 async fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
     let campaign = args.campaign.load()?;
-    let state_path = args.campaign.state_path();
+    let state_path = args.campaign.location(Some(&campaign), false)?;
     let codes: Vec<String> = args
         .codes
         .iter()
@@ -126,12 +126,12 @@ async fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
         InputCheck::Unchanged => {}
         InputCheck::NotPlanned => anyhow::bail!(
             "state file {} holds no plan: run the campaign first",
-            state_path.display()
+            state_path
         ),
         InputCheck::CsvChanged { .. } | InputCheck::MessageChanged { .. } => anyhow::bail!(
             "{} or its CSV changed since it was planned, so nothing can be sent from {}: `{}` explains what to do",
             args.campaign.campaign.display(),
-            state_path.display(),
+            state_path,
             rerun_command(
                 "run",
                 &args.campaign.campaign,
@@ -141,7 +141,7 @@ async fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
     }
     let n = db.count_for_retry(&selection)?;
     if n == 0 {
-        let message = format!("no {what} rows to retry in {}", state_path.display());
+        let message = format!("no {what} rows to retry in {}", state_path);
         if args.summary.json {
             let counts = db.counts()?;
             let summary = RunSummary {
@@ -153,7 +153,7 @@ async fn retry(args: &RetryArgs) -> anyhow::Result<ExitCode> {
                 this_run: ThisRun::default(),
                 window_opens_at: None,
                 next_daily_slot: None,
-                state: state_path.display().to_string(),
+                state: state_path.to_string(),
                 unfinished: counts.pending > 0,
                 resume: rerun_command(
                     "run",

@@ -3,7 +3,6 @@
 //! how the run ended (and, with `--fail-on`, what it left failed or
 //! uncertain) to the documented exit codes.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -97,6 +96,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_runtime: Option<Duration>,
 
+    /// With a PostgreSQL state: how long this runner's rows stay its own after
+    /// its last renewal (renewed every third of it) [default: [state] lease, else 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_lease)]
+    pub lease: Option<Duration>,
+
     /// Outside the send window, wait for it to open instead of exiting 75.
     #[arg(long)]
     pub wait: bool,
@@ -144,8 +148,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 90s, 50m or 2h"))
 }
 
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let lease = parse_duration(s)?;
+    let min = convers8_campaign::state::location::MIN_LEASE;
+    if lease < min {
+        return Err(format!(
+            "a lease of {s} is too short: at least {}s, or an ordinary pause of a busy machine loses it",
+            min.as_secs()
+        ));
+    }
+    Ok(lease)
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let state = args.campaign.state_path_for(args.sandbox);
+    let state = args.campaign.state_shown(args.sandbox);
     let result = async {
         let campaign = args.campaign.load()?;
         execute(
@@ -173,6 +189,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 options.add_new_recipients = args.add_new_recipients;
                 options.new_state_ok = args.new_state_ok;
                 options.max_runtime = args.max_runtime;
+                if let Some(lease) = args.lease {
+                    options.state = options.state.clone().with_lease(lease);
+                }
                 options.wait_for_window = args.wait;
             },
         )
@@ -199,7 +218,7 @@ pub(super) async fn execute(
     summary: &SummaryArgs,
     configure: impl FnOnce(&mut RunOptions),
 ) -> anyhow::Result<ExitCode> {
-    let state_path = campaign_args.state_path_for(use_sandbox);
+    let state_path = campaign_args.location(Some(campaign), use_sandbox)?;
     let mut sandbox = None;
     let api = if use_sandbox {
         let key = format!("sandbox-{:016x}", rand::random::<u64>());
@@ -303,7 +322,8 @@ pub fn end_code(end: &RunEnd) -> u8 {
             StopReason::Unauthorized(_)
             | StopReason::CertificateRejected(_)
             | StopReason::Breaker(_)
-            | StopReason::StateFailed(_),
+            | StopReason::StateFailed(_)
+            | StopReason::LeaseLost,
         ) => exit::ERROR,
     }
 }
@@ -349,6 +369,7 @@ pub fn describe_end(end: &RunEnd) -> (&'static str, String) {
         RunEnd::Stopped(StopReason::StateFailed(e)) => {
             format!("stopped: cannot write the state: {e}")
         }
+        RunEnd::Stopped(StopReason::LeaseLost) => "stopped: this runner lost its lease on the shared state (it could not renew it in time); its rows in flight are uncertain, and the other runners send the rest".to_owned(),
     };
     (end.code(), sentence)
 }
@@ -407,7 +428,7 @@ fn text_report(
             String::new()
         }
     ));
-    lines.push(format!("  state: {}", report.state_path.display()));
+    lines.push(format!("  state: {}", report.state));
     if unfinished(report) {
         lines.push(format!("  to continue: {resume}"));
     }
@@ -529,7 +550,7 @@ impl RunSummary {
                 RunEnd::DailyLimitReached { next_at } => next_at,
                 _ => None,
             },
-            state: report.state_path.display().to_string(),
+            state: report.state.to_string(),
             unfinished: unfinished(report),
             resume,
         }
@@ -539,13 +560,13 @@ impl RunSummary {
 /// `--json` when the run could not be carried out at all (a bad campaign
 /// file, the lock held, no key): still one object on stdout, so a script
 /// reading it always finds `end` and `exit_code`.
-pub fn print_error_summary(state: &Path, err: &anyhow::Error) {
+pub fn print_error_summary(state: &str, err: &anyhow::Error) {
     let code = super::exit_code_for(err);
     let value = serde_json::json!({
         "end": if code == exit::TRY_LATER { "lock_held" } else { "error" },
         "message": super::one_line(err),
         "exit_code": code,
-        "state": state.display().to_string(),
+        "state": state,
     });
     out!("{value}");
 }
@@ -570,7 +591,7 @@ mod tests {
             requests: 0,
             retries: 0,
             counts: Counts::default(),
-            state_path: "x.state.db".into(),
+            state: convers8_campaign::state::StateLocation::File("x.state.db".into()),
         }
     }
 

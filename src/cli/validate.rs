@@ -115,7 +115,9 @@ fn other_state_warning(campaign: &Campaign, file: &Path) -> anyhow::Result<Optio
     let Some(ledger) = Ledger::open_existing(&path)? else {
         return Ok(None);
     };
-    let here = convers8_campaign::engine::state_identity(&state);
+    let here = convers8_campaign::engine::state_identity(
+        &convers8_campaign::state::StateLocation::File(state.clone()),
+    );
     let others = ledger.other_state_files(&campaign.name, &here)?;
     Ok(others.first().map(|(other, count)| {
         format!(

@@ -171,6 +171,14 @@ struct RawFile {
     message: Option<RawMessage>,
     ledger: Option<RawLedger>,
     audience: Option<RawAudience>,
+    state: Option<RawState>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    url: Option<String>,
+    lease: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -458,6 +466,10 @@ impl Doc<'_> {
             Some(a) => Some(self.audience(a)?),
             None => None,
         };
+        let state = match raw.state {
+            Some(s) => self.state(s)?,
+            None => StateSpec::default(),
+        };
         if audience.is_some() && !ledger.enabled {
             return Err(self.invalid(
                 &[key("audience")],
@@ -479,8 +491,45 @@ impl Doc<'_> {
             message,
             ledger,
             audience,
+            state,
             file_sha256,
         })
+    }
+
+    fn state(&self, raw: RawState) -> Result<StateSpec, CampaignError> {
+        let url = match raw.url {
+            Some(url) if !crate::state::location::is_postgres_url(&url) => {
+                return Err(self.invalid(
+                    &[key("state"), key("url")],
+                    format!(
+                        "`url` in [state] must be a PostgreSQL URL such as \"postgres://app@db.example/campaigns\", found {url:?} (a state file is chosen with --state PATH)"
+                    ),
+                ));
+            }
+            Some(url) if crate::state::location::has_password(&url) => {
+                return Err(self.invalid(
+                    &[key("state"), key("url")],
+                    "`url` in [state] holds a password, and a campaign file is shared and committed: remove it from the URL and set the whole URL in CONVERS8_STATE_URL instead".into(),
+                ));
+            }
+            other => other.map(|u| u.trim().to_owned()),
+        };
+        let lease = match raw.lease {
+            None => None,
+            Some(text) => {
+                let lease = humantime_lease(&text).ok_or_else(|| {
+                    self.invalid(
+                        &[key("state"), key("lease")],
+                        format!(
+                            "`lease` in [state] must be a duration of at least {}s such as \"30s\" or \"2m\", found {text:?}",
+                            crate::state::location::MIN_LEASE.as_secs()
+                        ),
+                    )
+                })?;
+                Some(lease)
+            }
+        };
+        Ok(StateSpec { url, lease })
     }
 
     fn audience(&self, raw: RawAudience) -> Result<AudienceSpec, CampaignError> {
@@ -1060,6 +1109,20 @@ fn table_name(path: &[Seg]) -> String {
 
 /// A frequency cap's period: a whole number of hours (`"24h"`) or days
 /// (`"7d"`), up to a year. Months are left out on purpose: their length varies.
+/// A lease as written (`30s`, `2m`), when it is one and not too short.
+fn humantime_lease(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit.trim() {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        _ => return None,
+    };
+    let lease = std::time::Duration::from_secs(secs);
+    (lease >= crate::state::location::MIN_LEASE).then_some(lease)
+}
+
 fn parse_period(text: &str) -> Option<chrono::Duration> {
     let text = text.trim();
     let (number, unit) = text.split_at(text.len().checked_sub(1)?);

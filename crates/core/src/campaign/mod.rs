@@ -51,8 +51,20 @@ pub struct Campaign {
     pub ledger: LedgerSpec,
     /// `[audience]`: the frequency cap per phone, across campaigns.
     pub audience: Option<AudienceSpec>,
+    /// `[state]`: where the state lives when not in a file beside the campaign.
+    pub state: StateSpec,
     /// Lowercase hex SHA-256 of the campaign file's bytes.
     pub file_sha256: String,
+}
+
+/// `[state]`: a PostgreSQL database for the campaign's state, shared by
+/// every runner (`--state` and `CONVERS8_STATE_URL` override it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateSpec {
+    /// A `postgres://` URL without a password.
+    pub url: Option<String>,
+    /// How long a runner's claim outlives its last renewal.
+    pub lease: Option<std::time::Duration>,
 }
 
 /// `[recipients]`: where the CSV is and how to read it.

@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use super::pace::Pace;
 use super::retry::BackoffPolicy;
-use super::shutdown::Stop;
+use super::shutdown::{Stop, StopReason};
 use crate::api::{ApiError, Disposition};
+use crate::state::SendGate;
 
 /// How many `rate_limit_exceeded` answers one request may get before it is
 /// failed: generous, since the pace adapts, but finite so a server that only
@@ -43,6 +44,9 @@ pub struct CallPolicy<'a> {
     pub rate_limit_retries: u32,
     /// Heard before each request and during each wait.
     pub stop: &'a Stop,
+    /// Checked just before each request leaves, when other runners may take
+    /// this one's rows over: once it is shut, nothing more is sent.
+    pub gate: Option<&'a SendGate>,
 }
 
 impl<'a> CallPolicy<'a> {
@@ -59,6 +63,7 @@ impl<'a> CallPolicy<'a> {
             max_attempts,
             rate_limit_retries: RATE_LIMIT_RETRIES,
             stop,
+            gate: None,
         }
     }
 }
@@ -178,6 +183,12 @@ where
             biased;
             _ = stop.stopped() => return ended(Answer::NotSent { last_error }, attempts),
             _ = policy.pace.wait() => {}
+        }
+        // The pace may have waited past the lease this runner holds its row
+        // by: once the gate shuts, the row is another runner's to settle.
+        if policy.gate.is_some_and(|gate| !gate.may_send()) {
+            stop.trigger(StopReason::LeaseLost);
+            return ended(Answer::NotSent { last_error }, attempts);
         }
         attempts += 1;
         events.on_request();

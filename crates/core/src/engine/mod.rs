@@ -45,7 +45,7 @@ use crate::ledger::screen::{RunLedger, ScreenError, Suppressions};
 use crate::ledger::{Ledger, Sender, Settled};
 use crate::state::{
     self, Claimed, Counts, FileGone, LockError, Outcome, RecipientState, RetrySelection,
-    RowOutcome, StateError, StateRead, StateStore,
+    RowOutcome, StateError, StateLocation, StateRead, StateStore,
 };
 use breaker::Breaker;
 pub use clock::{Clock, SystemClock};
@@ -61,7 +61,8 @@ use writer::StateWriter;
 /// Everything a run needs besides the campaign, already checked.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub state_path: PathBuf,
+    /// Where the campaign's state lives (an SQLite file, or a database).
+    pub state: StateLocation,
     /// How to reach the API; `None` is only allowed for a dry run.
     pub api: Option<ClientConfig>,
     pub concurrency: usize,
@@ -120,12 +121,12 @@ impl RunOptions {
     /// The campaign's `[send]` settings, with the engine's defaults for the rest.
     pub fn from_campaign(
         campaign: &Campaign,
-        state_path: PathBuf,
+        state: StateLocation,
         api: Option<ClientConfig>,
     ) -> Self {
         let send = &campaign.send;
         RunOptions {
-            state_path,
+            state,
             api,
             concurrency: send.concurrency,
             rate_per_second: send.rate_per_second,
@@ -192,6 +193,7 @@ impl RunEnd {
                 StopReason::CertificateRejected(_) => "tls_rejected",
                 StopReason::Breaker(_) => "circuit_breaker",
                 StopReason::StateFailed(_) => "state_failed",
+                StopReason::LeaseLost => "lease_lost",
             },
         }
     }
@@ -214,6 +216,7 @@ impl RunEnd {
                 StopReason::CertificateRejected(_) => "TLS certificate rejected",
                 StopReason::Breaker(_) => "circuit breaker",
                 StopReason::StateFailed(_) => "state file error",
+                StopReason::LeaseLost => "lease lost",
             },
         }
     }
@@ -237,7 +240,7 @@ pub struct RunReport {
     pub retries: u64,
     /// Counts of every state in the file after the run.
     pub counts: Counts,
-    pub state_path: PathBuf,
+    pub state: StateLocation,
 }
 
 /// Why a run could not be carried out at all.
@@ -387,11 +390,11 @@ pub async fn run(
     }
     // Lock before the file is even read: two runs starting together on a
     // new campaign must not both create, migrate or plan it.
-    let mut db = state::open_for_run(&options.state_path)?;
+    let mut db = state::open_for_run(&options.state)?;
 
     let sender = Sender {
         campaign: campaign.name.clone(),
-        state_file: state_identity(&options.state_path),
+        state_file: state_identity(&options.state),
     };
     let (mut run_ledger, suppressions) = open_ledger(campaign, options, sender)?;
     if campaign.audience.is_some() && !run_ledger.records() {
@@ -407,7 +410,7 @@ pub async fn run(
         suppressions,
         &run_ledger,
     )?;
-    let path = options.state_path.clone();
+    let path = options.state.clone();
     let lost = |db: &dyn StateStore, e: StateError| state_error(db, &path, e, 0);
     let recovered_uncertain = db
         .mark_interrupted_uncertain()
@@ -428,7 +431,7 @@ pub async fn run(
         requests: 0,
         retries: 0,
         counts,
-        state_path: options.state_path.clone(),
+        state: options.state.clone(),
     };
     if options.dry_run {
         // Nothing is reset by a dry run: uncertain rows stay uncertain.
@@ -526,11 +529,7 @@ pub async fn run(
     let mut db = match sending.failure {
         None => db,
         Some(failure) => {
-            return Err(write_failure_error(
-                db.as_ref(),
-                &options.state_path,
-                failure,
-            ));
+            return Err(write_failure_error(db.as_ref(), &options.state, failure));
         }
     };
     if let Some(e) = sending.after_error {
@@ -572,7 +571,7 @@ pub async fn run(
 /// The run's last word when the writer stopped.
 fn write_failure_error(
     db: &dyn StateStore,
-    state_path: &Path,
+    state_path: &StateLocation,
     failure: writer::WriteFailure,
 ) -> RunError {
     match failure.gone {
@@ -581,7 +580,7 @@ fn write_failure_error(
             message: failure.message,
         },
         None => RunError::RecordFailed {
-            path: state_path.display().to_string(),
+            path: state_path.to_string(),
             message: failure.message,
             unrecorded: failure.unrecorded,
         },
@@ -590,7 +589,12 @@ fn write_failure_error(
 
 /// A state error as the run reports it: a state file taken away becomes
 /// [`RunError::StateLost`], after saving what this handle still knows.
-fn state_error(db: &dyn StateStore, state_path: &Path, e: StateError, unrecorded: u64) -> RunError {
+fn state_error(
+    db: &dyn StateStore,
+    state_path: &StateLocation,
+    e: StateError,
+    unrecorded: u64,
+) -> RunError {
     match e {
         StateError::Gone { what, .. } => state_lost(db, state_path, what, unrecorded),
         other => other.into(),
@@ -599,7 +603,12 @@ fn state_error(db: &dyn StateStore, state_path: &Path, e: StateError, unrecorded
 
 /// What this run knew is saved beside the lost state first, so the operator
 /// can put it back instead of starting a state that would plan everyone again.
-fn state_lost(db: &dyn StateStore, state_path: &Path, what: FileGone, unrecorded: u64) -> RunError {
+fn state_lost(
+    db: &dyn StateStore,
+    state_path: &StateLocation,
+    what: FileGone,
+    unrecorded: u64,
+) -> RunError {
     let copy = match db.rescue_copy() {
         Ok(copy) => copy,
         Err(e) => {
@@ -608,7 +617,7 @@ fn state_lost(db: &dyn StateStore, state_path: &Path, what: FileGone, unrecorded
         }
     };
     RunError::StateLost {
-        path: state_path.display().to_string(),
+        path: state_path.to_string(),
         what,
         unrecorded,
         copy,
@@ -619,7 +628,14 @@ fn state_lost(db: &dyn StateStore, state_path: &Path, what: FileGone, unrecorded
 /// reach one state by different relative paths are one state to it. A state
 /// not created yet is named as it will be (its folder's absolute path and
 /// its name), so `validate` can ask the ledger about it beforehand.
-pub fn state_identity(path: &Path) -> String {
+pub fn state_identity(location: &StateLocation) -> String {
+    match location {
+        StateLocation::File(path) => file_identity(path),
+        StateLocation::Postgres(target) => target.identity(),
+    }
+}
+
+fn file_identity(path: &Path) -> String {
     let absolute = std::fs::canonicalize(path).or_else(|e| {
         let name = path.file_name().ok_or(e)?;
         let folder = path
@@ -752,7 +768,7 @@ fn prepare_plan(
             "{} or its CSV changed since it was planned ({}), but nothing has been sent from {} yet: planning it again",
             campaign.file.display(),
             planned.planned_at,
-            options.state_path.display()
+            options.state
         ));
     }
     let suppressions = earlier_messages(campaign, options, ledger, suppressions)?;
@@ -810,7 +826,7 @@ fn earlier_messages(
         return Err(RunError::OtherState(Box::new(OtherState {
             ledger: l.path().display().to_string(),
             campaign: campaign.name.clone(),
-            state: options.state_path.display().to_string(),
+            state: options.state.to_string(),
             other: other.clone(),
             count: *count,
             more: match others.len() - 1 {
@@ -933,10 +949,19 @@ async fn send_rows(
     ledger: RunLedger,
 ) -> Result<(Box<dyn StateStore>, Sending), RunError> {
     let stats = Arc::new(RunStats::default());
+    // Several runners of one campaign keep its rate together.
+    let pace = match options.rate_per_second {
+        Some(rate) => match db.shared_pace()? {
+            Some(shared) => Pace::shared(rate, shared),
+            None => Pace::new(Some(rate)),
+        },
+        None => Pace::new(None),
+    };
     let delivery = Arc::new(Delivery {
         client,
         kind: campaign.message.kind,
-        pace: Pace::new(options.rate_per_second),
+        pace,
+        gate: db.send_gate(),
         breaker: Breaker::new(options.breaker_threshold),
         backoff: options.backoff,
         max_attempts: options.max_attempts,
@@ -1019,7 +1044,7 @@ async fn send_rows(
     let Some(mut db) = closed.db else {
         let failure = closed.failure.unwrap_or_default();
         return Err(RunError::RecordFailed {
-            path: options.state_path.display().to_string(),
+            path: options.state.to_string(),
             message: failure.message,
             unrecorded: failure.unrecorded,
         });

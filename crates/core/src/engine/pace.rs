@@ -12,13 +12,21 @@
 //! of a pause for everyone) is scaled to a per-second estimate to set the new
 //! rate, but it is never remembered as the limit, so a run that starts into a
 //! budget another run has just used up climbs back fast instead of creeping.
+//!
+//! When several runners share a campaign (a PostgreSQL state) and it has a
+//! `rate_per_second`, slots come from the campaign's one pace instead
+//! ([`SharedPace`]): a worker takes the next of a small block of slots this
+//! runner reserved, and the block is refilled from the database, so every
+//! runner together keeps the rate. A 429 lowers that shared rate for all.
 //! This module only decides *when*; it never sends or retries anything.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::state::SharedPace;
 
 /// Never pace slower than this, however hard the server pushes back.
 const MIN_RATE: f64 = 0.5;
@@ -46,11 +54,38 @@ const MIN_PARTIAL_WINDOW: Duration = Duration::from_millis(1);
 /// the message it came with (the rate drop already slows the rest).
 const PAUSE_ALL_AFTER: Duration = Duration::from_secs(1);
 
+/// A block of shared slots lasts about this long: one round trip to the
+/// database per block.
+const SHARED_BLOCK: Duration = Duration::from_millis(50);
+/// At most this many slots per block.
+const SHARED_BLOCK_MAX: u32 = 64;
+/// A reserved slot this late is dropped, not used: using late slots
+/// together would be a burst above the shared rate.
+const SHARED_SLOT_STALE: Duration = Duration::from_millis(10);
+/// After the database failed to hand out slots, wait this long to ask again.
+const SHARED_RETRY: Duration = Duration::from_millis(200);
+
 /// A shared, adaptive pace. `rate == None` means unpaced (until the first 429).
 #[derive(Debug)]
 pub struct Pace {
     ceiling: Option<f64>,
     state: Mutex<PaceState>,
+    /// Slots from the campaign's pace, shared with other runners.
+    shared: Option<SharedSlots>,
+}
+
+/// This runner's share of a campaign's one pace.
+#[derive(Debug)]
+struct SharedSlots {
+    source: Arc<dyn SharedPace>,
+    ceiling: f64,
+    /// Reserved slots not used yet, earliest first.
+    queue: Mutex<VecDeque<Instant>>,
+    /// One worker refills at a time; the others wait for its block.
+    refill: tokio::sync::Mutex<()>,
+    /// The shared rate at the last reservation, for the progress display.
+    rate: Mutex<Option<f64>>,
+    rate_limited: Mutex<u64>,
 }
 
 #[derive(Debug)]
@@ -87,6 +122,23 @@ impl Pace {
                 accepted: VecDeque::new(),
                 rate_limited: 0,
             }),
+            shared: None,
+        }
+    }
+
+    /// A pace whose slots come from `source`, the campaign's pace shared by
+    /// every runner, at most `ceiling` per second in all.
+    pub fn shared(ceiling: f64, source: Arc<dyn SharedPace>) -> Pace {
+        Pace {
+            shared: Some(SharedSlots {
+                source,
+                ceiling,
+                queue: Mutex::new(VecDeque::new()),
+                refill: tokio::sync::Mutex::new(()),
+                rate: Mutex::new(Some(ceiling)),
+                rate_limited: Mutex::new(0),
+            }),
+            ..Pace::new(Some(ceiling))
         }
     }
 
@@ -112,6 +164,9 @@ impl Pace {
 
     /// Waits for this caller's slot.
     pub async fn wait(&self) {
+        if let Some(shared) = &self.shared {
+            return shared.wait().await;
+        }
         let slot = self.reserve();
         if slot > Instant::now() {
             tokio::time::sleep_until(slot).await;
@@ -156,6 +211,9 @@ impl Pace {
 
     /// The server said `rate_limit_exceeded`: slow everyone down.
     pub fn on_rate_limited(&self, retry_after: Option<Duration>) {
+        if let Some(shared) = &self.shared {
+            return shared.on_rate_limited(retry_after);
+        }
         let now = Instant::now();
         let mut s = self.lock();
         s.rate_limited += 1;
@@ -237,11 +295,88 @@ impl Pace {
 
     /// The current rate in requests per second; `None` when unpaced.
     pub fn current_rate(&self) -> Option<f64> {
+        if let Some(shared) = &self.shared {
+            return *lock(&shared.rate);
+        }
         self.lock().rate
     }
 
     pub fn rate_limited_count(&self) -> u64 {
+        if let Some(shared) = &self.shared {
+            return *lock(&shared.rate_limited);
+        }
         self.lock().rate_limited
+    }
+}
+
+/// A lock whose data stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SharedSlots {
+    /// Slots per reservation: about [`SHARED_BLOCK`] of sending at the
+    /// ceiling.
+    fn block_size(&self) -> u32 {
+        ((self.ceiling * SHARED_BLOCK.as_secs_f64()).ceil() as u32).clamp(1, SHARED_BLOCK_MAX)
+    }
+
+    /// The next reserved slot that is not stale, if any.
+    fn take_slot(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut queue = lock(&self.queue);
+        while let Some(slot) = queue.pop_front() {
+            if slot + SHARED_SLOT_STALE >= now {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    async fn wait(&self) {
+        loop {
+            if let Some(slot) = self.take_slot() {
+                if slot > Instant::now() {
+                    tokio::time::sleep_until(slot).await;
+                }
+                return;
+            }
+            let _refilling = self.refill.lock().await;
+            // Another worker may have refilled while this one waited.
+            if !lock(&self.queue).is_empty() {
+                continue;
+            }
+            let asked = Instant::now();
+            match self.source.reserve(self.block_size(), self.ceiling).await {
+                Ok(block) => {
+                    let first = asked + block.first_in;
+                    let spacing = Duration::from_secs_f64(1.0 / block.rate.max(MIN_RATE));
+                    let mut queue = lock(&self.queue);
+                    queue.extend((0..block.slots).map(|i| first + spacing * i));
+                    *lock(&self.rate) = Some(block.rate);
+                }
+                Err(e) => {
+                    // The run's stop interrupts this wait; the claims fail
+                    // on their own if the database is gone for good.
+                    tracing::warn!(error = %e, "cannot reserve send slots from the shared pace");
+                    tokio::time::sleep(SHARED_RETRY).await;
+                }
+            }
+        }
+    }
+
+    fn on_rate_limited(&self, retry_after: Option<Duration>) {
+        *lock(&self.rate_limited) += 1;
+        // Slots reserved at the old rate are given up: the next block comes
+        // at the lowered one.
+        lock(&self.queue).clear();
+        let pause = retry_after.filter(|&wait| wait > PAUSE_ALL_AFTER);
+        let source = self.source.clone();
+        tokio::spawn(async move {
+            if let Err(e) = source.slow_down(pause).await {
+                tracing::warn!(error = %e, "cannot lower the shared pace");
+            }
+        });
     }
 }
 

@@ -27,6 +27,9 @@ pub enum StopReason {
     Breaker(String),
     /// The state file could not be written.
     StateFailed(String),
+    /// This runner lost its lease on a shared state (it could not renew it
+    /// in time): its rows are another runner's to settle now.
+    LeaseLost,
 }
 
 /// A cloneable stop signal.

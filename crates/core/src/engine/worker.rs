@@ -25,7 +25,7 @@ use super::retry::BackoffPolicy;
 use super::shutdown::{Stop, StopReason};
 use crate::api::model::MessageKind;
 use crate::api::{ApiError, Client};
-use crate::state::{Claimed, Outcome, RowOutcome};
+use crate::state::{Claimed, Outcome, RowOutcome, SendGate};
 
 /// Kept at its old path; the limit lives with the retry loop.
 pub use super::call::RATE_LIMIT_RETRIES;
@@ -52,12 +52,17 @@ pub struct Delivery {
     pub max_attempts: u32,
     pub stop: Stop,
     pub stats: Arc<RunStats>,
+    /// Shut when this runner's lease on a shared state runs out.
+    pub gate: Option<SendGate>,
 }
 
 impl Delivery {
     /// Sends one row until it has a final state, or the run stops.
     pub async fn deliver(&self, row: Claimed) -> RowOutcome {
-        let policy = CallPolicy::new(&self.pace, &self.stop, self.backoff, self.max_attempts);
+        let policy = CallPolicy {
+            gate: self.gate.as_ref(),
+            ..CallPolicy::new(&self.pace, &self.stop, self.backoff, self.max_attempts)
+        };
         let events = RowEvents {
             delivery: self,
             row: row.row,

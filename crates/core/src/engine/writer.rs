@@ -303,8 +303,15 @@ impl Writer {
         self.batch.clear();
         result
             .map_err(|e| {
-                tracing::error!("cannot write the state: {e}");
                 let message = e.to_string();
+                if matches!(e, StateError::LeaseLost { .. }) {
+                    // Nothing more is claimed, but the outcomes of rows
+                    // still in flight are recorded: each settles its own row.
+                    tracing::warn!("{message}");
+                    self.stop.trigger(StopReason::LeaseLost);
+                    return message;
+                }
+                tracing::error!("cannot write the state: {e}");
                 let gone = match e {
                     StateError::Gone { what, .. } => Some(what),
                     _ => None,

@@ -10,8 +10,11 @@
 //! told. Writes are batched in transactions by the callers' design (one plan
 //! transaction, one transaction per claim, results committed in groups).
 
+pub mod location;
 pub mod lock;
+pub mod pg;
 pub mod reads;
+pub mod runner;
 pub mod schema;
 pub mod store;
 #[cfg(test)]
@@ -25,7 +28,9 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, params};
 
+pub use location::{PgTarget, StateLocation};
 pub use lock::{FileGone, LockError, RunLock};
+pub use runner::{SendGate, SharedPace, SlotBlock};
 pub use store::{
     ClaimScreen, PlanRows, PlanWrite, StateRead, StateStore, VisitError, open_for_reading,
     open_for_run, write_plan,
@@ -127,6 +132,25 @@ pub enum StateError {
     /// claimed, because a row must not leave unchecked.
     #[error("{0}")]
     Screen(String),
+    /// A PostgreSQL state could not be reached or refused a statement.
+    /// `location` is the URL without its password.
+    #[error("PostgreSQL state {location}: {operation}: {reason}")]
+    Postgres {
+        location: String,
+        operation: &'static str,
+        reason: String,
+    },
+    /// The database holds no plan of this campaign.
+    #[error(
+        "the database {location} holds no campaign {campaign:?} yet: run `convers8-campaign run` (or `run --dry-run`) on the campaign with this --state first"
+    )]
+    NoCampaign { location: String, campaign: String },
+    /// This runner's lease ran out or another runner declared it dead: it
+    /// must not send again (its rows in flight are `uncertain` now).
+    #[error(
+        "runner {runner} lost its lease on {location} (it could not renew it in time, or another runner declared it dead): it stopped sending; rows it had in flight are uncertain, and another run picks up the rest"
+    )]
+    LeaseLost { location: String, runner: i64 },
 }
 
 /// What the plan was made from, to detect a changed input later.

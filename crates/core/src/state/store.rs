@@ -6,9 +6,10 @@
 //! [`PlanRows`]), claims, outcomes and the run history. Both traits are
 //! object-safe, so the engine and the commands hold a `Box<dyn StateStore>`
 //! or a `&dyn StateRead` and never name SQLite. [`StateDb`] (one SQLite file
-//! per campaign) is the store today; a second store implements these traits
-//! and is chosen in [`open_for_run`] and [`open_for_reading`], the only two
-//! places that decide which store a location means.
+//! per campaign) and [`PgStore`] (campaigns in a PostgreSQL database, any
+//! number of runners each) implement them; [`open_for_run`] and
+//! [`open_for_reading`] are the only two places that decide which store a
+//! location means.
 //!
 //! The contract a store keeps, whatever it is built on:
 //! - a claim is durable before [`StateStore::record_and_claim`] returns, so
@@ -19,11 +20,15 @@
 //! - once the store cannot vouch for what it holds (its file deleted or
 //!   replaced under a run), every call fails with [`StateError::Gone`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::location::StateLocation;
+use super::pg::PgStore;
 use super::reads::{AttemptsCount, ErrorStateCount};
+use super::runner::{SendGate, SharedPace};
 use super::{
     Claimed, Counts, EarlierMessage, Inserted, PlanInfo, PlannedRow, RecipientRecord,
     RecipientState, RetrySelection, RowOutcome, RunRecord, StateDb, StateError, Verdict,
@@ -197,6 +202,18 @@ pub trait StateStore: StateRead + Send {
     /// Records the start of a run; returns its id.
     fn start_run(&mut self) -> Result<i64, StateError>;
 
+    /// The gate a run checks before each request, when other runners may
+    /// take this one's rows over (a lease); `None` for a store with one runner.
+    fn send_gate(&self) -> Option<SendGate> {
+        None
+    }
+
+    /// The pace every runner of the campaign shares, when there may be
+    /// several; `None` keeps the run's own.
+    fn shared_pace(&self) -> Result<Option<Arc<dyn SharedPace>>, StateError> {
+        Ok(None)
+    }
+
     /// Records how a run ended and what it did.
     fn finish_run(
         &mut self,
@@ -280,13 +297,20 @@ where
     Ok(value)
 }
 
-/// Opens the state at `location` for a run: takes the run's exclusive hold
-/// on it (creating it if it does not exist) and makes it current.
-pub fn open_for_run(location: &Path) -> Result<Box<dyn StateStore>, StateError> {
-    Ok(Box::new(StateDb::open_for_run(location)?))
+/// Opens the state at `location` for a run: for a file, takes the run's
+/// exclusive hold on it (creating it if it does not exist); for a database,
+/// registers this runner beside any others. Migrates it to this build's schema.
+pub fn open_for_run(location: &StateLocation) -> Result<Box<dyn StateStore>, StateError> {
+    Ok(match location {
+        StateLocation::File(path) => Box::new(StateDb::open_for_run(path)?),
+        StateLocation::Postgres(target) => Box::new(PgStore::open_for_run(target)?),
+    })
 }
 
 /// Opens an existing state for reading only (it may be sending right now).
-pub fn open_for_reading(location: &Path) -> Result<Box<dyn StateRead>, StateError> {
-    Ok(Box::new(StateDb::open_read_only(location)?))
+pub fn open_for_reading(location: &StateLocation) -> Result<Box<dyn StateRead>, StateError> {
+    Ok(match location {
+        StateLocation::File(path) => Box::new(StateDb::open_read_only(path)?),
+        StateLocation::Postgres(target) => Box::new(PgStore::open_for_reading(target)?),
+    })
 }

@@ -1,0 +1,771 @@
+//! What a run writes to the PostgreSQL state ([`StateStore`] for
+//! [`PgStore`]): the plan (streamed in with `COPY`), claims, outcomes and the
+//! run history.
+//!
+//! A claim is one transaction: the outcomes it carries, then candidate rows
+//! read `FOR UPDATE SKIP LOCKED` (rows another runner is claiming this
+//! instant are skipped, not waited for), the screen's verdicts, and the rows
+//! that may go marked `sending` with this runner and a fresh claim token —
+//! committed before the engine sends anything. An outcome settles its row
+//! only while the row carries the claim token it was claimed with: a
+//! runner's late answer never touches a row claimed again since.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use chrono::Utc;
+use postgres::Client;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
+
+use super::PgStore;
+use super::lease;
+use crate::state::store::{ClaimScreen, PlanRows, PlanWrite, StateStore};
+use crate::state::{
+    Claimed, EarlierMessage, Inserted, PlanInfo, PlannedRow, ProblemCode, RecipientState,
+    RetrySelection, RowOutcome, StateError, Verdict, timestamp,
+};
+
+/// Planned rows are sent to the server in `COPY` batches of this many.
+const PLAN_BATCH: usize = 5_000;
+
+/// A parameter list built at run time.
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+impl PgStore {
+    /// Begins a transaction; returns the connection epoch it lives in.
+    fn begin(&self, operation: &'static str) -> Result<u64, StateError> {
+        self.link.call_in(operation, None, |c, epoch| {
+            c.batch_execute("BEGIN")?;
+            Ok(epoch)
+        })
+    }
+
+    /// Runs `f` inside the transaction begun in `epoch`.
+    fn in_tx<T, F>(&self, epoch: u64, operation: &'static str, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+    {
+        self.link.call_in(operation, Some(epoch), move |c, _| f(c))
+    }
+
+    fn commit(&self, epoch: u64, operation: &'static str) -> Result<(), StateError> {
+        self.in_tx(epoch, operation, |c| c.batch_execute("COMMIT"))
+    }
+
+    /// Undoes an unfinished transaction; nothing to undo if the connection
+    /// was lost (the server rolled it back).
+    fn rollback(&self) {
+        let _ = self
+            .link
+            .call("rolling back", |c| c.batch_execute("ROLLBACK"));
+    }
+
+    /// Runs `body` in one transaction: committed if it succeeds, rolled
+    /// back otherwise.
+    fn transaction<T>(
+        &mut self,
+        operation: &'static str,
+        body: impl FnOnce(&mut PgStore, u64) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let epoch = self.begin(operation)?;
+        match body(self, epoch).and_then(|value| {
+            self.commit(epoch, operation)?;
+            Ok(value)
+        }) {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Records outcomes: each settles its row only while the row carries
+    /// the claim token it was claimed with, and only if the row is still
+    /// `sending` — or was rescued as `uncertain` (`runner_lost`) and the
+    /// outcome is final (`sent`, `failed`): a late answer may upgrade its
+    /// own row, never take one back to `pending`.
+    fn record_outcomes(&mut self, epoch: u64, outcomes: &[RowOutcome]) -> Result<(), StateError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(outcomes.len());
+        let mut tokens = Vec::with_capacity(outcomes.len());
+        let mut states = Vec::with_capacity(outcomes.len());
+        let mut attempts = Vec::with_capacity(outcomes.len());
+        let mut message_ids = Vec::with_capacity(outcomes.len());
+        let mut codes = Vec::with_capacity(outcomes.len());
+        let mut details = Vec::with_capacity(outcomes.len());
+        let mut ats = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            // A row this handle never claimed has no token: it matches nothing.
+            let token = self.tokens.remove(&o.id).unwrap_or(-1);
+            let (message_id, code, detail) = o.outcome.columns();
+            ids.push(o.id);
+            tokens.push(token);
+            states.push(o.outcome.state().as_str().to_owned());
+            attempts.push(o.attempts as i32);
+            message_ids.push(message_id.map(str::to_owned));
+            codes.push(code.map(str::to_owned));
+            details.push(detail.map(str::to_owned));
+            ats.push(timestamp(o.at));
+        }
+        self.in_tx(epoch, "recording results", move |c| {
+            c.execute(
+                "UPDATE convers8.recipients r SET state = o.state,
+                   attempts = r.attempts + o.attempts,
+                   message_id = coalesce(o.message_id, r.message_id),
+                   error_code = o.code, error_details = o.details, updated_at = o.at,
+                   sent_at = CASE WHEN o.state = 'sent' THEN o.at ELSE r.sent_at END
+                 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::integer[], $5::text[],
+                             $6::text[], $7::text[], $8::text[])
+                      AS o(id, token, state, attempts, message_id, code, details, at)
+                 WHERE r.id = o.id AND r.claim_token = o.token
+                   AND (r.state = 'sending'
+                        OR (r.state = 'uncertain' AND r.error_code = 'runner_lost'
+                            AND o.state IN ('sent', 'failed')))",
+                &[
+                    &ids,
+                    &tokens,
+                    &states,
+                    &attempts,
+                    &message_ids,
+                    &codes,
+                    &details,
+                    &ats,
+                ],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Up to `n` claimable rows from `from_id` on, locked for this
+    /// transaction; rows another runner holds are skipped.
+    fn claimable_rows(
+        &self,
+        epoch: u64,
+        from_id: i64,
+        n: usize,
+    ) -> Result<Vec<Claimed>, StateError> {
+        let mut params: Params = vec![
+            Box::new(self.campaign_id),
+            Box::new(from_id),
+            Box::new(n as i64),
+        ];
+        let also = match &self.resend {
+            None => String::new(),
+            Some(selection) => {
+                let (state, codes) = match selection {
+                    RetrySelection::Uncertain => ("uncertain", Vec::new()),
+                    RetrySelection::Failed { codes } => ("failed", codes.clone()),
+                    RetrySelection::Suppressed { codes } => ("suppressed", codes.clone()),
+                };
+                params.push(Box::new(self.resend_since.clone()));
+                let since = params.len();
+                let mut clause =
+                    format!(" OR (state = '{state}' AND coalesce(updated_at, '') < ${since}");
+                if !codes.is_empty() {
+                    params.push(Box::new(codes));
+                    clause.push_str(&format!(" AND error_code = ANY(${})", params.len()));
+                }
+                clause.push(')');
+                clause
+            }
+        };
+        let in_zone = match &self.zones {
+            Some(zones) => {
+                params.push(Box::new(zones.clone()));
+                format!(" AND timezone = ANY(${})", params.len())
+            }
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT id, csv_row, phone, body, attempts, timezone FROM convers8.recipients
+             WHERE campaign_id = $1 AND id >= $2 AND (state = 'pending'{also}){in_zone}
+             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED"
+        );
+        self.in_tx(epoch, "claiming rows", move |c| {
+            let rows = c.query(&sql, &refs(&params))?;
+            Ok(rows
+                .iter()
+                .map(|r| Claimed {
+                    id: r.get(0),
+                    row: r.get::<_, i64>(1) as u64,
+                    phone: r.get::<_, Option<String>>(2).unwrap_or_default(),
+                    body: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                    attempts: r.get::<_, i32>(4) as u32,
+                    timezone: r.get(5),
+                })
+                .collect())
+        })
+    }
+
+    /// The claim inside its transaction (see [`StateStore::record_and_claim_screened`]).
+    fn claim_in(
+        &mut self,
+        epoch: u64,
+        n: usize,
+        screen: &mut ClaimScreen<'_>,
+    ) -> Result<(Vec<Claimed>, i64), StateError> {
+        let mut claimed: Vec<Claimed> = Vec::new();
+        let mut claim_token = -1;
+        if n == 0 || self.zones.as_ref().is_some_and(|z| z.is_empty()) {
+            return Ok((claimed, claim_token));
+        }
+        let runner_id = self.runner_id().unwrap_or(0);
+        let mut held = false;
+        // From the low-water mark first; once, from the start, for rows
+        // given back below it (released by a runner that stopped).
+        let mut from_start_tried = self.low_water == 0;
+        let mut from = self.low_water;
+        while !held && claimed.len() < n {
+            let want = n - claimed.len();
+            let batch = self.claimable_rows(epoch, from, want)?;
+            let taken = batch.len();
+            if let Some(last) = batch.last() {
+                from = last.id + 1;
+            }
+            if taken == 0 && !from_start_tried {
+                from_start_tried = true;
+                from = 0;
+                continue;
+            }
+            if taken == 0 {
+                break;
+            }
+            let verdicts = screen(&batch).map_err(StateError::Screen)?;
+            if verdicts.len() != taken {
+                return Err(StateError::Screen(format!(
+                    "the claim's check answered for {} of {taken} rows",
+                    verdicts.len()
+                )));
+            }
+            let now = timestamp(Utc::now());
+            let mut sending = Vec::with_capacity(taken);
+            let mut suppressed: Vec<(i64, String, String)> = Vec::new();
+            for (row, verdict) in batch.into_iter().zip(verdicts) {
+                match verdict {
+                    Verdict::Send => {
+                        sending.push(row.id);
+                        claimed.push(row);
+                    }
+                    Verdict::Suppress(why) => {
+                        suppressed.push((row.id, why.code.as_str().to_owned(), why.details))
+                    }
+                    Verdict::Hold => held = true,
+                }
+            }
+            if !suppressed.is_empty() {
+                let (ids, (codes, details)): (Vec<i64>, (Vec<String>, Vec<String>)) = suppressed
+                    .into_iter()
+                    .map(|(id, code, details)| (id, (code, details)))
+                    .unzip();
+                let at = now.clone();
+                self.in_tx(epoch, "suppressing rows", move |c| {
+                    c.execute(
+                        "UPDATE convers8.recipients r SET state = 'suppressed',
+                           error_code = s.code, error_details = s.details, updated_at = $4
+                         FROM unnest($1::bigint[], $2::text[], $3::text[]) AS s(id, code, details)
+                         WHERE r.id = s.id",
+                        &[&ids, &codes, &details, &at],
+                    )
+                })?;
+            }
+            if !sending.is_empty() {
+                if claim_token < 0 {
+                    claim_token = self.in_tx(epoch, "claiming rows", |c| {
+                        c.query_one("SELECT nextval('convers8.claim_tokens')", &[])
+                            .map(|row| row.get::<_, i64>(0))
+                    })?;
+                }
+                let token = claim_token;
+                self.in_tx(epoch, "claiming rows", move |c| {
+                    c.execute(
+                        "UPDATE convers8.recipients SET state = 'sending', updated_at = $2,
+                           runner_id = $3, claim_token = $4
+                         WHERE id = ANY($1)",
+                        &[&sending, &now, &runner_id, &token],
+                    )
+                })?;
+            }
+            if taken < want && from_start_tried {
+                break;
+            }
+            if taken < want {
+                from_start_tried = true;
+                from = 0;
+            }
+        }
+        if let Some(first) = claimed.iter().map(|c| c.id).min() {
+            self.low_water = self.low_water.max(first);
+        }
+        claimed.sort_by_key(|c| c.id);
+        Ok((claimed, claim_token))
+    }
+}
+
+impl StateStore for PgStore {
+    fn check_still_there(&mut self) -> Result<(), StateError> {
+        self.check_lease()
+    }
+
+    fn rescue_copy(&self) -> Result<Option<PathBuf>, StateError> {
+        // A database cannot be deleted from under a run the way a file can.
+        Ok(None)
+    }
+
+    fn resend_during_run(&mut self, selection: Option<RetrySelection>) {
+        self.resend = selection;
+        self.resend_since = timestamp(Utc::now());
+        // Resent rows may lie anywhere in the campaign.
+        self.low_water = 0;
+    }
+
+    fn claim_only_zones(&mut self, zones: Option<Vec<String>>) {
+        self.zones = zones;
+        // Rows of a zone that just opened may lie below the mark.
+        self.low_water = 0;
+    }
+
+    fn begin_plan(&mut self, mode: PlanWrite) -> Result<Box<dyn PlanRows + '_>, StateError> {
+        self.check_lease()?;
+        let epoch = self.begin("starting the plan")?;
+        let campaign_id = self.campaign_id;
+        let known = self.in_tx(epoch, "starting the plan", move |c| {
+            if mode == PlanWrite::Replace {
+                c.execute(
+                    "DELETE FROM convers8.recipients WHERE campaign_id = $1",
+                    &[&campaign_id],
+                )?;
+                c.execute(
+                    "UPDATE convers8.campaigns SET planned_at = NULL WHERE id = $1",
+                    &[&campaign_id],
+                )?;
+            }
+            Known::load(c, campaign_id, mode == PlanWrite::Add)
+        });
+        let known = match known {
+            Ok(k) => k,
+            Err(e) => {
+                self.rollback();
+                return Err(e);
+            }
+        };
+        Ok(Box::new(PgPlan {
+            store: self,
+            epoch,
+            generation: known.generation,
+            known,
+            add_mode: mode == PlanWrite::Add,
+            buffer: Vec::with_capacity(PLAN_BATCH),
+            pending_in_buffer: HashMap::new(),
+            now: timestamp(Utc::now()),
+            committed: false,
+        }))
+    }
+
+    fn mark_interrupted_uncertain(&mut self) -> Result<u64, StateError> {
+        self.check_lease()?;
+        lease::rescue(&self.link, self.campaign_id)
+    }
+
+    fn record_and_claim_screened(
+        &mut self,
+        outcomes: &[RowOutcome],
+        n: usize,
+        screen: &mut ClaimScreen<'_>,
+    ) -> Result<Vec<Claimed>, StateError> {
+        // A runner whose lease may have run out claims nothing more; its
+        // outcomes are still recorded (each settles only its own row).
+        let lease_gone = self.gate().is_some_and(|gate| !gate.may_send());
+        if n > 0 && lease_gone {
+            self.transaction("recording results", |store, epoch| {
+                store.record_outcomes(epoch, outcomes)
+            })?;
+            return Err(self.lease_lost(self.runner_id().unwrap_or(0)));
+        }
+        let (claimed, token) = self.transaction("recording results", |store, epoch| {
+            store.record_outcomes(epoch, outcomes)?;
+            store.claim_in(epoch, n, screen)
+        })?;
+        // Known only once committed: a claim rolled back holds no row.
+        for row in &claimed {
+            self.tokens.insert(row.id, token);
+        }
+        Ok(claimed)
+    }
+
+    fn start_run(&mut self) -> Result<i64, StateError> {
+        self.check_lease()?;
+        self.release_setup_lock()?;
+        let campaign_id = self.campaign_id;
+        let runner = self.runner_id();
+        let pid = std::process::id() as i32;
+        let at = timestamp(Utc::now());
+        self.link.call("recording the run", move |c| {
+            c.query_one(
+                "INSERT INTO convers8.runs (campaign_id, runner_id, pid, started_at)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&campaign_id, &runner, &pid, &at],
+            )
+            .map(|row| row.get::<_, i64>(0))
+        })
+    }
+
+    fn send_gate(&self) -> Option<crate::state::SendGate> {
+        self.gate()
+    }
+
+    fn shared_pace(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn crate::state::SharedPace>>, StateError> {
+        let pace = super::pace::PgPace::open(&self.target, self.campaign_id)?;
+        Ok(Some(std::sync::Arc::new(pace)))
+    }
+
+    fn finish_run(
+        &mut self,
+        run_id: i64,
+        end: &str,
+        sent: u64,
+        failed: u64,
+        uncertain: u64,
+    ) -> Result<(), StateError> {
+        let end = end.to_owned();
+        let at = timestamp(Utc::now());
+        let (sent, failed, uncertain) = (sent as i64, failed as i64, uncertain as i64);
+        self.link.call("recording the run", move |c| {
+            c.execute(
+                "UPDATE convers8.runs SET finished_at = $2, outcome = $3, sent = $4, failed = $5,
+                   uncertain = $6 WHERE id = $1",
+                &[&run_id, &at, &end, &sent, &failed, &uncertain],
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// What a plan must know of the rows already planned, to decide duplicates
+/// and (in add mode) rows planned before, without a query per row.
+#[derive(Default)]
+struct Known {
+    generation: i32,
+    /// Phones with a row that is not invalid or duplicate: the first row
+    /// planned for each (a later one is its duplicate).
+    first: HashMap<String, (u64, i32)>,
+    /// Every phone in the campaign (add mode: an unusable row planned before).
+    any_phone: HashSet<String>,
+    /// CSV row numbers of earlier generations (add mode: a row without a
+    /// phone planned before is recognised by its place).
+    rows: HashSet<u64>,
+}
+
+impl Known {
+    fn load(c: &mut Client, campaign_id: i64, add_mode: bool) -> Result<Known, postgres::Error> {
+        let generation: i32 = c
+            .query_one(
+                "SELECT coalesce(max(generation), 0) + 1 FROM convers8.recipients
+                 WHERE campaign_id = $1",
+                &[&campaign_id],
+            )?
+            .get(0);
+        let mut known = Known {
+            generation,
+            ..Known::default()
+        };
+        if !add_mode {
+            return Ok(known);
+        }
+        for row in c.query(
+            "SELECT phone, csv_row, generation, state FROM convers8.recipients
+             WHERE campaign_id = $1 ORDER BY id",
+            &[&campaign_id],
+        )? {
+            let csv_row = row.get::<_, i64>(1) as u64;
+            known.rows.insert(csv_row);
+            let Some(phone) = row.get::<_, Option<String>>(0) else {
+                continue;
+            };
+            let state: &str = row.get(3);
+            if state != "invalid" && state != "duplicate" {
+                known
+                    .first
+                    .entry(phone.clone())
+                    .or_insert((csv_row, row.get(2)));
+            }
+            known.any_phone.insert(phone);
+        }
+        Ok(known)
+    }
+}
+
+/// A planned row waiting for its `COPY` batch.
+struct PlanRow {
+    csv_row: i64,
+    phone: Option<String>,
+    name: Option<String>,
+    state: RecipientState,
+    body: Option<String>,
+    code: Option<String>,
+    details: Option<String>,
+    timezone: Option<String>,
+    message_id: Option<String>,
+    sent_at: Option<String>,
+    updated_at: Option<String>,
+}
+
+/// A plan being written in one transaction: rows are decided here (from
+/// [`Known`] and the rows of this plan) and streamed in with `COPY`.
+struct PgPlan<'a> {
+    store: &'a mut PgStore,
+    epoch: u64,
+    generation: i32,
+    known: Known,
+    add_mode: bool,
+    buffer: Vec<PlanRow>,
+    /// The buffered pending row of each phone, for [`PlanRows::mark_messaged`].
+    pending_in_buffer: HashMap<String, usize>,
+    now: String,
+    committed: bool,
+}
+
+impl PgPlan<'_> {
+    fn flush(&mut self) -> Result<(), StateError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.buffer);
+        self.pending_in_buffer.clear();
+        let campaign_id = self.store.campaign_id;
+        let generation = self.generation;
+        let now = self.now.clone();
+        self.store
+            .in_tx(self.epoch, "planning rows", move |c| {
+                let sink = c.copy_in(
+                    "COPY convers8.recipients (campaign_id, csv_row, generation, phone, name,
+                       state, body, error_code, error_details, updated_at, timezone,
+                       message_id, sent_at) FROM STDIN (FORMAT binary)",
+                )?;
+                let types = [
+                    Type::INT8,
+                    Type::INT8,
+                    Type::INT4,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                ];
+                let mut writer = BinaryCopyInWriter::new(sink, &types);
+                for r in &rows {
+                    let updated = r.updated_at.as_ref().unwrap_or(&now);
+                    writer.write(&[
+                        &campaign_id,
+                        &r.csv_row,
+                        &generation,
+                        &r.phone,
+                        &r.name,
+                        &r.state.as_str(),
+                        &r.body,
+                        &r.code,
+                        &r.details,
+                        updated,
+                        &r.timezone,
+                        &r.message_id,
+                        &r.sent_at,
+                    ])?;
+                }
+                writer.finish()
+            })
+            .map(|_| ())
+    }
+}
+
+impl PlanRows for PgPlan<'_> {
+    fn insert(&mut self, row: &PlannedRow) -> Result<Inserted, StateError> {
+        let (state, body, code, details, inserted) = match (&row.outcome, &row.phone) {
+            (Ok(body), Some(phone)) => match self.known.first.get(phone) {
+                Some(&(_, generation)) if self.add_mode && generation < self.generation => {
+                    return Ok(Inserted::AlreadyPlanned);
+                }
+                Some(&(of_row, _)) => (
+                    RecipientState::Duplicate,
+                    None,
+                    Some(ProblemCode::Duplicate.as_str().to_owned()),
+                    Some(format!("same phone as row {of_row}")),
+                    Inserted::Duplicate { of_row },
+                ),
+                None => (
+                    RecipientState::Pending,
+                    Some(body.clone()),
+                    None,
+                    None,
+                    Inserted::Pending,
+                ),
+            },
+            (Ok(_), None) => (
+                RecipientState::Invalid,
+                None,
+                Some(ProblemCode::InvalidPhone.as_str().to_owned()),
+                Some("no phone".to_owned()),
+                Inserted::Invalid,
+            ),
+            (Err(problem), phone) => {
+                let already = match phone {
+                    _ if !self.add_mode => false,
+                    Some(phone) => self.known.any_phone.contains(phone),
+                    None => self.known.rows.contains(&row.row),
+                };
+                if already {
+                    return Ok(Inserted::AlreadyPlanned);
+                }
+                let state = problem.code.state();
+                (
+                    state,
+                    None,
+                    Some(problem.code.as_str().to_owned()),
+                    Some(problem.details.clone()),
+                    if state == RecipientState::Suppressed {
+                        Inserted::Suppressed
+                    } else {
+                        Inserted::Invalid
+                    },
+                )
+            }
+        };
+        if let Some(phone) = &row.phone {
+            if !matches!(state, RecipientState::Invalid | RecipientState::Duplicate) {
+                self.known
+                    .first
+                    .entry(phone.clone())
+                    .or_insert((row.row, self.generation));
+            }
+            self.known.any_phone.insert(phone.clone());
+            if state == RecipientState::Pending {
+                self.pending_in_buffer
+                    .insert(phone.clone(), self.buffer.len());
+            }
+        }
+        self.buffer.push(PlanRow {
+            csv_row: row.row as i64,
+            phone: row.phone.clone(),
+            name: row.name.clone(),
+            state,
+            body,
+            code,
+            details,
+            timezone: row.timezone.map(|tz| tz.zone.name().to_owned()),
+            message_id: None,
+            sent_at: None,
+            updated_at: None,
+        });
+        if self.buffer.len() >= PLAN_BATCH {
+            self.flush()?;
+        }
+        Ok(inserted)
+    }
+
+    fn mark_messaged(&mut self, earlier: &EarlierMessage) -> Result<bool, StateError> {
+        let (state, code) = if earlier.sent {
+            (RecipientState::Sent, None)
+        } else {
+            (
+                RecipientState::Uncertain,
+                Some("earlier_attempt".to_owned()),
+            )
+        };
+        let at = timestamp(earlier.at);
+        if let Some(&i) = self.pending_in_buffer.get(&earlier.phone) {
+            self.pending_in_buffer.remove(&earlier.phone);
+            let r = &mut self.buffer[i];
+            r.state = state;
+            r.message_id = earlier.message_id.clone();
+            r.code = code;
+            r.details = Some(earlier.details.clone());
+            r.sent_at = earlier.sent.then(|| at.clone());
+            r.updated_at = Some(at);
+            return Ok(true);
+        }
+        let (campaign_id, generation) = (self.store.campaign_id, self.generation);
+        let (phone, message_id, details) = (
+            earlier.phone.clone(),
+            earlier.message_id.clone(),
+            earlier.details.clone(),
+        );
+        let changed = self.store.in_tx(
+            self.epoch,
+            "marking rows the ledger shows messaged",
+            move |c| {
+                c.execute(
+                    "UPDATE convers8.recipients SET state = $3, message_id = $4, error_code = $5,
+                       error_details = $6, updated_at = $7,
+                       sent_at = CASE WHEN $3 = 'sent' THEN $7 ELSE NULL END
+                     WHERE campaign_id = $1 AND phone = $2 AND state = 'pending'
+                       AND generation = $8",
+                    &[
+                        &campaign_id,
+                        &phone,
+                        &state.as_str(),
+                        &message_id,
+                        &code,
+                        &details,
+                        &at,
+                        &generation,
+                    ],
+                )
+            },
+        )?;
+        Ok(changed > 0)
+    }
+
+    fn commit(mut self: Box<Self>, info: &PlanInfo) -> Result<(), StateError> {
+        self.flush()?;
+        let campaign_id = self.store.campaign_id;
+        let info = info.clone();
+        self.store
+            .in_tx(self.epoch, "recording the plan", move |c| {
+                c.execute(
+                    "UPDATE convers8.campaigns SET message_type = $2, campaign_file = $3,
+                   csv_file = $4, message_fingerprint = $5, csv_sha256 = $6, csv_rows = $7,
+                   planned_at = coalesce(planned_at, $8), updated_at = $9
+                 WHERE id = $1",
+                    &[
+                        &campaign_id,
+                        &info.message_type,
+                        &info.campaign_file,
+                        &info.csv_file,
+                        &info.message_fingerprint,
+                        &info.csv_sha256,
+                        &(info.csv_rows as i64),
+                        &info.planned_at,
+                        &info.updated_at,
+                    ],
+                )
+            })?;
+        self.store.commit(self.epoch, "committing the plan")?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PgPlan<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.store.rollback();
+        }
+    }
+}
