@@ -458,7 +458,8 @@ pub struct RunSummary {
     /// How it ended, a stable word: completed, nothing_to_do, dry_run,
     /// limit_reached, outside_window, daily_limit_reached, interrupted,
     /// max_runtime, window_closed, unauthorized, circuit_breaker,
-    /// state_failed (and, for a run that could not start, error or lock_held).
+    /// tls_rejected, state_failed, lease_lost (and, for a run that could not
+    /// start, error or lock_held).
     pub end: &'static str,
     /// The same, as a sentence.
     pub message: String,

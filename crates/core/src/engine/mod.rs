@@ -670,7 +670,9 @@ fn daily_limit_used_up(
 
 /// Settles the ledger's reservations a dead run of this state left, from
 /// the state: a row sent or uncertain keeps its message, any other gives it
-/// back. (Rows it left `sending` are `uncertain` by now.)
+/// back. A row still `sending` is left as it is: in a state shared by
+/// several runners it is a live runner's (a dead one's rows are `uncertain`
+/// by now, as are a dead run's in a file).
 fn settle_leftovers(ledger: &mut RunLedger, db: &dyn StateRead) -> Result<(), RunError> {
     let Some(l) = ledger.ledger().filter(|_| ledger.records()) else {
         return Ok(());
@@ -690,11 +692,10 @@ fn settle_leftovers(ledger: &mut RunLedger, db: &dyn StateRead) -> Result<(), Ru
                 message_id: r.message_id.clone(),
                 at: parse(r.sent_at.as_ref()),
             },
-            Some(r) if matches!(r.state, RecipientState::Uncertain | RecipientState::Sending) => {
-                Settled::Uncertain {
-                    at: parse(r.updated_at.as_ref()),
-                }
-            }
+            Some(r) if r.state == RecipientState::Sending => continue,
+            Some(r) if r.state == RecipientState::Uncertain => Settled::Uncertain {
+                at: parse(r.updated_at.as_ref()),
+            },
             _ => Settled::NotSent,
         };
         settled.push((phone, row, how));

@@ -20,7 +20,8 @@ use chrono::{DateTime, Utc};
 
 use crate::engine::progress::format_duration;
 use crate::state::{
-    Counts, RecipientRecord, RecipientState, RunRecord, StateError, StateRead, VisitError,
+    Counts, RecipientRecord, RecipientState, RunRecord, RunnerRecord, StateError, StateRead,
+    VisitError,
 };
 
 /// How far back `status` looks to measure the pace of a run in progress.
@@ -45,6 +46,9 @@ pub struct Status {
     pub counts: Counts,
     /// The run sending right now, if any.
     pub running: Option<RunRecord>,
+    /// With a state shared by several runners: those holding a live lease.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runners: Vec<RunnerRecord>,
     /// The latest run did not finish and its process is gone (killed, crashed).
     pub last_run_died: bool,
     /// Messages per second while a run is in progress, over the last
@@ -118,10 +122,16 @@ pub fn gather_status(db: &dyn StateRead, now: DateTime<Utc>) -> Result<Status, S
     let last_run = db.runs(1)?.into_iter().next();
     let unfinished = last_run.as_ref().filter(|r| r.finished_at.is_none());
     // A run that never recorded its end is only "in progress" while its
-    // process lives; otherwise it was killed or crashed.
-    let running = unfinished
-        .filter(|r| process_alive(r.pid).unwrap_or(true))
-        .cloned();
+    // process lives; otherwise it was killed or crashed. In a state shared
+    // by several runners (on other machines too) their leases say so.
+    let runners = db.live_runners()?;
+    let running = match &runners {
+        Some(live) if live.is_empty() => None,
+        Some(_) => db.runs(64)?.into_iter().find(|r| r.finished_at.is_none()),
+        None => unfinished
+            .filter(|r| process_alive(r.pid).unwrap_or(true))
+            .cloned(),
+    };
     let last_run_died = unfinished.is_some() && running.is_none();
     let (per_second, per_second_span_seconds, eta_seconds) = match &running {
         Some(run) => {
@@ -164,6 +174,7 @@ pub fn gather_status(db: &dyn StateRead, now: DateTime<Utc>) -> Result<Status, S
         total: counts.total(),
         counts,
         running,
+        runners: runners.unwrap_or_default(),
         last_run_died,
         per_second,
         per_second_span_seconds,
@@ -291,6 +302,19 @@ impl Status {
                 )?;
             }
             None => writeln!(out, "running    no")?,
+        }
+        if !self.runners.is_empty() {
+            let list: Vec<String> = self
+                .runners
+                .iter()
+                .map(|r| format!("#{} pid {} on {}", r.id, r.pid, r.host))
+                .collect();
+            writeln!(
+                out,
+                "runners    {} live: {}",
+                self.runners.len(),
+                list.join(", ")
+            )?;
         }
         if let Some(run) = &self.last_run {
             let end = match (&run.finished_at, &run.outcome) {

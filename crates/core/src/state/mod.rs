@@ -457,6 +457,17 @@ pub struct RunRecord {
     pub uncertain: u64,
 }
 
+/// A runner sending from a state shared by several (`status`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunnerRecord {
+    pub id: i64,
+    pub host: String,
+    pub pid: u32,
+    pub started_at: String,
+    /// Until when its rows are its own unless it renews (the database's clock).
+    pub lease_until: String,
+}
+
 /// Which rows `retry` puts back to pending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetrySelection {

@@ -31,7 +31,8 @@ use super::reads::{AttemptsCount, ErrorStateCount};
 use super::runner::{SendGate, SharedPace};
 use super::{
     Claimed, Counts, EarlierMessage, Inserted, PlanInfo, PlannedRow, RecipientRecord,
-    RecipientState, RetrySelection, RowOutcome, RunRecord, StateDb, StateError, Verdict,
+    RecipientState, RetrySelection, RowOutcome, RunRecord, RunnerRecord, StateDb, StateError,
+    Verdict,
 };
 
 /// What reading the state needs: nothing here writes, and a reader works
@@ -107,6 +108,12 @@ pub trait StateRead {
         &self,
         states: &[RecipientState],
     ) -> Result<Vec<(Option<String>, u64)>, StateError>;
+
+    /// The runners holding a live lease, when the store is shared by
+    /// several (`None` for a store with one run at a time).
+    fn live_runners(&self) -> Result<Option<Vec<RunnerRecord>>, StateError> {
+        Ok(None)
+    }
 
     /// The most recent runs, newest first.
     fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError>;

@@ -13,8 +13,8 @@ use super::PgStore;
 use crate::state::reads::{AttemptsCount, ErrorStateCount, TIMESTAMP_CHARS};
 use crate::state::store::{StateRead, VisitError};
 use crate::state::{
-    Counts, PlanInfo, RecipientRecord, RecipientState, RetrySelection, RunRecord, StateError,
-    timestamp,
+    Counts, PlanInfo, RecipientRecord, RecipientState, RetrySelection, RunRecord, RunnerRecord,
+    StateError, timestamp,
 };
 
 /// Rows fetched per page by [`StateRead::for_each_recipient`].
@@ -283,6 +283,32 @@ impl StateRead for PgStore {
             .iter()
             .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
             .collect())
+        })
+    }
+
+    fn live_runners(&self) -> Result<Option<Vec<RunnerRecord>>, StateError> {
+        let id = self.campaign_id;
+        self.link.call("reading the runners", move |c| {
+            Ok(Some(
+                c.query(
+                    "SELECT id, host, pid,
+                       to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                       to_char(lease_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')
+                     FROM convers8.runners
+                     WHERE campaign_id = $1 AND state = 'live' AND lease_until > now()
+                     ORDER BY id",
+                    &[&id],
+                )?
+                .iter()
+                .map(|r| RunnerRecord {
+                    id: r.get(0),
+                    host: r.get(1),
+                    pid: r.get::<_, i32>(2) as u32,
+                    started_at: r.get(3),
+                    lease_until: r.get(4),
+                })
+                .collect(),
+            ))
         })
     }
 
