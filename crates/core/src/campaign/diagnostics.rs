@@ -31,7 +31,9 @@ const ROOT_KEYS: &[&str] = &[
     "message",
     "ledger",
     "audience",
+    "state",
 ];
+const STATE_KEYS: &[&str] = &["url", "lease"];
 const LEDGER_KEYS: &[&str] = &["enabled", "path"];
 const AUDIENCE_KEYS: &[&str] = &["max_messages", "per"];
 const CAMPAIGN_KEYS: &[&str] = &["name", "description"];
@@ -1171,6 +1173,7 @@ fn expected_keys(table: &[Seg]) -> &'static [&'static str] {
         ["message"] => MESSAGE_KEYS,
         ["ledger"] => LEDGER_KEYS,
         ["audience"] => AUDIENCE_KEYS,
+        ["state"] => STATE_KEYS,
         _ => &[],
     }
 }
@@ -1211,6 +1214,35 @@ text = "Hi {{name}}"
         match load(text) {
             Ok(_) => panic!("expected an error for:\n{text}"),
             Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn state_reads_a_database_url_and_refuses_a_password_in_the_file() {
+        let c = load(&format!(
+            "{MINIMAL}[state]\nurl = \"postgres://app@db.example/c\"\nlease = \"2m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.state.url.as_deref(), Some("postgres://app@db.example/c"));
+        assert_eq!(c.state.lease, Some(Duration::from_secs(120)));
+        assert_eq!(load(MINIMAL).unwrap().state, StateSpec::default());
+        let with_password = err(&format!(
+            "{MINIMAL}[state]\nurl = \"postgres://app:s3cret@db.example/c\"\n"
+        ));
+        assert!(
+            with_password.contains("[state]") && with_password.contains("CONVERS8_STATE_URL"),
+            "{with_password}"
+        );
+        assert!(!with_password.contains("s3cret"), "{with_password}");
+        let query_password = err(&format!(
+            "{MINIMAL}[state]\nurl = \"postgres://db/c?password=s3cret\"\n"
+        ));
+        assert!(!query_password.contains("s3cret"), "{query_password}");
+        let path = err(&format!("{MINIMAL}[state]\nurl = \"x.state.db\"\n"));
+        assert!(path.contains("--state PATH"), "{path}");
+        for lease in ["1s", "soon", "30", "-5s"] {
+            let e = err(&format!("{MINIMAL}[state]\nlease = \"{lease}\"\n"));
+            assert!(e.contains("`lease` in [state]"), "{lease}: {e}");
         }
     }
 
@@ -1733,6 +1765,9 @@ path = "l.db"
 [audience]
 max_messages = 2
 per = "7d"
+[state]
+url = "postgres://app@db.example/campaigns"
+lease = "30s"
 "#;
         load(text).unwrap();
         for list in [
@@ -1745,6 +1780,7 @@ per = "7d"
             MESSAGE_KEYS,
             LEDGER_KEYS,
             AUDIENCE_KEYS,
+            STATE_KEYS,
         ] {
             for k in list {
                 assert!(

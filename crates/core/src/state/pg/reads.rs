@@ -366,9 +366,12 @@ impl StateRead for PgStore {
         let id = self.campaign_id;
         self.link.call("counting sends over time", move |c| {
             Ok(c.query(
-                "SELECT substr(sent_at, 1, $2) AS bucket, count(*) FROM convers8.recipients
-                 WHERE campaign_id = $1 AND sent_at IS NOT NULL
-                 GROUP BY bucket ORDER BY bucket COLLATE \"C\"",
+                // The collation on the column, not in ORDER BY: PostgreSQL
+                // reads `bucket COLLATE "C"` as an expression over the
+                // table's columns, where there is no `bucket`.
+                "SELECT substr(sent_at COLLATE \"C\", 1, $2) AS bucket, count(*)
+                 FROM convers8.recipients WHERE campaign_id = $1 AND sent_at IS NOT NULL
+                 GROUP BY bucket ORDER BY bucket",
                 &[&id, &prefix_chars],
             )?
             .iter()

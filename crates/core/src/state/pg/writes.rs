@@ -26,6 +26,11 @@ use crate::state::{
     RetrySelection, RowOutcome, StateError, Verdict, timestamp,
 };
 
+/// How many times a transaction's BEGIN is retried (see [`PgStore::begin`]),
+/// waiting this long times the attempt number before each.
+const BEGIN_RETRIES: u32 = 5;
+const BEGIN_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Planned rows are sent to the server in `COPY` batches of this many.
 const PLAN_BATCH: usize = 5_000;
 
@@ -41,11 +46,27 @@ fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
 
 impl PgStore {
     /// Begins a transaction; returns the connection epoch it lives in.
+    ///
+    /// A connection the server dropped while this runner was between
+    /// transactions (a restart) is only noticed by the next statement: BEGIN
+    /// is retried a few times, each on a connection made anew, since nothing
+    /// of the transaction exists yet.
     fn begin(&self, operation: &'static str) -> Result<u64, StateError> {
-        self.link.call_in(operation, None, |c, epoch| {
-            c.batch_execute("BEGIN")?;
-            Ok(epoch)
-        })
+        let mut tries = 0;
+        loop {
+            let begun = self.link.call_in(operation, None, |c, epoch| {
+                c.batch_execute("BEGIN")?;
+                Ok(epoch)
+            });
+            match begun {
+                Err(e) if tries < BEGIN_RETRIES => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "retrying after the database connection failed");
+                    std::thread::sleep(BEGIN_RETRY_AFTER * tries);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs `f` inside the transaction begun in `epoch`.
@@ -107,8 +128,9 @@ impl PgStore {
         let mut details = Vec::with_capacity(outcomes.len());
         let mut ats = Vec::with_capacity(outcomes.len());
         for o in outcomes {
-            // A row this handle never claimed has no token: it matches nothing.
-            let token = self.tokens.remove(&o.id).unwrap_or(-1);
+            // A row this handle never claimed has no token: it matches
+            // nothing. Forgotten only once the outcome is committed.
+            let token = self.tokens.get(&o.id).copied().unwrap_or(-1);
             let (message_id, code, detail) = o.outcome.columns();
             ids.push(o.id);
             tokens.push(token);
@@ -146,6 +168,13 @@ impl PgStore {
             )
         })?;
         Ok(())
+    }
+
+    /// The rows of recorded outcomes are no longer this handle's.
+    fn forget_tokens(&mut self, outcomes: &[RowOutcome]) {
+        for o in outcomes {
+            self.tokens.remove(&o.id);
+        }
     }
 
     /// Up to `n` claimable rows from `from_id` on, locked for this
@@ -391,12 +420,14 @@ impl StateStore for PgStore {
             self.transaction("recording results", |store, epoch| {
                 store.record_outcomes(epoch, outcomes)
             })?;
+            self.forget_tokens(outcomes);
             return Err(self.lease_lost(self.runner_id().unwrap_or(0)));
         }
         let (claimed, token) = self.transaction("recording results", |store, epoch| {
             store.record_outcomes(epoch, outcomes)?;
             store.claim_in(epoch, n, screen)
         })?;
+        self.forget_tokens(outcomes);
         // Known only once committed: a claim rolled back holds no row.
         for row in &claimed {
             self.tokens.insert(row.id, token);
