@@ -86,7 +86,7 @@ impl Runner {
     /// has rows in flight: those are left for the lease to run out and the
     /// rescue to make `uncertain`. Best effort: a runner that cannot say it
     /// finished is rescued like a dead one, which loses nothing.
-    pub(super) fn finish(mut self, link: &Link, _campaign_id: i64) {
+    pub(super) fn finish(mut self, link: &Link) {
         self.stop.take();
         if let Some(beat) = self.heartbeat.take() {
             let _ = beat.join();
@@ -124,9 +124,13 @@ fn heartbeat(
     lease: Duration,
 ) {
     let every = lease / 3;
+    // After a failed renewal, try again soon: waiting a whole third would
+    // land the retry just as the gate shuts.
+    let soon = (every / 10).max(Duration::from_millis(100));
+    let mut wait = every;
     let lease_secs = lease.as_secs_f64();
     loop {
-        match stop.recv_timeout(every) {
+        match stop.recv_timeout(wait) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             // Told to stop, or the store is gone.
             _ => return,
@@ -141,7 +145,10 @@ fn heartbeat(
             .map(|row| row.is_some())
         });
         match renewed {
-            Ok(true) => gate.extend_from(asked, gate_span(lease)),
+            Ok(true) => {
+                gate.extend_from(asked, gate_span(lease));
+                wait = every;
+            }
             Ok(false) => {
                 // Declared dead while it could not renew: its rows are
                 // someone else's `uncertain` now. It must never send again.
@@ -155,6 +162,7 @@ fn heartbeat(
             Err(e) => {
                 // The gate runs out by itself if this goes on.
                 tracing::warn!(runner = id, error = %e, "could not renew the lease");
+                wait = soon;
                 continue;
             }
         }
@@ -170,15 +178,18 @@ fn heartbeat(
 pub(super) fn rescue(link: &Link, campaign_id: i64) -> Result<u64, StateError> {
     let now = timestamp(Utc::now());
     link.call("rescuing the rows of lost runners", move |c| {
-        let mut tx = c.transaction()?;
-        // A runner stopped in the middle of its own transaction holds row
-        // locks: give up for now rather than wait on it.
-        tx.batch_execute("SET LOCAL lock_timeout = '2s'")?;
-        tx.execute(
+        // Declared dead in a transaction of its own, so the runner can never
+        // renew again even if its rows cannot be rescued this time.
+        c.execute(
             "UPDATE convers8.runners SET state = 'dead', ended_at = now()
              WHERE campaign_id = $1 AND state = 'live' AND lease_until < now()",
             &[&campaign_id],
         )?;
+        let mut tx = c.transaction()?;
+        // A runner stopped in the middle of its own transaction holds row
+        // locks (until the server ends its session, see `connect`): give up
+        // for now rather than wait on it.
+        tx.batch_execute("SET LOCAL lock_timeout = '2s'")?;
         let rescued = tx.execute(
             "UPDATE convers8.recipients r SET state = 'uncertain', error_code = 'runner_lost',
                error_details = format('runner %s (pid %s on %s) stopped renewing its lease while '

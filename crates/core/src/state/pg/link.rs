@@ -195,6 +195,12 @@ impl Link {
     }
 }
 
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").field("to", &self.shown).finish()
+    }
+}
+
 impl Drop for Link {
     fn drop(&mut self) {
         // Closing the channel ends the thread's loop after the jobs queued.

@@ -39,6 +39,11 @@ use link::Link;
 /// says (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The least time a session may sit idle inside a transaction before the
+/// server ends it (see [`connect`]): a plan's transaction pauses while rows
+/// are read and rendered.
+const MIN_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
+
 /// Advisory lock space of a campaign's setup (planning, rescue), so runners
 /// starting together plan it once ("C8" and the campaign's id).
 const SETUP_LOCK_SPACE: i32 = 0x4338;
@@ -212,7 +217,7 @@ impl PgStore {
 impl Drop for PgStore {
     fn drop(&mut self) {
         if let Some(runner) = self.runner.take() {
-            runner.finish(&self.link, self.campaign_id);
+            runner.finish(&self.link);
         }
     }
 }
@@ -232,6 +237,17 @@ pub(crate) fn connect(target: &PgTarget) -> Result<Client, StateError> {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     config.application_name("convers8-campaign");
+    // A claim must be durable before any of its requests leaves, whatever
+    // the server's default: with `synchronous_commit = off` a crash of the
+    // server can lose a committed claim, and its rows, already sent, would
+    // be pending again. And a runner frozen in the middle of a transaction
+    // (SIGSTOP, a paused VM) must not hold its rows' locks for ever: the
+    // server ends such a session after a lease, so its claim is undone
+    // (nothing of it was sent) and the others can rescue the rest.
+    let idle = target.lease.max(MIN_IDLE_IN_TRANSACTION).as_millis();
+    config.options(&format!(
+        "-c synchronous_commit=on -c idle_in_transaction_session_timeout={idle}"
+    ));
     let tls = tls_connector().map_err(|reason| fail("setting up TLS", reason))?;
     config
         .connect(tls)

@@ -33,12 +33,6 @@ pub(crate) struct PgPace {
     campaign_id: i64,
 }
 
-impl std::fmt::Debug for Link {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Link")
-    }
-}
-
 impl PgPace {
     pub(crate) fn open(target: &PgTarget, campaign_id: i64) -> Result<PgPace, StateError> {
         Ok(PgPace {

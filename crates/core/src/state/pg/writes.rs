@@ -403,8 +403,20 @@ impl StateStore for PgStore {
     }
 
     fn mark_interrupted_uncertain(&mut self) -> Result<u64, StateError> {
-        self.check_lease()?;
-        lease::rescue(&self.link, self.campaign_id)
+        // After a lost lease this runner's rows are the others' to rescue,
+        // and the run's end already says why it stopped.
+        if self.runner.as_ref().is_some_and(|r| r.gate.is_lost()) {
+            return Ok(0);
+        }
+        // Best effort: a runner frozen in the middle of a claim holds its
+        // rows' locks; every heartbeat and every later start rescues again.
+        match lease::rescue(&self.link, self.campaign_id) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not rescue the rows of lost runners now");
+                Ok(0)
+            }
+        }
     }
 
     fn record_and_claim_screened(
