@@ -168,13 +168,14 @@ struct Row {
     message_id: String,
     error_code: String,
     updated_at: String,
+    attempts: u32,
 }
 
 fn recipients(sql: &Sql) -> Vec<Row> {
     sql.rows(
         "SELECT id, coalesce(phone, ''), state, coalesce(runner_id::text, ''),
                 coalesce(claim_token::text, ''), coalesce(message_id, ''),
-                coalesce(error_code, ''), coalesce(updated_at, '')
+                coalesce(error_code, ''), coalesce(updated_at, ''), attempts::text
          FROM convers8.recipients ORDER BY id",
     )
     .into_iter()
@@ -187,6 +188,7 @@ fn recipients(sql: &Sql) -> Vec<Row> {
         message_id: r[5].clone(),
         error_code: r[6].clone(),
         updated_at: r[7].clone(),
+        attempts: r[8].parse().expect("attempts"),
     })
     .collect()
 }
@@ -783,10 +785,13 @@ fn a_runner_stopped_past_its_lease_sends_nothing_more_and_exits_lease_lost() {
 
     // Its late outcomes changed only its own rows: every other row is as it
     // was before C woke, and C's rows moved only from uncertain
-    // (runner_lost) to sent, for messages the sandbox did deliver.
+    // (runner_lost) to sent, for messages the sandbox did deliver, or back
+    // to pending, for rows it gave back before any request left for them.
     let after = recipients(&sql);
     assert_eq!(before.len(), after.len());
+    let delivered: HashSet<&String> = messages.iter().map(|m| &m.to).collect();
     let mut upgraded = 0;
+    let mut given_back = 0;
     for (was, now) in before.iter().zip(&after) {
         if was.runner != Some(c_id) {
             assert_eq!(was, now, "a row of another runner changed after C woke");
@@ -796,10 +801,21 @@ fn a_runner_stopped_past_its_lease_sends_nothing_more_and_exits_lease_lost() {
             continue;
         }
         assert!(
-            was.state == "uncertain" && was.error_code == "runner_lost" && now.state == "sent",
+            was.state == "uncertain" && was.error_code == "runner_lost",
             "C's row changed from {was:?} to {now:?}"
         );
         assert_eq!(was.token, now.token);
+        if now.state == "pending" {
+            assert_eq!(was.attempts, now.attempts, "given back without a request");
+            assert!(
+                !delivered.contains(&now.phone),
+                "row {} went back to pending though the sandbox has its message",
+                now.id
+            );
+            given_back += 1;
+            continue;
+        }
+        assert_eq!(now.state, "sent", "C's row changed from {was:?} to {now:?}");
         assert!(
             delivered_unanswered.contains(&now.phone),
             "row {} became sent but the sandbox never delivered it before C woke",
@@ -807,6 +823,11 @@ fn a_runner_stopped_past_its_lease_sends_nothing_more_and_exits_lease_lost() {
         );
         upgraded += 1;
     }
+    // The rows C gave back are sent by the next run, once each.
+    final_rerun(&sandbox, &dir, &sql, D2_LEASE);
+    let messages = sandbox.messages();
+    assert_nobody_twice(&sandbox);
+    let after = recipients(&sql);
     assert_rows_match_sandbox(&after, &messages);
     let states = sql.states();
     assert_eq!(
@@ -816,7 +837,7 @@ fn a_runner_stopped_past_its_lease_sends_nothing_more_and_exits_lease_lost() {
     );
     eprintln!(
         "drill 2: C (runner {c_id}) stopped at {stopped_at} holding {holding} rows `sending` ({} delivered, answers unread), \
-         continued at {continued_at}: {upgraded} late outcomes upgraded its rows; {states:?}; drill {:.1} s",
+         continued at {continued_at}: {upgraded} late outcomes upgraded its rows, {given_back} rows it never sent went back to pending; {states:?}; drill {:.1} s",
         delivered_unanswered.len(),
         started.elapsed().as_secs_f64()
     );

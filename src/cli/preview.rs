@@ -81,7 +81,12 @@ pub async fn run(args: PreviewArgs) -> anyhow::Result<ExitCode> {
             .plan_info()?
             .and_then(|p| MessageKind::parse(&p.message_type))
             .unwrap_or(campaign.message.kind);
-        let source = format!("previewing from the state {location} (what a run will really send)");
+        let what = if location.file().is_some() {
+            "state file"
+        } else {
+            "state"
+        };
+        let source = format!("previewing from the {what} {location} (what a run will really send)");
         (db, kind, source, changed)
     } else {
         let suppressions = super::common::suppressions(&campaign)?;

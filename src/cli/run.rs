@@ -150,11 +150,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
     let lease = parse_duration(s)?;
-    let min = convers8_campaign::state::location::MIN_LEASE;
-    if lease < min {
+    use convers8_campaign::state::location::{MAX_LEASE, MIN_LEASE};
+    if lease < MIN_LEASE {
         return Err(format!(
             "a lease of {s} is too short: at least {}s, or an ordinary pause of a busy machine loses it",
-            min.as_secs()
+            MIN_LEASE.as_secs()
+        ));
+    }
+    if lease > MAX_LEASE {
+        return Err(format!(
+            "a lease of {s} is too long: at most {}m, the longest a lost runner's rows wait to be rescued",
+            MAX_LEASE.as_secs() / 60
         ));
     }
     Ok(lease)

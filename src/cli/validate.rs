@@ -106,7 +106,11 @@ fn zone_fallback_warning(campaign: &Campaign, fell_back: u64) -> Option<String> 
 fn other_state_warning(campaign: &Campaign, file: &Path) -> anyhow::Result<Option<String>> {
     use convers8_campaign::ledger::{Ledger, location};
     let state = convers8_campaign::state::default_state_path(file);
-    if !campaign.ledger.enabled || state.exists() {
+    // A campaign kept in a database has no file state to warn about.
+    let in_database = campaign.state.url.is_some()
+        || std::env::var(super::common::STATE_URL_ENV)
+            .is_ok_and(|u| convers8_campaign::state::location::is_postgres_url(&u));
+    if !campaign.ledger.enabled || state.exists() || in_database {
         return Ok(None);
     }
     let Some(path) = location::for_campaign(campaign.ledger.path.as_deref()) else {

@@ -523,8 +523,9 @@ impl Doc<'_> {
                     self.invalid(
                         &[key("state"), key("lease")],
                         format!(
-                            "`lease` in [state] must be a duration of at least {}s such as \"30s\" or \"2m\", found {text:?}",
-                            crate::state::location::MIN_LEASE.as_secs()
+                            "`lease` in [state] must be a duration from {}s to {}m such as \"30s\" or \"2m\", found {text:?}",
+                            crate::state::location::MIN_LEASE.as_secs(),
+                            crate::state::location::MAX_LEASE.as_secs() / 60
                         ),
                     )
                 })?;
@@ -1122,7 +1123,8 @@ fn humantime_lease(text: &str) -> Option<std::time::Duration> {
         _ => return None,
     };
     let lease = std::time::Duration::from_secs(secs);
-    (lease >= crate::state::location::MIN_LEASE).then_some(lease)
+    use crate::state::location::{MAX_LEASE, MIN_LEASE};
+    (MIN_LEASE..=MAX_LEASE).contains(&lease).then_some(lease)
 }
 
 fn parse_period(text: &str) -> Option<chrono::Duration> {

@@ -402,6 +402,16 @@ pub async fn run(
             campaign: campaign.file.display().to_string(),
         });
     }
+    // The ledger is still a file on this machine: runners elsewhere count
+    // in their own. Said once, where an operator relying on a cap sees it.
+    if matches!(options.state, StateLocation::Postgres(_))
+        && run_ledger.records()
+        && (campaign.audience.is_some() || run_ledger.enforces_daily_limit())
+    {
+        progress.note(
+            "the [audience] cap and the daily limit count the messages in this machine's ledger: runners of this campaign on other machines count in their own",
+        );
+    }
     let (plan, replanned) = prepare_plan(
         db.as_mut(),
         campaign,

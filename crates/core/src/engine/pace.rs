@@ -346,10 +346,13 @@ impl SharedSlots {
             if !lock(&self.queue).is_empty() {
                 continue;
             }
-            let asked = Instant::now();
             match self.source.reserve(self.block_size(), self.ceiling).await {
                 Ok(block) => {
-                    let first = asked + block.first_in;
+                    // From the answer, not the question: `first_in` was
+                    // measured on the database a round trip after asking,
+                    // and placing the block earlier would overlap the block
+                    // another runner reserved just before.
+                    let first = Instant::now() + block.first_in;
                     let spacing = Duration::from_secs_f64(1.0 / block.rate.max(MIN_RATE));
                     let mut queue = lock(&self.queue);
                     queue.extend((0..block.slots).map(|i| first + spacing * i));

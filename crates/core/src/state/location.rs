@@ -18,6 +18,10 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// would be lost to an ordinary pause of a loaded machine.
 pub const MIN_LEASE: Duration = Duration::from_secs(3);
 
+/// The longest lease accepted: a lost runner's rows wait this long to be
+/// rescued.
+pub const MAX_LEASE: Duration = Duration::from_secs(3600);
+
 /// A campaign's state: one SQLite file, or one campaign in a database.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StateLocation {
@@ -102,6 +106,12 @@ impl StateLocation {
 
 impl PgTarget {
     pub fn new(url: &str, campaign: &str) -> PgTarget {
+        // The driver knows the scheme in lower case only.
+        let url = match url.find("://") {
+            Some(i) => format!("{}{}", url[..i].to_ascii_lowercase(), &url[i..]),
+            None => url.to_owned(),
+        };
+        let url = url.as_str();
         PgTarget {
             url: url.to_owned(),
             shown: without_password(url),
@@ -136,27 +146,30 @@ pub fn has_password(url: &str) -> bool {
     without_password(url.trim()) != url.trim()
 }
 
-/// `postgres://user:secret@host/db?password=x` without `secret` and `x`.
+/// `postgres://user:secret@host/db?password=x` without `secret` and `x`,
+/// read the way the driver reads a URL: the credentials are everything
+/// before the first `@` (a password may hold an unencoded `/` or `?`), and
+/// a parameter's name is percent-decoded (`pass%77ord` is `password`).
 fn without_password(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(i) => (&url[..i + 3], &url[i + 3..]),
-        None => return url.to_owned(),
+    let Some(i) = url.find("://") else {
+        return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
+    let (scheme, rest) = url.split_at(i + 3);
+    let rest = match rest.find('@') {
         Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{user}{host}")
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{user}{}", &rest[at..])
         }
-        None => authority.to_owned(),
+        None => rest.to_owned(),
     };
-    let tail = match tail.split_once('?') {
+    let rest = match rest.split_once('?') {
         Some((path, query)) => {
             let kept: Vec<&str> = query
                 .split('&')
-                .filter(|pair| !pair.to_ascii_lowercase().starts_with("password="))
+                .filter(|pair| {
+                    let key = pair.split('=').next().unwrap_or_default();
+                    !percent_decoded(key).eq_ignore_ascii_case("password")
+                })
                 .collect();
             if kept.is_empty() {
                 path.to_owned()
@@ -164,9 +177,33 @@ fn without_password(url: &str) -> String {
                 format!("{path}?{}", kept.join("&"))
             }
         }
-        None => tail.to_owned(),
+        None => rest,
     };
-    format!("{scheme}{authority}{tail}")
+    format!("{scheme}{rest}")
+}
+
+/// `%XX` escapes decoded (an invalid one is kept as written).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -190,6 +227,9 @@ mod tests {
             ),
             ("postgres://a:b:c@h/d", "postgres://a@h/d"),
             ("postgres://h/d", "postgres://h/d"),
+            // The driver reads up to the first `@` as the credentials.
+            ("postgres://app:s3cret/x?y@db/c", "postgres://app@db/c"),
+            ("postgres://db/c?pass%77ord=s3cret", "postgres://db/c"),
         ] {
             let target = PgTarget::new(url, "spring");
             assert_eq!(target.shown(), shown);

@@ -147,6 +147,8 @@ fn heartbeat(
         match renewed {
             Ok(true) => {
                 gate.extend_from(asked, gate_span(lease));
+                // The next renewal a third of a lease after this one was
+                // asked, however long this one and the rescue below take.
                 wait = every;
             }
             Ok(false) => {
@@ -166,17 +168,23 @@ fn heartbeat(
                 continue;
             }
         }
-        if let Err(e) = rescue(&link, campaign_id) {
+        if let Err(e) = rescue(&link, campaign_id, lease / 6) {
             tracing::warn!(error = %e, "could not rescue the rows of lost runners");
         }
+        wait = wait.saturating_sub(asked.elapsed());
     }
 }
 
 /// Marks the live runners of the campaign whose lease ran out dead, and
 /// turns every row a dead runner left `sending` into `uncertain`
 /// (`runner_lost`). Returns how many rows it rescued.
-pub(super) fn rescue(link: &Link, campaign_id: i64) -> Result<u64, StateError> {
+///
+/// `patience` bounds the wait for a row lock: a runner frozen in the middle
+/// of a claim holds its rows' locks (until the server ends its session), and
+/// the heartbeat that rescues must not be held up past its next renewal.
+pub(super) fn rescue(link: &Link, campaign_id: i64, patience: Duration) -> Result<u64, StateError> {
     let now = timestamp(Utc::now());
+    let lock_timeout = format!("SET LOCAL lock_timeout = {}", patience.as_millis().max(1));
     link.call("rescuing the rows of lost runners", move |c| {
         // Declared dead in a transaction of its own, so the runner can never
         // renew again even if its rows cannot be rescued this time.
@@ -189,7 +197,7 @@ pub(super) fn rescue(link: &Link, campaign_id: i64) -> Result<u64, StateError> {
         // A runner stopped in the middle of its own transaction holds row
         // locks (until the server ends its session, see `connect`): give up
         // for now rather than wait on it.
-        tx.batch_execute("SET LOCAL lock_timeout = '2s'")?;
+        tx.batch_execute(&lock_timeout)?;
         let rescued = tx.execute(
             "UPDATE convers8.recipients r SET state = 'uncertain', error_code = 'runner_lost',
                error_details = format('runner %s (pid %s on %s) stopped renewing its lease while '

@@ -58,6 +58,11 @@ pub struct PgStore {
     /// Whether this handle holds the campaign's setup lock (from opening for
     /// a run until the run starts sending).
     setup_locked: bool,
+    /// The connection epoch the setup lock was taken in: a session lock
+    /// goes with its connection, so a plan must begin in that same epoch.
+    setup_epoch: u64,
+    /// Whether the run started sending ([`super::StateStore::start_run`]).
+    started: bool,
     resend: Option<RetrySelection>,
     resend_since: String,
     zones: Option<Vec<String>>,
@@ -105,13 +110,9 @@ impl PgStore {
                 "SELECT id FROM convers8.campaigns WHERE name = $1",
                 &[&name],
             )?;
-            let id: i64 = row.get(0);
-            c.execute(
-                "SELECT pg_advisory_lock($1, $2::integer)",
-                &[&SETUP_LOCK_SPACE, &(id as i32)],
-            )?;
-            Ok(id)
+            Ok(row.get::<_, i64>(0))
         })?;
+        let setup_epoch = take_setup_lock(&link, campaign_id, &target.campaign)?;
         let runner = Runner::register(target, &link, campaign_id)?;
         Ok(PgStore {
             link,
@@ -119,6 +120,8 @@ impl PgStore {
             campaign_id,
             runner: Some(runner),
             setup_locked: true,
+            setup_epoch,
+            started: false,
             resend: None,
             resend_since: String::new(),
             zones: None,
@@ -162,6 +165,8 @@ impl PgStore {
             campaign_id,
             runner: None,
             setup_locked: false,
+            setup_epoch: 0,
+            started: false,
             resend: None,
             resend_since: String::new(),
             zones: None,
@@ -222,6 +227,39 @@ impl Drop for PgStore {
     }
 }
 
+/// Takes the campaign's setup lock (see [`SETUP_LOCK_SPACE`]), saying so
+/// while another runner holds it; returns the connection epoch it lives in.
+fn take_setup_lock(link: &Link, campaign_id: i64, campaign: &str) -> Result<u64, StateError> {
+    let key = campaign_id as i32;
+    let mut told = false;
+    loop {
+        let (got, epoch) = link.call_in(
+            "waiting for the campaign's setup lock",
+            None,
+            move |c, epoch| {
+                c.query_one(
+                    "SELECT pg_try_advisory_lock($1, $2::integer)",
+                    &[&SETUP_LOCK_SPACE, &key],
+                )
+                .map(|r| (r.get::<_, bool>(0), epoch))
+            },
+        )?;
+        if got {
+            return Ok(epoch);
+        }
+        if !told {
+            tracing::info!(
+                "another runner is planning or checking campaign {campaign:?}: waiting for it"
+            );
+            told = true;
+        }
+        std::thread::sleep(SETUP_LOCK_POLL);
+    }
+}
+
+/// How often a runner asks again for a setup lock another runner holds.
+const SETUP_LOCK_POLL: Duration = Duration::from_millis(200);
+
 /// Connects to the target with TLS when the server offers it (`sslmode`
 /// as the URL says; `prefer` by default, like libpq).
 pub(crate) fn connect(target: &PgTarget) -> Result<Client, StateError> {
@@ -248,6 +286,10 @@ pub(crate) fn connect(target: &PgTarget) -> Result<Client, StateError> {
     config.options(&format!(
         "-c synchronous_commit=on -c idle_in_transaction_session_timeout={idle}"
     ));
+    // A path to the server that dies silently (no reset) is noticed within
+    // a lease, not after the kernel's quarter of an hour.
+    config.keepalives_idle(target.lease / 3);
+    config.tcp_user_timeout(target.lease);
     let tls = tls_connector().map_err(|reason| fail("setting up TLS", reason))?;
     config
         .connect(tls)

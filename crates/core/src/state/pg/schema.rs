@@ -95,6 +95,13 @@ const MIGRATIONS: &[&str] = &[
 
     CREATE SEQUENCE convers8.claim_tokens;
     "#,
+    // 2: a CSV row is planned once per generation, whatever happens to the
+    // runners planning it: two plans of one campaign at once (a runner that
+    // lost its setup lock with its connection) cannot both commit.
+    r#"
+    CREATE UNIQUE INDEX recipients_planned_once
+        ON convers8.recipients (campaign_id, generation, csv_row);
+    "#,
 ];
 
 /// The schema version this build writes.

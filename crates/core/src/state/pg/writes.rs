@@ -31,6 +31,9 @@ use crate::state::{
 const BEGIN_RETRIES: u32 = 5;
 const BEGIN_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long the rescue at a run's start waits for a row lock.
+const RESCUE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Planned rows are sent to the server in `COPY` batches of this many.
 const PLAN_BATCH: usize = 5_000;
 
@@ -113,8 +116,9 @@ impl PgStore {
     /// Records outcomes: each settles its row only while the row carries
     /// the claim token it was claimed with, and only if the row is still
     /// `sending` — or was rescued as `uncertain` (`runner_lost`) and the
-    /// outcome is final (`sent`, `failed`): a late answer may upgrade its
-    /// own row, never take one back to `pending`.
+    /// outcome is final (`sent`, `failed`), or a row given back before any
+    /// request left for it (the token proves nobody claimed it since): a
+    /// late answer may settle its own row, never one that may have gone.
     fn record_outcomes(&mut self, epoch: u64, outcomes: &[RowOutcome]) -> Result<(), StateError> {
         if outcomes.is_empty() {
             return Ok(());
@@ -154,7 +158,8 @@ impl PgStore {
                  WHERE r.id = o.id AND r.claim_token = o.token
                    AND (r.state = 'sending'
                         OR (r.state = 'uncertain' AND r.error_code = 'runner_lost'
-                            AND o.state IN ('sent', 'failed')))",
+                            AND (o.state IN ('sent', 'failed')
+                                 OR (o.state = 'pending' AND o.attempts = 0))))",
                 &[
                     &ids,
                     &tokens,
@@ -168,6 +173,32 @@ impl PgStore {
             )
         })?;
         Ok(())
+    }
+
+    /// Inside a claim, just before it commits: this runner must still be
+    /// live by the database's clock, with a third of a lease to spare. A
+    /// runner that stalled (its process frozen, its connection retrying)
+    /// may have been declared dead and its rows rescued meanwhile; claiming
+    /// now would make rows `sending` that nobody will send.
+    fn confirm_lease_in(&self, epoch: u64) -> Result<(), StateError> {
+        let Some(runner) = self.runner_id() else {
+            return Ok(());
+        };
+        let spare = self.target.lease.as_secs_f64() / 3.0;
+        let live = self.in_tx(epoch, "checking this runner's lease", move |c| {
+            c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM convers8.runners WHERE id = $1 AND state = 'live'
+                   AND lease_until > clock_timestamp() + make_interval(secs => $2))",
+                &[&runner, &spare],
+            )
+            .map(|r| r.get::<_, bool>(0))
+        })?;
+        let gate_open = self.gate().is_none_or(|g| g.may_send());
+        if live && gate_open {
+            Ok(())
+        } else {
+            Err(self.lease_lost(runner))
+        }
     }
 
     /// The rows of recorded outcomes are no longer this handle's.
@@ -334,6 +365,9 @@ impl PgStore {
                 from = 0;
             }
         }
+        if !claimed.is_empty() {
+            self.confirm_lease_in(epoch)?;
+        }
         if let Some(first) = claimed.iter().map(|c| c.id).min() {
             self.low_water = self.low_water.max(first);
         }
@@ -360,30 +394,66 @@ impl StateStore for PgStore {
     }
 
     fn claim_only_zones(&mut self, zones: Option<Vec<String>>) {
+        // Rows of a zone that just opened may lie below the mark. (The run
+        // names the zones before every claim; most claims change nothing.)
+        if zones != self.zones {
+            self.low_water = 0;
+        }
         self.zones = zones;
-        // Rows of a zone that just opened may lie below the mark.
-        self.low_water = 0;
     }
 
     fn begin_plan(&mut self, mode: PlanWrite) -> Result<Box<dyn PlanRows + '_>, StateError> {
         self.check_lease()?;
         let epoch = self.begin("starting the plan")?;
+        // The setup lock went with a connection that broke: another runner
+        // may be planning this campaign right now.
+        if self.setup_locked && epoch != self.setup_epoch {
+            self.rollback();
+            return Err(StateError::Postgres {
+                location: self.target.shown().to_owned(),
+                operation: "starting the plan",
+                reason: "the connection was lost while this runner held the campaign's setup lock, so another runner may be planning it: nothing was planned; run again".to_owned(),
+            });
+        }
         let campaign_id = self.campaign_id;
         let known = self.in_tx(epoch, "starting the plan", move |c| {
             if mode == PlanWrite::Replace {
-                c.execute(
-                    "DELETE FROM convers8.recipients WHERE campaign_id = $1",
-                    &[&campaign_id],
-                )?;
+                // "Nothing was sent" was read before this transaction: a
+                // runner may have claimed rows since. Deleted rows are
+                // checked as they go, after any wait for that runner's
+                // locks; one that went out undoes the whole replacement.
+                let touched: i64 = c
+                    .query_one(
+                        "WITH gone AS (DELETE FROM convers8.recipients WHERE campaign_id = $1
+                                       RETURNING state, attempts)
+                         SELECT count(*) FROM gone
+                         WHERE state IN ('sending', 'sent', 'failed', 'uncertain') OR attempts > 0",
+                        &[&campaign_id],
+                    )?
+                    .get(0);
+                if touched > 0 {
+                    return Ok(Err(touched));
+                }
                 c.execute(
                     "UPDATE convers8.campaigns SET planned_at = NULL WHERE id = $1",
                     &[&campaign_id],
                 )?;
             }
-            Known::load(c, campaign_id, mode == PlanWrite::Add)
+            Known::load(c, campaign_id, mode == PlanWrite::Add).map(Ok)
         });
         let known = match known {
-            Ok(k) => k,
+            Ok(Ok(k)) => k,
+            Ok(Err(touched)) => {
+                self.rollback();
+                return Err(StateError::Postgres {
+                    location: self.target.shown().to_owned(),
+                    operation: "planning the campaign again",
+                    reason: format!(
+                        "another runner started sending {:?} while this one was about to plan it again ({touched} rows went out): nothing was changed; check that every runner has the same campaign file and CSV",
+                        self.target.campaign
+                    ),
+                });
+            }
             Err(e) => {
                 self.rollback();
                 return Err(e);
@@ -408,9 +478,25 @@ impl StateStore for PgStore {
         if self.runner.as_ref().is_some_and(|r| r.gate.is_lost()) {
             return Ok(0);
         }
-        // Best effort: a runner frozen in the middle of a claim holds its
-        // rows' locks; every heartbeat and every later start rescues again.
-        match lease::rescue(&self.link, self.campaign_id) {
+        // At the end of a run: every outcome of this handle is recorded, so
+        // its rows still `sending` were cut off in flight and may have been
+        // delivered. (Other runners' are theirs, or the rescue's.)
+        if self.started {
+            let (runner, now) = (self.runner_id(), timestamp(Utc::now()));
+            return self.link.call("settling this run's rows cut off in flight", move |c| {
+                c.execute(
+                    "UPDATE convers8.recipients SET state = 'uncertain', error_code = 'interrupted',
+                       error_details = 'the run stopped while this message was being sent; it may have been delivered',
+                       updated_at = $2
+                     WHERE runner_id = $1 AND state = 'sending'",
+                    &[&runner, &now],
+                )
+            });
+        }
+        // Before it: the rows of lost runners. Best effort: a runner frozen
+        // in the middle of a claim holds its rows' locks; every heartbeat
+        // and every later start rescues again.
+        match lease::rescue(&self.link, self.campaign_id, RESCUE_PATIENCE) {
             Ok(n) => Ok(n),
             Err(e) => {
                 tracing::warn!(error = %e, "could not rescue the rows of lost runners now");
@@ -450,6 +536,7 @@ impl StateStore for PgStore {
     fn start_run(&mut self) -> Result<i64, StateError> {
         self.check_lease()?;
         self.release_setup_lock()?;
+        self.started = true;
         let campaign_id = self.campaign_id;
         let runner = self.runner_id();
         let pid = std::process::id() as i32;
