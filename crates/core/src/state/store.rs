@@ -30,7 +30,7 @@ use super::pg::PgStore;
 use super::reads::{AttemptsCount, ErrorStateCount};
 use super::runner::{SendGate, SharedPace};
 use super::{
-    Claimed, Counts, EarlierMessage, Inserted, PlanInfo, PlannedRow, RecipientRecord,
+    Claimed, Counts, EarlierMessage, Inserted, PlanInfo, PlannedRow, ProblemCode, RecipientRecord,
     RecipientState, RetrySelection, RowOutcome, RunRecord, RunnerRecord, StateDb, StateError,
     Verdict,
 };
@@ -276,6 +276,81 @@ pub trait PlanRows {
     /// Writes the plan's record (its inputs' fingerprints and counts, known
     /// only after the last row) and makes everything visible at once.
     fn commit(self: Box<Self>, info: &PlanInfo) -> Result<(), StateError>;
+}
+
+/// What a plan writes for one row, decided alike by every store.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PlannedAs<'r> {
+    pub state: RecipientState,
+    pub body: Option<&'r str>,
+    pub code: Option<&'static str>,
+    pub details: Option<String>,
+    pub inserted: Inserted,
+}
+
+/// Decides what becomes of `row` in a plan (`None`: in add mode, a row an
+/// earlier pass planned, not planned again). The store answers two
+/// questions about the rows planned before it, and earlier in this plan:
+/// - `first_planned(phone)`: the CSV row and generation of the first row
+///   with this phone that is not invalid or a duplicate;
+/// - `planned_before(phone, csv_row)` (add mode, unusable rows): whether
+///   an earlier pass planned it, by its phone when it has one, else by its
+///   place (rows appended to a growing CSV keep their numbers).
+pub(crate) fn plan_row<'r, E>(
+    row: &'r PlannedRow,
+    add_mode: bool,
+    generation: i64,
+    first_planned: impl FnOnce(&str) -> Result<Option<(u64, i64)>, E>,
+    planned_before: impl FnOnce(Option<&str>, u64) -> Result<bool, E>,
+) -> Result<Option<PlannedAs<'r>>, E> {
+    let planned = match (&row.outcome, &row.phone) {
+        (Ok(body), Some(phone)) => match first_planned(phone)? {
+            Some((_, first_generation)) if add_mode && first_generation < generation => {
+                return Ok(None);
+            }
+            Some((of_row, _)) => PlannedAs {
+                state: RecipientState::Duplicate,
+                body: None,
+                code: Some(ProblemCode::Duplicate.as_str()),
+                details: Some(format!("same phone as row {of_row}")),
+                inserted: Inserted::Duplicate { of_row },
+            },
+            None => PlannedAs {
+                state: RecipientState::Pending,
+                body: Some(body.as_str()),
+                code: None,
+                details: None,
+                inserted: Inserted::Pending,
+            },
+        },
+        (Ok(_), None) => PlannedAs {
+            state: RecipientState::Invalid,
+            body: None,
+            code: Some(ProblemCode::InvalidPhone.as_str()),
+            details: Some("no phone".to_owned()),
+            inserted: Inserted::Invalid,
+        },
+        (Err(problem), phone) => {
+            // In add mode an unusable row is planned once, not again on
+            // every pass.
+            if add_mode && planned_before(phone.as_deref(), row.row)? {
+                return Ok(None);
+            }
+            let state = problem.code.state();
+            PlannedAs {
+                state,
+                body: None,
+                code: Some(problem.code.as_str()),
+                details: Some(problem.details.clone()),
+                inserted: if state == RecipientState::Suppressed {
+                    Inserted::Suppressed
+                } else {
+                    Inserted::Invalid
+                },
+            }
+        }
+    };
+    Ok(Some(planned))
 }
 
 /// Why a walk over the recipients stopped early.

@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use chrono::Utc;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::store::{ClaimScreen, PlanRows, PlanWrite, StateStore};
+use super::store::{ClaimScreen, PlanRows, PlanWrite, PlannedAs, StateStore, plan_row};
 use super::{
     Claimed, EarlierMessage, FileWatch, Inserted, PLAN_CACHE_KIB, PlanInfo, PlannedRow,
-    ProblemCode, RUN_CACHE_KIB, RecipientState, RetrySelection, RowOutcome, StateDb, StateError,
-    Verdict, timestamp,
+    RUN_CACHE_KIB, RecipientState, RetrySelection, RowOutcome, StateDb, StateError, Verdict,
+    timestamp,
 };
 
 impl StateStore for StateDb {
@@ -328,68 +328,33 @@ impl PlanRows for SqlitePlan<'_> {
             operation: "planning a row",
             source,
         };
-        let (state, body, code, details, inserted) = match (&row.outcome, &row.phone) {
-            (Ok(body), Some(phone)) => {
-                let first: Option<(u64, i64)> = self
-                    .find_first
+        let (find_first, find_any, find_row) =
+            (&mut self.find_first, &mut self.find_any, &mut self.find_row);
+        let generation = self.generation;
+        let planned = plan_row(
+            row,
+            self.add_mode,
+            generation,
+            |phone| {
+                find_first
                     .query_row([phone], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
-                    .map_err(sql_err)?;
-                match first {
-                    Some((_, generation)) if self.add_mode && generation < self.generation => {
-                        return Ok(Inserted::AlreadyPlanned);
-                    }
-                    Some((of_row, _)) => (
-                        RecipientState::Duplicate,
-                        None,
-                        Some(ProblemCode::Duplicate.as_str()),
-                        Some(format!("same phone as row {of_row}")),
-                        Inserted::Duplicate { of_row },
-                    ),
-                    None => (
-                        RecipientState::Pending,
-                        Some(body.as_str()),
-                        None,
-                        None,
-                        Inserted::Pending,
-                    ),
-                }
-            }
-            (Ok(_), None) => (
-                RecipientState::Invalid,
-                None,
-                Some(ProblemCode::InvalidPhone.as_str()),
-                Some("no phone".to_owned()),
-                Inserted::Invalid,
-            ),
-            (Err(problem), phone) => {
-                // In add mode an unusable row is planned once, not again on
-                // every pass: by its phone when it has one, else by its place
-                // (rows appended to a growing CSV keep their numbers).
-                let already = match phone {
-                    _ if !self.add_mode => false,
-                    Some(phone) => self.find_any.exists([phone]).map_err(sql_err)?,
-                    None => self
-                        .find_row
-                        .exists(params![row.row as i64, self.generation])
-                        .map_err(sql_err)?,
-                };
-                if already {
-                    return Ok(Inserted::AlreadyPlanned);
-                }
-                let state = problem.code.state();
-                (
-                    state,
-                    None,
-                    Some(problem.code.as_str()),
-                    Some(problem.details.clone()),
-                    if state == RecipientState::Suppressed {
-                        Inserted::Suppressed
-                    } else {
-                        Inserted::Invalid
-                    },
-                )
-            }
+            },
+            |phone, csv_row| match phone {
+                Some(phone) => find_any.exists([phone]),
+                None => find_row.exists(params![csv_row as i64, generation]),
+            },
+        )
+        .map_err(sql_err)?;
+        let Some(PlannedAs {
+            state,
+            body,
+            code,
+            details,
+            inserted,
+        }) = planned
+        else {
+            return Ok(Inserted::AlreadyPlanned);
         };
         self.insert
             .execute(params![

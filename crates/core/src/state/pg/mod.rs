@@ -114,20 +114,11 @@ impl PgStore {
         })?;
         let setup_epoch = take_setup_lock(&link, campaign_id, &target.campaign)?;
         let runner = Runner::register(target, &link, campaign_id)?;
-        Ok(PgStore {
-            link,
-            target: target.clone(),
-            campaign_id,
-            runner: Some(runner),
-            setup_locked: true,
-            setup_epoch,
-            started: false,
-            resend: None,
-            resend_since: String::new(),
-            zones: None,
-            tokens: HashMap::new(),
-            low_water: 0,
-        })
+        let mut store = PgStore::handle(link, target, campaign_id);
+        store.runner = Some(runner);
+        store.setup_locked = true;
+        store.setup_epoch = setup_epoch;
+        Ok(store)
     }
 
     /// Opens an existing campaign for reading only (runners may be sending).
@@ -159,7 +150,13 @@ impl PgStore {
                 .map(|row| row.map(|r| r.get::<_, i64>(0)))
             })?
             .ok_or_else(missing)?;
-        Ok(PgStore {
+        Ok(PgStore::handle(link, target, campaign_id))
+    }
+
+    /// A handle on a campaign that holds nothing yet: no runner, no lock,
+    /// no claims.
+    fn handle(link: Arc<Link>, target: &PgTarget, campaign_id: i64) -> PgStore {
+        PgStore {
             link,
             target: target.clone(),
             campaign_id,
@@ -172,7 +169,7 @@ impl PgStore {
             zones: None,
             tokens: HashMap::new(),
             low_water: 0,
-        })
+        }
     }
 
     /// The gate a run checks before every request (see [`SendGate`]).

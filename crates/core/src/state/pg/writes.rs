@@ -20,10 +20,10 @@ use postgres::types::{ToSql, Type};
 
 use super::PgStore;
 use super::lease;
-use crate::state::store::{ClaimScreen, PlanRows, PlanWrite, StateStore};
+use crate::state::store::{ClaimScreen, PlanRows, PlanWrite, PlannedAs, StateStore, plan_row};
 use crate::state::{
-    Claimed, EarlierMessage, Inserted, PlanInfo, PlannedRow, ProblemCode, RecipientState,
-    RetrySelection, RowOutcome, StateError, Verdict, timestamp,
+    Claimed, EarlierMessage, Inserted, PlanInfo, PlannedRow, RecipientState, RetrySelection,
+    RowOutcome, StateError, Verdict, timestamp,
 };
 
 /// How many times a transaction's BEGIN is retried (see [`PgStore::begin`]),
@@ -727,55 +727,35 @@ impl PgPlan<'_> {
 
 impl PlanRows for PgPlan<'_> {
     fn insert(&mut self, row: &PlannedRow) -> Result<Inserted, StateError> {
-        let (state, body, code, details, inserted) = match (&row.outcome, &row.phone) {
-            (Ok(body), Some(phone)) => match self.known.first.get(phone) {
-                Some(&(_, generation)) if self.add_mode && generation < self.generation => {
-                    return Ok(Inserted::AlreadyPlanned);
-                }
-                Some(&(of_row, _)) => (
-                    RecipientState::Duplicate,
-                    None,
-                    Some(ProblemCode::Duplicate.as_str().to_owned()),
-                    Some(format!("same phone as row {of_row}")),
-                    Inserted::Duplicate { of_row },
-                ),
-                None => (
-                    RecipientState::Pending,
-                    Some(body.clone()),
-                    None,
-                    None,
-                    Inserted::Pending,
-                ),
-            },
-            (Ok(_), None) => (
-                RecipientState::Invalid,
-                None,
-                Some(ProblemCode::InvalidPhone.as_str().to_owned()),
-                Some("no phone".to_owned()),
-                Inserted::Invalid,
-            ),
-            (Err(problem), phone) => {
-                let already = match phone {
-                    _ if !self.add_mode => false,
-                    Some(phone) => self.known.any_phone.contains(phone),
-                    None => self.known.rows.contains(&row.row),
-                };
-                if already {
-                    return Ok(Inserted::AlreadyPlanned);
-                }
-                let state = problem.code.state();
-                (
-                    state,
-                    None,
-                    Some(problem.code.as_str().to_owned()),
-                    Some(problem.details.clone()),
-                    if state == RecipientState::Suppressed {
-                        Inserted::Suppressed
-                    } else {
-                        Inserted::Invalid
-                    },
+        let known = &self.known;
+        let planned = plan_row(
+            row,
+            self.add_mode,
+            i64::from(self.generation),
+            |phone| {
+                Ok::<_, StateError>(
+                    known
+                        .first
+                        .get(phone)
+                        .map(|&(of_row, generation)| (of_row, i64::from(generation))),
                 )
-            }
+            },
+            |phone, csv_row| {
+                Ok(match phone {
+                    Some(phone) => known.any_phone.contains(phone),
+                    None => known.rows.contains(&csv_row),
+                })
+            },
+        )?;
+        let Some(PlannedAs {
+            state,
+            body,
+            code,
+            details,
+            inserted,
+        }) = planned
+        else {
+            return Ok(Inserted::AlreadyPlanned);
         };
         if let Some(phone) = &row.phone {
             if !matches!(state, RecipientState::Invalid | RecipientState::Duplicate) {
@@ -795,8 +775,8 @@ impl PlanRows for PgPlan<'_> {
             phone: row.phone.clone(),
             name: row.name.clone(),
             state,
-            body,
-            code,
+            body: body.map(str::to_owned),
+            code: code.map(str::to_owned),
             details,
             timezone: row.timezone.map(|tz| tz.zone.name().to_owned()),
             message_id: None,
