@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use chrono::Utc;
 use postgres::Client;
 use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
 
 use super::PgStore;
@@ -521,10 +522,41 @@ impl StateStore for PgStore {
             self.forget_tokens(outcomes);
             return Err(self.lease_lost(self.runner_id().unwrap_or(0)));
         }
-        let (claimed, token) = self.transaction("recording results", |store, epoch| {
-            store.record_outcomes(epoch, outcomes)?;
-            store.claim_in(epoch, n, screen)
-        })?;
+        // A transaction that failed before its screen ran (the server
+        // restarted, the connection dropped) is tried once more on a new
+        // connection: nothing of it was committed, and nothing was asked of
+        // the ledger, so its outcomes are not lost to one failover. After
+        // the screen, or at COMMIT (which may have gone through), it is not.
+        let mut retried = false;
+        let (claimed, token) = loop {
+            let screened = std::sync::atomic::AtomicBool::new(false);
+            let mut watched = |rows: &[Claimed]| {
+                screened.store(true, std::sync::atomic::Ordering::Relaxed);
+                screen(rows)
+            };
+            let epoch = self.begin("recording results")?;
+            let body = self
+                .record_outcomes(epoch, outcomes)
+                .and_then(|()| self.claim_in(epoch, n, &mut watched));
+            match body {
+                Ok(value) => {
+                    if let Err(e) = self.commit(epoch, "recording results") {
+                        self.rollback();
+                        return Err(e);
+                    }
+                    break value;
+                }
+                Err(e) => {
+                    self.rollback();
+                    let screened = screened.load(std::sync::atomic::Ordering::Relaxed);
+                    if retried || screened || !matches!(e, StateError::Postgres { .. }) {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "recording results again on a new connection");
+                    retried = true;
+                }
+            }
+        };
         self.forget_tokens(outcomes);
         // Known only once committed: a claim rolled back holds no row.
         for row in &claimed {
@@ -591,12 +623,66 @@ struct Known {
     generation: i32,
     /// Phones with a row that is not invalid or duplicate: the first row
     /// planned for each (a later one is its duplicate).
-    first: HashMap<String, (u64, i32)>,
+    first: PhoneMap<(u64, i32)>,
     /// Every phone in the campaign (add mode: an unusable row planned before).
-    any_phone: HashSet<String>,
+    any_phone: PhoneMap<()>,
     /// CSV row numbers of earlier generations (add mode: a row without a
     /// phone planned before is recognised by its place).
     rows: HashSet<u64>,
+}
+
+/// A map keyed by phone that keeps a million E.164 numbers small: `+` and
+/// up to 18 digits (every E.164 number) as a number, anything else (a raw
+/// cell) as text. A plan holds one entry per row it planned.
+#[derive(Default)]
+struct PhoneMap<V> {
+    numbers: HashMap<u64, V>,
+    texts: HashMap<String, V>,
+}
+
+enum PhoneKey<'a> {
+    Number(u64),
+    Text(&'a str),
+}
+
+impl<'a> PhoneKey<'a> {
+    fn of(phone: &'a str) -> PhoneKey<'a> {
+        let digits = phone.strip_prefix('+').unwrap_or_default();
+        let is_number = (1..=18).contains(&digits.len())
+            && !digits.starts_with('0')
+            && digits.bytes().all(|b| b.is_ascii_digit());
+        match digits.parse() {
+            Ok(n) if is_number => PhoneKey::Number(n),
+            _ => PhoneKey::Text(phone),
+        }
+    }
+}
+
+impl<V> PhoneMap<V> {
+    fn get(&self, phone: &str) -> Option<&V> {
+        match PhoneKey::of(phone) {
+            PhoneKey::Number(n) => self.numbers.get(&n),
+            PhoneKey::Text(t) => self.texts.get(t),
+        }
+    }
+
+    fn contains(&self, phone: &str) -> bool {
+        self.get(phone).is_some()
+    }
+
+    /// Keeps the first value for a phone.
+    fn insert_first(&mut self, phone: &str, value: V) {
+        match PhoneKey::of(phone) {
+            PhoneKey::Number(n) => {
+                self.numbers.entry(n).or_insert(value);
+            }
+            PhoneKey::Text(t) => {
+                if !self.texts.contains_key(t) {
+                    self.texts.insert(t.to_owned(), value);
+                }
+            }
+        }
+    }
 }
 
 impl Known {
@@ -615,24 +701,23 @@ impl Known {
         if !add_mode {
             return Ok(known);
         }
-        for row in c.query(
+        // Streamed: an add to a campaign of a million rows never holds them.
+        let mut rows = c.query_raw(
             "SELECT phone, csv_row, generation, state FROM convers8.recipients
              WHERE campaign_id = $1 ORDER BY id",
-            &[&campaign_id],
-        )? {
+            [&campaign_id],
+        )?;
+        while let Some(row) = rows.next()? {
             let csv_row = row.get::<_, i64>(1) as u64;
             known.rows.insert(csv_row);
-            let Some(phone) = row.get::<_, Option<String>>(0) else {
+            let Some(phone) = row.get::<_, Option<&str>>(0) else {
                 continue;
             };
             let state: &str = row.get(3);
             if state != "invalid" && state != "duplicate" {
-                known
-                    .first
-                    .entry(phone.clone())
-                    .or_insert((csv_row, row.get(2)));
+                known.first.insert_first(phone, (csv_row, row.get(2)));
             }
-            known.any_phone.insert(phone);
+            known.any_phone.insert_first(phone, ());
         }
         Ok(known)
     }
@@ -761,10 +846,12 @@ impl PlanRows for PgPlan<'_> {
             if !matches!(state, RecipientState::Invalid | RecipientState::Duplicate) {
                 self.known
                     .first
-                    .entry(phone.clone())
-                    .or_insert((row.row, self.generation));
+                    .insert_first(phone, (row.row, self.generation));
             }
-            self.known.any_phone.insert(phone.clone());
+            // Only an add asks whether a phone was planned before.
+            if self.add_mode {
+                self.known.any_phone.insert_first(phone, ());
+            }
             if state == RecipientState::Pending {
                 self.pending_in_buffer
                     .insert(phone.clone(), self.buffer.len());
@@ -877,5 +964,25 @@ impl Drop for PgPlan<'_> {
         if !self.committed {
             self.store.rollback();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_are_told_apart_whether_kept_as_numbers_or_text() {
+        let mut map = PhoneMap::default();
+        map.insert_first("+254700000001", 1);
+        map.insert_first("+254700000001", 2);
+        map.insert_first("+0254700000001", 3);
+        map.insert_first("0712 345", 4);
+        assert_eq!(map.get("+254700000001"), Some(&1), "the first one stays");
+        assert_eq!(map.get("+0254700000001"), Some(&3), "not the number above");
+        assert_eq!(map.get("0712 345"), Some(&4));
+        assert!(!map.contains("254700000001"), "no + is another phone");
+        assert!(!map.contains("+2547000000011"));
+        assert_eq!((map.numbers.len(), map.texts.len()), (1, 2));
     }
 }
