@@ -163,13 +163,26 @@ fn received_span(messages: &[convers8_campaign::sandbox::RecordedMessage]) -> Du
 fn pg_plan(dir: &CampaignDir, url: &str, name: &str) -> Duration {
     let toml = dir.toml();
     let text = std::fs::read_to_string(&toml).expect("read the campaign");
-    let named = text.replacen("name = \"bench\"", &format!("name = \"{name}\""), 1);
+    // Unique per bench run: a server given by the environment may hold the
+    // campaigns of an earlier run.
+    let unique = format!("{name}-{}-{}", std::process::id(), run_stamp());
+    let named = text.replacen("name = \"bench\"", &format!("name = \"{unique}\""), 1);
     std::fs::write(&toml, named).expect("name the campaign");
     run_timed(
         &mut command(None, &["run", path(&toml), "--dry-run", "--state", url]),
         Duration::from_secs(900),
     )
     .0
+}
+
+/// Seconds since the epoch when the bench started.
+fn run_stamp() -> u64 {
+    static STAMP: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *STAMP.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
 }
 
 fn path(p: &std::path::Path) -> &str {
