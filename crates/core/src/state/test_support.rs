@@ -198,6 +198,15 @@ impl TestStore {
         open_for_reading(&self.location).expect("open for reading")
     }
 
+    /// Runs SQL in the test's database, past the store (PostgreSQL only: to
+    /// play a crash, a lost connection, another runner's verdict).
+    pub fn sql(&self, sql: &str) {
+        match &self.home {
+            Home::Postgres(db) => db.execute(sql),
+            Home::File(_) => panic!("SQL past the store is for a database"),
+        }
+    }
+
     /// The run holding `run` dies mid-flight (killed, power cut): it writes
     /// nothing more and its rows in flight stay `sending`. For a file, its
     /// lock goes with the process. For a database, its lease then runs out:

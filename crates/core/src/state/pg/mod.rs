@@ -20,6 +20,8 @@ mod link;
 mod pace;
 mod reads;
 pub mod schema;
+#[cfg(test)]
+mod tests;
 mod writes;
 
 use std::collections::HashMap;
