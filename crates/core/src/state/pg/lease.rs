@@ -51,13 +51,15 @@ impl Runner {
         let lease_secs = lease.as_secs_f64();
         let host = host_name();
         let pid = std::process::id() as i32;
+        let space = process_space();
         let asked = Instant::now();
         let id = link.call("registering this runner", move |c| {
             c.query_one(
-                "INSERT INTO convers8.runners (campaign_id, host, pid, lease_until, state)
-                 VALUES ($1, $2, $3, now() + make_interval(secs => $4), 'live')
+                "INSERT INTO convers8.runners
+                   (campaign_id, host, pid, lease_until, state, process_space)
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4), 'live', $5)
                  RETURNING id",
-                &[&campaign_id, &host, &pid, &lease_secs],
+                &[&campaign_id, &host, &pid, &lease_secs, &space],
             )
             .map(|row| row.get::<_, i64>(0))
         })?;
@@ -185,6 +187,7 @@ fn heartbeat(
 pub(super) fn rescue(link: &Link, campaign_id: i64, patience: Duration) -> Result<u64, StateError> {
     let now = timestamp(Utc::now());
     let lock_timeout = format!("SET LOCAL lock_timeout = {}", patience.as_millis().max(1));
+    let space = process_space();
     link.call("rescuing the rows of lost runners", move |c| {
         // Declared dead in a transaction of its own, so the runner can never
         // renew again even if its rows cannot be rescued this time.
@@ -193,6 +196,30 @@ pub(super) fn rescue(link: &Link, campaign_id: i64, patience: Duration) -> Resul
              WHERE campaign_id = $1 AND state = 'live' AND lease_until < now()",
             &[&campaign_id],
         )?;
+        // A runner of this machine (this boot, this pid namespace) whose
+        // process is gone is dead now, lease or not: a run started again
+        // after a crash settles its rows at once, as it would on a file.
+        // A pid that exists may be another process by now: that one waits
+        // for its lease, which only costs time.
+        if let Some(space) = &space {
+            let gone: Vec<i64> = c
+                .query(
+                    "SELECT id, pid FROM convers8.runners
+                     WHERE campaign_id = $1 AND state = 'live' AND process_space = $2",
+                    &[&campaign_id, space],
+                )?
+                .iter()
+                .filter(|r| !pid_exists(r.get::<_, i32>(1)))
+                .map(|r| r.get(0))
+                .collect();
+            if !gone.is_empty() {
+                c.execute(
+                    "UPDATE convers8.runners SET state = 'dead', ended_at = now()
+                     WHERE id = ANY($1) AND state = 'live'",
+                    &[&gone],
+                )?;
+            }
+        }
         let mut tx = c.transaction()?;
         // A runner stopped in the middle of its own transaction holds row
         // locks (until the server ends its session, see `connect`): give up
@@ -211,6 +238,20 @@ pub(super) fn rescue(link: &Link, campaign_id: i64, patience: Duration) -> Resul
         tx.commit()?;
         Ok(rescued)
     })
+}
+
+/// Where this process's pid is meaningful: this boot of this machine (its
+/// kernel's boot id) and this pid namespace. `None` where that cannot be
+/// told (not Linux): runners there wait for each other's leases.
+fn process_space() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}", boot.trim(), namespace.display()))
+}
+
+/// Whether a process with this pid exists in this pid namespace (Linux).
+fn pid_exists(pid: i32) -> bool {
+    pid > 0 && std::path::Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// This machine's name, for `runners.host` (what an operator reading the

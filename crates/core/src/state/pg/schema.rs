@@ -102,6 +102,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX recipients_planned_once
         ON convers8.recipients (campaign_id, generation, csv_row);
     "#,
+    // 3: where a runner's pid means something (this boot of this machine,
+    // this pid namespace), so a runner started there can tell at once that
+    // one which died there is gone, without waiting for its lease.
+    r#"
+    ALTER TABLE convers8.runners ADD COLUMN process_space text;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -149,3 +149,28 @@ fn a_lost_runners_late_answers_settle_only_its_own_rows() {
         "B's claim now: A's answer does not touch it"
     );
 }
+
+#[test]
+fn a_dead_runner_of_this_machine_is_rescued_at_once_and_a_live_one_is_not() {
+    let Some(store) = TestStore::postgres() else {
+        return;
+    };
+    let mut a = planned(&store, 4);
+    a.start_run().expect("start");
+    assert_eq!(a.claim(2).expect("claim").len(), 2);
+    // A runner of this machine with a live process (this test's own pid)
+    // keeps its rows while its lease lasts.
+    let mut b = store.open_for_run();
+    assert_eq!(b.mark_interrupted_uncertain().expect("rescue"), 0);
+    b.start_run().expect("start");
+    drop(b);
+    // Its process is gone (killed): the next runner started here rescues
+    // its rows without waiting for the lease to run out.
+    store.sql("UPDATE convers8.runners SET pid = 2147483646 WHERE id = 1");
+    let mut c = store.open_for_run();
+    assert_eq!(c.mark_interrupted_uncertain().expect("rescue"), 2);
+    c.start_run().expect("start");
+    let counts = c.counts().expect("counts");
+    assert_eq!((counts.uncertain, counts.pending), (2, 2));
+    drop(a);
+}
