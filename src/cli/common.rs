@@ -491,12 +491,21 @@ pub fn ledger_use(
     use convers8_campaign::engine::LedgerUse;
     use convers8_campaign::ledger::{LedgerError, location};
     let path = if sandbox {
-        // A rehearsal with its state in a database keeps its ledger beside
-        // the campaign, where a file state's would be.
+        // A rehearsal with its state in a database keeps a ledger of its
+        // own beside the campaign, apart from a file rehearsal's (each would
+        // take the other's messages for a second campaign by accident).
         let beside = match state {
             state::StateLocation::File(path) => path.clone(),
             state::StateLocation::Postgres(_) => {
-                sandbox_state_path(&state::default_state_path(&campaign.file))
+                let file = sandbox_state_path(&state::default_state_path(&campaign.file));
+                file.with_file_name(
+                    file.file_name()
+                        .map(|n| {
+                            n.to_string_lossy()
+                                .replace(".state.db", ".postgres.state.db")
+                        })
+                        .unwrap_or_default(),
+                )
             }
         };
         Some(location::for_sandbox_state(&beside))

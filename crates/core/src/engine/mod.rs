@@ -335,7 +335,7 @@ impl From<PlanError> for RunError {
 /// What [`RunError::OtherState`] says.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the ledger {ledger} holds {count} messages of campaign {campaign:?} sent from another state, {other}{more}: planning it in {state} would message them again. Resume with --state {other}, or pass --new-state-ok to plan here (phones the ledger shows messaged become sent or uncertain, not sent again)"
+    "the ledger {ledger} holds {count} messages of campaign {campaign:?} sent from another state, {other}{more}: planning it in {state} would message them again. Resume with --state {resume}, or pass --new-state-ok to plan here (phones the ledger shows messaged become sent or uncertain, not sent again)"
 )]
 pub struct OtherState {
     pub ledger: String,
@@ -344,6 +344,9 @@ pub struct OtherState {
     pub state: String,
     /// The other state file that sent this campaign's earliest message.
     pub other: String,
+    /// What `--state` takes to resume there (a database's URL, without the
+    /// campaign the ledger names it with).
+    pub resume: String,
     pub count: u64,
     /// ", and N more state files" when there are several.
     pub more: String,
@@ -634,6 +637,15 @@ fn state_lost(
     }
 }
 
+/// What `--state` takes to reach the state the ledger names `identity`
+/// (see [`state_identity`]): a database's URL without the campaign's name.
+fn resume_state(identity: &str) -> String {
+    match identity.split_once('#') {
+        Some((url, _)) if state::location::is_postgres_url(url) => url.to_owned(),
+        _ => identity.to_owned(),
+    }
+}
+
 /// How the ledger names a state file: its absolute path, so two runs that
 /// reach one state by different relative paths are one state to it. A state
 /// not created yet is named as it will be (its folder's absolute path and
@@ -839,6 +851,7 @@ fn earlier_messages(
             campaign: campaign.name.clone(),
             state: options.state.to_string(),
             other: other.clone(),
+            resume: resume_state(other),
             count: *count,
             more: match others.len() - 1 {
                 0 => String::new(),
@@ -1316,4 +1329,18 @@ async fn daily_budget(
     let not_sent = stats.failed.load(Ordering::Relaxed) + stats.released.load(Ordering::Relaxed);
     let this_run = claimed_total.saturating_sub(not_sent);
     Ok(u64::from(daily).saturating_sub(before + this_run))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_state_is_named_for_the_ledger_by_url_and_campaign_and_resumed_by_url() {
+        let location = StateLocation::parse("postgres://app:s3cret@db/c", "spring");
+        let identity = state_identity(&location);
+        assert_eq!(identity, "postgres://app@db/c#spring");
+        assert_eq!(resume_state(&identity), "postgres://app@db/c");
+        assert_eq!(resume_state("/srv/c/a#b.state.db"), "/srv/c/a#b.state.db");
+    }
 }
