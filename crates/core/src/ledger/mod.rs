@@ -36,6 +36,25 @@ pub use schema::{APPLICATION_ID, latest_version};
 /// Each holds it for one batch (milliseconds); this only rides out a slow disk.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Switches a ledger to WAL (a no-op once it is). Runs opening a new ledger
+/// at the same moment race for the switch, and SQLite answers the losers
+/// "locked" at once rather than through the busy timeout (waiting could
+/// deadlock), so they ask again, within the busy timeout.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Why the ledger cannot be used. Every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -188,8 +207,7 @@ impl Ledger {
         // a commit does not wait for an fsync (WAL keeps the file consistent;
         // a power cut can lose the last batches, which the campaigns' own
         // state files still hold), so the ledger costs a run next to nothing.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| sql("enabling WAL", e))?;
+        enable_wal(&conn).map_err(|e| sql("enabling WAL", e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| sql("configuring", e))?;
         conn.set_prepared_statement_cache_capacity(16);

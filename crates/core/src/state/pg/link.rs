@@ -9,11 +9,17 @@
 //! [`Link::call_async`] awaits one. A connection that broke (the server
 //! restarted) is made again before the next job; the job that met the break
 //! fails, and its caller decides what that means.
+//!
+//! Jobs see the connection as a [`Session`], which prepares each statement
+//! once per connection: a claim runs the same few statements thousands of
+//! times, and a statement prepared anew costs a round trip of its own.
 
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use postgres::Client;
+use postgres::types::{BorrowToSql, ToSql};
+use postgres::{Client, CopyInWriter, Row, RowIter, Statement, Transaction};
 
 use super::connect;
 use crate::state::StateError;
@@ -28,6 +34,93 @@ type Job = Box<dyn FnOnce(&mut Connection, &PgTarget) + Send>;
 struct Connection {
     client: Option<Client>,
     epoch: u64,
+    /// Statements prepared on this connection, by their text.
+    prepared: HashMap<String, Statement>,
+}
+
+/// The connection as a job sees it: the client, and the statements
+/// already prepared on it.
+pub(crate) struct Session<'c> {
+    client: &'c mut Client,
+    prepared: &'c mut HashMap<String, Statement>,
+}
+
+impl Session<'_> {
+    fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    pub(crate) fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.execute(&statement, params)
+    }
+
+    pub(crate) fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query(&statement, params)
+    }
+
+    pub(crate) fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query_one(&statement, params)
+    }
+
+    pub(crate) fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query_opt(&statement, params)
+    }
+
+    pub(crate) fn query_raw<P, I>(
+        &mut self,
+        sql: &str,
+        params: I,
+    ) -> Result<RowIter<'_>, postgres::Error>
+    where
+        P: BorrowToSql,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let statement = self.statement(sql)?;
+        self.client.query_raw(&statement, params)
+    }
+
+    pub(crate) fn batch_execute(&mut self, sql: &str) -> Result<(), postgres::Error> {
+        self.client.batch_execute(sql)
+    }
+
+    pub(crate) fn copy_in(&mut self, sql: &str) -> Result<CopyInWriter<'_>, postgres::Error> {
+        self.client.copy_in(sql)
+    }
+
+    /// A transaction of the client's own (its statements are not kept).
+    pub(crate) fn transaction(&mut self) -> Result<Transaction<'_>, postgres::Error> {
+        self.client.transaction()
+    }
+
+    pub(crate) fn client(&mut self) -> &mut Client {
+        self.client
+    }
 }
 
 /// A connection on its own thread.
@@ -53,6 +146,7 @@ impl Link {
                         Connection {
                             client: Some(c),
                             epoch: 1,
+                            prepared: HashMap::new(),
                         }
                     }
                     Err(e) => {
@@ -99,7 +193,7 @@ impl Link {
     ) -> Job
     where
         T: Send + 'static,
-        F: FnOnce(&mut Client, u64) -> Result<T, postgres::Error> + Send + 'static,
+        F: for<'s> FnOnce(&mut Session<'s>, u64) -> Result<T, postgres::Error> + Send + 'static,
     {
         Box::new(move |conn: &mut Connection, target: &PgTarget| {
             let fail = |reason: &str| StateError::Postgres {
@@ -118,6 +212,8 @@ impl Link {
             // A broken connection is made again before the next job.
             if broken {
                 conn.client = None;
+                // Statements belong to the connection they were prepared on.
+                conn.prepared.clear();
                 match connect(target) {
                     Ok(c) => {
                         conn.client = Some(c);
@@ -127,10 +223,16 @@ impl Link {
                 }
             }
             let epoch = conn.epoch;
-            let Some(c) = conn.client.as_mut() else {
+            let Some(client) = conn.client.as_mut() else {
                 return reply(Err(fail("not connected")));
             };
-            reply(f(c, epoch).map_err(|e| super::pg_error(target.shown(), operation, &e)))
+            let mut session = Session {
+                client,
+                prepared: &mut conn.prepared,
+            };
+            reply(
+                f(&mut session, epoch).map_err(|e| super::pg_error(target.shown(), operation, &e)),
+            )
         })
     }
 
@@ -138,7 +240,7 @@ impl Link {
     pub(crate) fn call<T, F>(&self, operation: &'static str, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+        F: for<'s> FnOnce(&mut Session<'s>) -> Result<T, postgres::Error> + Send + 'static,
     {
         self.call_in(operation, None, move |c, _| f(c))
     }
@@ -154,7 +256,7 @@ impl Link {
     ) -> Result<T, StateError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Client, u64) -> Result<T, postgres::Error> + Send + 'static,
+        F: for<'s> FnOnce(&mut Session<'s>, u64) -> Result<T, postgres::Error> + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel(1);
         let job = Self::job(operation, within, f, move |answer| {
@@ -176,7 +278,7 @@ impl Link {
     ) -> Result<T, StateError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+        F: for<'s> FnOnce(&mut Session<'s>) -> Result<T, postgres::Error> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = Self::job(

@@ -94,7 +94,7 @@ impl PgStore {
     pub fn open_for_run(target: &PgTarget) -> Result<PgStore, StateError> {
         let link = Arc::new(Link::open(target, "state")?);
         let shown = target.shown().to_owned();
-        let migrated = link.call("migrating the schema", schema::migrate)?;
+        let migrated = link.call("migrating the schema", |c| schema::migrate(c.client()))?;
         if let Err(found) = migrated {
             return Err(StateError::TooNew {
                 path: shown,
@@ -127,7 +127,9 @@ impl PgStore {
     pub fn open_for_reading(target: &PgTarget) -> Result<PgStore, StateError> {
         let link = Arc::new(Link::open(target, "read")?);
         let shown = target.shown().to_owned();
-        let version = link.call("reading the schema version", schema::version)?;
+        let version = link.call("reading the schema version", |c| {
+            schema::version(c.client())
+        })?;
         if version > schema::latest_version() {
             return Err(StateError::TooNew {
                 path: shown,

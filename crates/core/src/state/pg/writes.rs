@@ -14,13 +14,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use chrono::Utc;
-use postgres::Client;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
 
 use super::PgStore;
 use super::lease;
+use super::link::Session;
 use crate::state::store::{ClaimScreen, PlanRows, PlanWrite, PlannedAs, StateStore, plan_row};
 use crate::state::{
     Claimed, EarlierMessage, Inserted, PlanInfo, PlannedRow, RecipientState, RetrySelection,
@@ -77,7 +77,7 @@ impl PgStore {
     fn in_tx<T, F>(&self, epoch: u64, operation: &'static str, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+        F: for<'s> FnOnce(&mut Session<'s>) -> Result<T, postgres::Error> + Send + 'static,
     {
         self.link.call_in(operation, Some(epoch), move |c, _| f(c))
     }
@@ -686,7 +686,11 @@ impl<V> PhoneMap<V> {
 }
 
 impl Known {
-    fn load(c: &mut Client, campaign_id: i64, add_mode: bool) -> Result<Known, postgres::Error> {
+    fn load(
+        c: &mut Session<'_>,
+        campaign_id: i64,
+        add_mode: bool,
+    ) -> Result<Known, postgres::Error> {
         let generation: i32 = c
             .query_one(
                 "SELECT coalesce(max(generation), 0) + 1 FROM convers8.recipients
