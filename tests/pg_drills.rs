@@ -132,6 +132,15 @@ impl Sql {
         ))
     }
 
+    /// Rows a killed runner left: still `sending`, or already rescued
+    /// (another runner of this machine sees its process gone at once).
+    fn stranded_by(&self, runner: i64) -> u64 {
+        self.count(&format!(
+            "SELECT count(*) FROM convers8.recipients WHERE runner_id = {runner}
+               AND (state = 'sending' OR (state = 'uncertain' AND error_code = 'runner_lost'))"
+        ))
+    }
+
     /// Counts per state.
     fn states(&self) -> BTreeMap<String, u64> {
         self.rows("SELECT state, count(*) FROM convers8.recipients GROUP BY state")
@@ -480,7 +489,7 @@ fn three_runners_one_killed_twice_nobody_twice_and_the_shared_rate_holds() {
             );
         }
         c.sigkill();
-        let stranded = sql.sending_of(c_id);
+        let stranded = sql.stranded_by(c_id);
         eprintln!(
             "drill 1: kill {kill} of runner {c_id} {:.1} s in ({delay:?} after its start): {stranded} rows stranded `sending`; {:?}",
             sending_from.elapsed().as_secs_f64(),
