@@ -17,7 +17,7 @@ use super::signals;
 use convers8_campaign::campaign::Campaign;
 use convers8_campaign::engine::{self, RunEnd, RunOptions, RunReport, Stop, StopReason};
 use convers8_campaign::sandbox::{Sandbox, SandboxConfig};
-use convers8_campaign::state::Counts;
+use convers8_campaign::state::{Counts, StateLocation};
 
 const EXAMPLES: &str = concat!(
     "\
@@ -435,6 +435,14 @@ fn text_report(
         }
     ));
     lines.push(format!("  state: {}", report.state));
+    // In a state shared by several runners, rows this run left `sending`
+    // are other runners' (its own cut-off rows are uncertain by now).
+    if c.sending > 0 && matches!(report.state, StateLocation::Postgres(_)) {
+        lines.push(format!(
+            "  {} being sent by other runners of this campaign (`status` lists them)",
+            plural(c.sending, "row")
+        ));
+    }
     if unfinished(report) {
         lines.push(format!("  to continue: {resume}"));
     }
@@ -600,6 +608,22 @@ mod tests {
             counts: Counts::default(),
             state: convers8_campaign::state::StateLocation::File("x.state.db".into()),
         }
+    }
+
+    #[test]
+    fn rows_other_runners_send_are_named_as_theirs() {
+        let mut shared = report(RunEnd::Completed, 0, 0, 0);
+        shared.counts.sending = 5;
+        shared.state = StateLocation::parse("postgres://app@db/c", "spring");
+        let lines = text_report("spring", &shared, "r", "s", "l").join("\n");
+        assert!(
+            lines.contains("5 rows being sent by other runners of this campaign"),
+            "{lines}"
+        );
+        let mut file = shared.clone();
+        file.state = StateLocation::File("x.state.db".into());
+        let lines = text_report("spring", &file, "r", "s", "l").join("\n");
+        assert!(!lines.contains("other runners"), "{lines}");
     }
 
     #[test]
