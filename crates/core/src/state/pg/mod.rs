@@ -94,7 +94,23 @@ impl PgStore {
     pub fn open_for_run(target: &PgTarget) -> Result<PgStore, StateError> {
         let link = Arc::new(Link::open(target, "state")?);
         let shown = target.shown().to_owned();
-        let migrated = link.call("migrating the schema", |c| schema::migrate(c.client()))?;
+        let migrated = link
+            .call("migrating the schema", |c| schema::migrate(c.client()))
+            .map_err(|e| match e {
+                // The first run on a database creates the schema.
+                StateError::Postgres {
+                    location,
+                    operation,
+                    reason,
+                } if reason.ends_with("(42501)") => StateError::Postgres {
+                    location,
+                    operation,
+                    reason: format!(
+                        "{reason}: this role may not create the schema convers8; grant it CREATE on the database, or let a role that may make the first `run --dry-run`"
+                    ),
+                },
+                other => other,
+            })?;
         if let Err(found) = migrated {
             return Err(StateError::TooNew {
                 path: shown,
