@@ -32,7 +32,7 @@ use super::runner::{SendGate, SharedPace};
 use super::{
     Claimed, Counts, EarlierMessage, Inserted, PlanInfo, PlannedRow, ProblemCode, RecipientRecord,
     RecipientState, RetrySelection, RowOutcome, RunRecord, RunnerRecord, StateDb, StateError,
-    Verdict,
+    Suppression, Verdict,
 };
 
 /// What reading the state needs: nothing here writes, and a reader works
@@ -351,6 +351,47 @@ pub(crate) fn plan_row<'r, E>(
         }
     };
     Ok(Some(planned))
+}
+
+/// A batch of candidate rows as the claim's screen judged it (see
+/// [`screen_batch`]).
+pub(crate) struct Screened {
+    /// The rows that may go, in the batch's order.
+    pub send: Vec<Claimed>,
+    /// The rows that must not, by id, with why.
+    pub suppress: Vec<(i64, Suppression)>,
+    /// A row was held back: the claim takes no later row.
+    pub held: bool,
+}
+
+/// Asks the screen about `batch` and splits the rows by its verdicts, alike
+/// for every store. A verdict missing for a row must not read as "send it":
+/// a screen that answers for fewer rows than it was asked about is an error.
+pub(crate) fn screen_batch(
+    batch: Vec<Claimed>,
+    screen: &mut ClaimScreen<'_>,
+) -> Result<Screened, StateError> {
+    let verdicts = screen(&batch).map_err(StateError::Screen)?;
+    if verdicts.len() != batch.len() {
+        return Err(StateError::Screen(format!(
+            "the claim's check answered for {} of {} rows",
+            verdicts.len(),
+            batch.len()
+        )));
+    }
+    let mut screened = Screened {
+        send: Vec::with_capacity(batch.len()),
+        suppress: Vec::new(),
+        held: false,
+    };
+    for (row, verdict) in batch.into_iter().zip(verdicts) {
+        match verdict {
+            Verdict::Send => screened.send.push(row),
+            Verdict::Suppress(why) => screened.suppress.push((row.id, why)),
+            Verdict::Hold => screened.held = true,
+        }
+    }
+    Ok(screened)
 }
 
 /// Why a walk over the recipients stopped early.

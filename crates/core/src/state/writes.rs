@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use chrono::Utc;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::store::{ClaimScreen, PlanRows, PlanWrite, PlannedAs, StateStore, plan_row};
+use super::store::{
+    ClaimScreen, PlanRows, PlanWrite, PlannedAs, StateStore, plan_row, screen_batch,
+};
 use super::{
     Claimed, EarlierMessage, FileWatch, Inserted, PLAN_CACHE_KIB, PlanInfo, PlannedRow,
-    RUN_CACHE_KIB, RecipientState, RetrySelection, RowOutcome, StateDb, StateError, Verdict,
-    timestamp,
+    RUN_CACHE_KIB, RecipientState, RetrySelection, RowOutcome, StateDb, StateError, timestamp,
 };
 
 impl StateStore for StateDb {
@@ -160,37 +161,25 @@ impl StateStore for StateDb {
             if taken == 0 {
                 break;
             }
-            let verdicts = screen(&batch).map_err(StateError::Screen)?;
-            // A verdict missing for a row must not read as "send it".
-            if verdicts.len() != taken {
-                return Err(StateError::Screen(format!(
-                    "the claim's check answered for {} of {taken} rows",
-                    verdicts.len()
-                )));
-            }
+            let screened = screen_batch(batch, screen)?;
+            held = screened.held;
             let now = timestamp(Utc::now());
-            let mut suppress = tx
-                .prepare_cached(
-                    "UPDATE recipients SET state = 'suppressed', error_code = ?2,
-                       error_details = ?3, updated_at = ?4
-                     WHERE id = ?1",
-                )
-                .map_err(sql("suppressing rows"))?;
-            let mut sending = Vec::with_capacity(taken);
-            for (row, verdict) in batch.into_iter().zip(verdicts) {
-                match verdict {
-                    Verdict::Send => {
-                        sending.push(row.id);
-                        claimed.push(row);
-                    }
-                    Verdict::Suppress(why) => {
-                        suppress
-                            .execute(params![row.id, why.code.as_str(), why.details, now])
-                            .map_err(sql("suppressing rows"))?;
-                    }
-                    Verdict::Hold => held = true,
+            if !screened.suppress.is_empty() {
+                let mut suppress = tx
+                    .prepare_cached(
+                        "UPDATE recipients SET state = 'suppressed', error_code = ?2,
+                           error_details = ?3, updated_at = ?4
+                         WHERE id = ?1",
+                    )
+                    .map_err(sql("suppressing rows"))?;
+                for (id, why) in &screened.suppress {
+                    suppress
+                        .execute(params![id, why.code.as_str(), why.details, now])
+                        .map_err(sql("suppressing rows"))?;
                 }
             }
+            let sending: Vec<i64> = screened.send.iter().map(|row| row.id).collect();
+            claimed.extend(screened.send);
             // One statement for the whole batch: this runs for every row sent.
             if !sending.is_empty() {
                 let ids = format!(

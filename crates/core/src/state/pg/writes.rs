@@ -21,10 +21,12 @@ use postgres::types::{ToSql, Type};
 use super::PgStore;
 use super::lease;
 use super::link::Session;
-use crate::state::store::{ClaimScreen, PlanRows, PlanWrite, PlannedAs, StateStore, plan_row};
+use crate::state::store::{
+    ClaimScreen, PlanRows, PlanWrite, PlannedAs, StateStore, plan_row, screen_batch,
+};
 use crate::state::{
     Claimed, EarlierMessage, Inserted, PlanInfo, PlannedRow, RecipientState, RetrySelection,
-    RowOutcome, StateError, Verdict, timestamp,
+    RowOutcome, StateError, timestamp,
 };
 
 /// How many times a transaction's BEGIN is retried (see [`PgStore::begin`]),
@@ -303,32 +305,16 @@ impl PgStore {
             if taken == 0 {
                 break;
             }
-            let verdicts = screen(&batch).map_err(StateError::Screen)?;
-            if verdicts.len() != taken {
-                return Err(StateError::Screen(format!(
-                    "the claim's check answered for {} of {taken} rows",
-                    verdicts.len()
-                )));
-            }
+            let screened = screen_batch(batch, screen)?;
+            held = screened.held;
             let now = timestamp(Utc::now());
-            let mut sending = Vec::with_capacity(taken);
-            let mut suppressed: Vec<(i64, String, String)> = Vec::new();
-            for (row, verdict) in batch.into_iter().zip(verdicts) {
-                match verdict {
-                    Verdict::Send => {
-                        sending.push(row.id);
-                        claimed.push(row);
-                    }
-                    Verdict::Suppress(why) => {
-                        suppressed.push((row.id, why.code.as_str().to_owned(), why.details))
-                    }
-                    Verdict::Hold => held = true,
-                }
-            }
-            if !suppressed.is_empty() {
-                let (ids, (codes, details)): (Vec<i64>, (Vec<String>, Vec<String>)) = suppressed
+            let sending: Vec<i64> = screened.send.iter().map(|row| row.id).collect();
+            claimed.extend(screened.send);
+            if !screened.suppress.is_empty() {
+                let (ids, (codes, details)): (Vec<i64>, (Vec<String>, Vec<String>)) = screened
+                    .suppress
                     .into_iter()
-                    .map(|(id, code, details)| (id, (code, details)))
+                    .map(|(id, why)| (id, (why.code.as_str().to_owned(), why.details)))
                     .unzip();
                 let at = now.clone();
                 self.in_tx(epoch, "suppressing rows", move |c| {
