@@ -454,6 +454,9 @@ pub async fn run(
     // Messages a run of this state reserved in the ledger and never settled
     // (it died) are settled from what the state says now.
     settle_leftovers(&mut run_ledger, db.as_ref())?;
+    // Planned and recovered: another runner of a shared state may set up
+    // now, not only once this one has waited for its window.
+    db.end_setup().map_err(|e| lost(db.as_ref(), e))?;
     // A stop asked for while planning (which does not look up) ends here.
     if let Some(reason) = stop.reason() {
         report.end = RunEnd::Stopped(reason);

@@ -206,6 +206,14 @@ pub trait StateStore: StateRead + Send {
         })
     }
 
+    /// The run has planned and recovered what the last one left: what
+    /// follows (waiting for the send window, sending) needs no exclusive
+    /// hold on setting the campaign up. A store shared by several runners
+    /// lets the next one set up now; [`StateStore::start_run`] implies it.
+    fn end_setup(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
+
     /// Records the start of a run; returns its id.
     fn start_run(&mut self) -> Result<i64, StateError>;
 

@@ -186,6 +186,11 @@ impl TestStore {
         })
     }
 
+    /// Where the state is.
+    pub fn location(&self) -> &StateLocation {
+        &self.location
+    }
+
     /// Opens the state for a run, as `run` does. Only one run handle at a
     /// time: a second one waits (PostgreSQL: the setup lock, until the first
     /// starts its run) or is refused (SQLite: the run lock).

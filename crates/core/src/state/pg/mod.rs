@@ -58,7 +58,7 @@ pub struct PgStore {
     /// A run's lease, heartbeat and gate; `None` for a reader.
     runner: Option<Runner>,
     /// Whether this handle holds the campaign's setup lock (from opening for
-    /// a run until the run starts sending).
+    /// a run until its setup ends).
     setup_locked: bool,
     /// The connection epoch the setup lock was taken in: a session lock
     /// goes with its connection, so a plan must begin in that same epoch.
@@ -88,7 +88,7 @@ impl std::fmt::Debug for PgStore {
 impl PgStore {
     /// Opens the campaign for a run: migrates the database if needed,
     /// creates the campaign if it is new, takes the campaign's setup lock
-    /// (held until [`super::StateStore::start_run`], so runners starting
+    /// (held until [`super::StateStore::end_setup`], so runners starting
     /// together plan once), registers this runner with a lease and starts
     /// renewing it. No file lock: other runners may be sending already.
     pub fn open_for_run(target: &PgTarget) -> Result<PgStore, StateError> {

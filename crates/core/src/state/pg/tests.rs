@@ -174,3 +174,26 @@ fn a_dead_runner_of_this_machine_is_rescued_at_once_and_a_live_one_is_not() {
     assert_eq!((counts.uncertain, counts.pending), (2, 2));
     drop(a);
 }
+
+#[test]
+fn a_runner_done_setting_up_lets_the_next_one_set_up_while_it_waits() {
+    let Some(store) = TestStore::postgres() else {
+        return;
+    };
+    // A has planned and is waiting for its send window (`run --wait`):
+    // it has not started its run.
+    let mut a = planned(&store, 3);
+    a.end_setup().expect("setup ends");
+    // B must not wait for A's window to open.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let location = store.location().clone();
+    std::thread::spawn(move || {
+        let opened = crate::state::open_for_run(&location).map(|_| ());
+        let _ = tx.send(opened.map_err(|e| e.to_string()));
+    });
+    let opened = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("B set up while A was waiting");
+    assert_eq!(opened, Ok(()));
+    drop(a);
+}

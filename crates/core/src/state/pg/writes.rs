@@ -551,6 +551,10 @@ impl StateStore for PgStore {
         Ok(claimed)
     }
 
+    fn end_setup(&mut self) -> Result<(), StateError> {
+        self.release_setup_lock()
+    }
+
     fn start_run(&mut self) -> Result<i64, StateError> {
         self.check_lease()?;
         self.release_setup_lock()?;
