@@ -63,10 +63,13 @@ fn a_plan_refuses_once_the_setup_lock_went_with_its_connection() {
     };
     let mut a = store.open_for_run();
     // The session holding the campaign's setup lock ends (a reset, a
-    // failover): another runner may take the lock and plan now.
+    // failover): another runner may take the lock and plan now. Only this
+    // test's database: pg_locks is the whole server's, and the tests running
+    // beside this one hold setup locks of their own.
     store.sql(
         "SELECT pg_terminate_backend(pid) FROM pg_locks
-         WHERE locktype = 'advisory' AND classid = 17208 AND granted",
+         WHERE locktype = 'advisory' AND classid = 17208 AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     );
     let refused = plan(a.as_mut(), PlanWrite::Fresh, 3).expect_err("refused");
     assert!(refused.to_string().contains("setup lock"), "{refused}");
