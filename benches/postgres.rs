@@ -8,7 +8,11 @@
 //!    with concurrency 64 against an unlimited sandbox process, with the
 //!    state in a file and in PostgreSQL (both with `ledger = false`, so the
 //!    store is what differs).
-//! 3. Several runners: 1, 2 and 3 runners on one campaign with
+//! 3. The ledger's cost: the same run, PostgreSQL state, with a cap and a
+//!    daily limit that never bind (so every claim takes the admission lock
+//!    and counts), the ledger a file on this machine against the ledger in
+//!    the database.
+//! 4. Several runners: 1, 2 and 3 runners on one campaign with
 //!    `rate_per_second = 1000`, against a sandbox that answers after 100 ms
 //!    (a link to a far API). Their aggregate rate, measured from the
 //!    sandbox's own receive times of the first and last message, must reach
@@ -100,7 +104,49 @@ fn main() {
     );
     drop(dir);
 
-    // 3. Several runners at 1,000/s over a 100 ms link.
+    // 3. The ledger's cost, a file against the database.
+    let limits = format!("concurrency = 64\ndaily_limit = {}", 10 * n);
+    let audience = "\n[audience]\nmax_messages = 5\nper = \"7d\"\n";
+    let mut ledger_rates = Vec::new();
+    for in_database in [false, true] {
+        let dir = CampaignDir::new(n, &limits);
+        let toml = dir.toml();
+        let mut text = std::fs::read_to_string(&toml).expect("read the campaign");
+        if in_database {
+            // No [ledger] path: the campaign records in its state's database.
+            text = text.replace("[ledger]\npath = \"ledger.db\"\n", "");
+        }
+        std::fs::write(&toml, format!("{text}{audience}")).expect("write the campaign");
+        let name = if in_database {
+            "bench-ledger-db"
+        } else {
+            "bench-ledger-file"
+        };
+        pg_plan(&dir, &server.url, name);
+        let sandbox = SandboxProcess::start(&["--rate", "0"]);
+        let mut cmd = command(
+            Some(&sandbox),
+            &["run", path(&toml), "--state", &server.url],
+        );
+        cmd.env_remove("CONVERS8_LEDGER");
+        let (took, _) = run_timed(&mut cmd, Duration::from_secs(900));
+        assert_eq!(sandbox.stats().accepted, n as u64, "every row sent once");
+        ledger_rates.push(per_second(n as f64, took));
+    }
+    table.info(
+        &format!("one runner, {n} rows, PostgreSQL, cap + daily limit, ledger file"),
+        format!("{:.0} msg/s", ledger_rates[0]),
+    );
+    table.info(
+        &format!("one runner, {n} rows, PostgreSQL, cap + daily limit, ledger in the database"),
+        format!(
+            "{:.0} msg/s ({:.0} % of the ledger file)",
+            ledger_rates[1],
+            100.0 * ledger_rates[1] / ledger_rates[0]
+        ),
+    );
+
+    // 4. Several runners at 1,000/s over a 100 ms link.
     let rate = 1000.0;
     let rows = env_count("BENCH_RUNNERS_N", 15_000);
     for runners in 1..=3 {

@@ -73,7 +73,7 @@ fn main() {
 
     // The engine against a fresh sandbox of the same kind: the ratio.
     let on = engine_run(&dir);
-    let ledger_entries = convers8_campaign::ledger::Ledger::open(&dir.ledger())
+    let ledger_entries = convers8_campaign::ledger::FileLedger::open(&dir.ledger())
         .and_then(|l| l.messages())
         .map_or(0, |m| m.len());
     // Then the ledger's cost: without it and with it, alternately, each

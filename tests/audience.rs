@@ -16,7 +16,7 @@ use convers8_campaign::campaign::Campaign;
 use convers8_campaign::engine::clock::ManualClock;
 use convers8_campaign::engine::progress::Silent;
 use convers8_campaign::engine::{self, LedgerUse, RunEnd, RunOptions, Stop};
-use convers8_campaign::ledger::{Ledger, LedgerState};
+use convers8_campaign::ledger::{FileLedger, LedgerState};
 use convers8_campaign::state::{RecipientRecord, RecipientState, StateDb, StateRead};
 
 /// The binary aimed at the sandbox, with the ledger `ledger`.
@@ -177,7 +177,7 @@ fn two_concurrent_campaigns_respect_one_daily_limit() {
         );
     }
     // Nothing is left reserved: every message is settled in the ledger.
-    let l = Ledger::open(&ledger).expect("ledger");
+    let l = FileLedger::open(&ledger).expect("ledger");
     let messages = l.messages().expect("read");
     assert_eq!(messages.len(), 20);
     assert!(messages.iter().all(|m| m.state == LedgerState::Sent));
@@ -313,7 +313,7 @@ fn a_run_killed_while_sending_leaves_reservations_that_the_next_run_settles() {
     slow.wait_for_messages(1);
     child.kill().expect("kill");
     child.wait().expect("reaped");
-    let reserved = Ledger::open(&ledger)
+    let reserved = FileLedger::open(&ledger)
         .expect("ledger")
         .messages()
         .expect("read")
@@ -330,7 +330,7 @@ fn a_run_killed_while_sending_leaves_reservations_that_the_next_run_settles() {
         .expect("runs");
     assert!(out.status.success(), "{}", stderr(&out));
     let c = dir.counts();
-    let messages = Ledger::open(&ledger)
+    let messages = FileLedger::open(&ledger)
         .expect("ledger")
         .messages()
         .expect("read");
@@ -359,7 +359,9 @@ fn the_account_daily_limit_follows_the_runs_clock() {
     let mut options =
         RunOptions::from_campaign(&campaign, StateLocation::File(dir.state()), Some(api));
     options.clock = clock.clone();
-    options.ledger = LedgerUse::Record(ledger.clone());
+    options.ledger = LedgerUse::Record(convers8_campaign::ledger::LedgerLocation::File(
+        ledger.clone(),
+    ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use convers8_campaign::ledger::{Ledger, LedgerState};
+use convers8_campaign::ledger::{FileLedger, LedgerState};
 use convers8_campaign::state::{RecipientRecord, RecipientState, StateDb, StateRead};
 
 /// The binary aimed at the sandbox, with a ledger of this test's own.
@@ -178,7 +178,7 @@ fn an_exclude_file_suppresses_its_phones_for_this_campaign_only() {
     assert_eq!((c.sent, c.suppressed, c.total()), (4, 1, 5));
     // The account's list is untouched: exclusions are the campaign's own.
     assert!(
-        Ledger::open(&ledger)
+        FileLedger::open(&ledger)
             .expect("ledger")
             .opt_outs()
             .expect("list")
@@ -333,7 +333,7 @@ fn the_ledger_records_what_two_campaigns_sent_and_is_owner_only() {
             .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
     }
-    let l = Ledger::open(&ledger).expect("ledger");
+    let l = FileLedger::open(&ledger).expect("ledger");
     let messages = l.messages().expect("messages");
     assert_eq!(messages.len(), 5);
     assert!(
@@ -378,7 +378,7 @@ fn a_campaign_with_ledger_false_writes_no_ledger_but_honours_its_opt_outs() {
     run_ok(with_ledger(&sandbox, &ledger).arg("run").arg(again.toml()));
     assert_eq!(again.counts().suppressed, 1);
     assert!(
-        Ledger::open(&ledger)
+        FileLedger::open(&ledger)
             .expect("ledger")
             .messages()
             .expect("read")
@@ -398,7 +398,7 @@ fn a_rehearsal_uses_its_own_ledger_beside_the_sandbox_state() {
     );
     assert!(!ledger.exists(), "a rehearsal wrote the account's ledger");
     let own = dir.dir.path().join("campaign.sandbox.ledger.db");
-    let messages = Ledger::open(&own)
+    let messages = FileLedger::open(&own)
         .expect("sandbox ledger")
         .messages()
         .expect("read");
@@ -416,7 +416,7 @@ fn a_ledger_path_in_the_campaign_is_relative_to_it() {
     run_ok(bin(&sandbox).arg("run").arg(dir.toml()));
     let own = dir.dir.path().join("shared/ledger.db");
     assert_eq!(
-        Ledger::open(&own)
+        FileLedger::open(&own)
             .expect("ledger")
             .messages()
             .expect("read")
@@ -448,7 +448,7 @@ fn two_campaigns_running_at_once_share_one_ledger() {
         let out = child.wait_with_output().expect("ends");
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    let messages = Ledger::open(&ledger)
+    let messages = FileLedger::open(&ledger)
         .expect("ledger")
         .messages()
         .expect("read");

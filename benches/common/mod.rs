@@ -284,9 +284,9 @@ impl CampaignDir {
 
 /// Opt-outs and another campaign's messages, as a busy account's ledger holds.
 pub fn fill_ledger(path: &Path) {
-    use convers8_campaign::ledger::{Ledger, LedgerEntry, LedgerState};
+    use convers8_campaign::ledger::{FileLedger, LedgerEntry, LedgerState};
     use convers8_campaign::phone::E164;
-    let mut ledger = Ledger::open(path).expect("the bench ledger opens");
+    let mut ledger = FileLedger::open(path).expect("the bench ledger opens");
     let phone = |i: usize| format!("+2547{:08}", 30_000_000 + i);
     let opted: Vec<E164> = (0..10_000)
         .map(|i| E164::parse(&phone(i), None).expect("a valid phone"))

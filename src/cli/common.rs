@@ -481,16 +481,17 @@ pub fn shell_quote(path: &Path) -> String {
 }
 
 /// How a run of `campaign` uses the ledger: a rehearsal's own one beside its
-/// sandbox state, else the campaign's `[ledger] path`, `CONVERS8_LEDGER` or
-/// the per-user default; recording unless the campaign opts out.
+/// sandbox state, else the campaign's `[ledger] path`, `CONVERS8_LEDGER`,
+/// the database of a state in PostgreSQL, or the per-user file; recording
+/// unless the campaign opts out.
 pub fn ledger_use(
     campaign: &Campaign,
     sandbox: bool,
     state: &state::StateLocation,
 ) -> anyhow::Result<convers8_campaign::engine::LedgerUse> {
     use convers8_campaign::engine::LedgerUse;
-    use convers8_campaign::ledger::{LedgerError, location};
-    let path = if sandbox {
+    use convers8_campaign::ledger::{LedgerError, LedgerLocation, location};
+    let chosen = if sandbox {
         // A rehearsal with its state in a database keeps a ledger of its
         // own beside the campaign, apart from a file rehearsal's (each would
         // take the other's messages for a second campaign by accident).
@@ -508,29 +509,82 @@ pub fn ledger_use(
                 )
             }
         };
-        Some(location::for_sandbox_state(&beside))
+        Some(LedgerLocation::File(location::for_sandbox_state(&beside)))
     } else {
-        location::for_campaign(campaign.ledger.path.as_deref())
+        location::for_campaign(campaign.ledger.path.as_deref(), state)
     };
-    Ok(match (path, campaign.ledger.enabled) {
-        (Some(path), true) => LedgerUse::Record(path),
-        (Some(path), false) => LedgerUse::HonourOnly(path),
+    if let Some(chosen) = &chosen
+        && !sandbox
+        && Some(chosen) == location::state_database(state).as_ref()
+    {
+        check_machine_opt_outs(chosen)?;
+    }
+    Ok(match (chosen, campaign.ledger.enabled) {
+        (Some(at), true) => LedgerUse::Record(at),
+        (Some(at), false) => LedgerUse::HonourOnly(at),
         (None, false) => LedgerUse::Off,
         (None, true) => return Err(LedgerError::NoLocation.into()),
     })
 }
 
-/// Who `validate` and `preview` leave out: the opt-outs of the campaign's
-/// ledger (read if it exists, never created) and its exclude files.
+/// A run whose ledger became its state's database by default must not
+/// forget the opt-outs this machine's per-user ledger file holds: it stops,
+/// saying how to copy them over, until the database has them all.
+fn check_machine_opt_outs(
+    database: &convers8_campaign::ledger::LedgerLocation,
+) -> anyhow::Result<()> {
+    use convers8_campaign::ledger::{self, LedgerLocation, location};
+    let Some(file) = location::default_path() else {
+        return Ok(());
+    };
+    let Some(machine) = ledger::open_existing(&LedgerLocation::File(file.clone()))? else {
+        return Ok(());
+    };
+    let on_file = machine.opt_outs()?;
+    if on_file.is_empty() {
+        return Ok(());
+    }
+    let phones: Vec<&str> = on_file.iter().map(|o| o.phone.as_str()).collect();
+    let in_database = match ledger::open_existing(database)? {
+        Some(shared) => shared.opted_out(&phones)?,
+        None => vec![false; phones.len()],
+    };
+    let missing = in_database.iter().filter(|on| !**on).count();
+    if missing > 0 {
+        anyhow::bail!(
+            "this machine's ledger file {} holds {} the ledger in the database {database} does not, and a campaign kept in a database records in its database's ledger: copy them first with `{} optout import --from-ledger {} --ledger {database}` (or keep using the file: CONVERS8_LEDGER={})",
+            file.display(),
+            super::output::plural(missing as u64, "opt-out"),
+            program(),
+            shell_quote(&file),
+            shell_quote(&file),
+        );
+    }
+    Ok(())
+}
+
+/// Who `validate`, `preview` and `send-test` leave out: the opt-outs of the
+/// campaign's ledger (read if it exists, never created) and its exclude files.
 pub fn suppressions(
     campaign: &Campaign,
+    state: &state::StateLocation,
 ) -> anyhow::Result<convers8_campaign::ledger::screen::Suppressions> {
-    use convers8_campaign::ledger::{Ledger, location, screen::Suppressions};
-    let ledger = match location::for_campaign(campaign.ledger.path.as_deref()) {
-        Some(path) => Ledger::open_existing(&path)?,
+    use convers8_campaign::ledger::{self, location, screen::Suppressions};
+    let ledger = match location::for_campaign(campaign.ledger.path.as_deref(), state) {
+        Some(at) => ledger::open_existing(&at)?,
         None => None,
     };
-    Ok(Suppressions::load(campaign, ledger.as_ref())?)
+    Ok(Suppressions::load(campaign, ledger.as_deref())?)
+}
+
+/// The state a command without `--state` reads `campaign` from:
+/// `$CONVERS8_STATE_URL`, else `[state] url`, else the file beside it.
+pub fn implied_state(campaign: &Campaign) -> anyhow::Result<state::StateLocation> {
+    CampaignArgs {
+        campaign: campaign.file.clone(),
+        state: None,
+    }
+    .location(Some(campaign), false)
 }
 
 #[cfg(test)]

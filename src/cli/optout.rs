@@ -5,6 +5,7 @@
 //! as recipients are, so `0712…` with `--default-country KE` matches
 //! `+254712…` in a campaign's CSV.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use phonenumber::country::Id as Country;
 use super::contacts::{parse_country, parse_delimiter, phone_problem};
 use super::output::out;
 use convers8_campaign::ledger::phone_list::{self, PhoneListFormat};
-use convers8_campaign::ledger::{Ledger, LedgerError, location};
+use convers8_campaign::ledger::{self, Ledger, LedgerError, LedgerLocation, location};
 use convers8_campaign::phone::E164;
 
 pub const OPTOUT_EXAMPLES: &str = "\
@@ -25,9 +26,12 @@ Examples:
   convers8-campaign optout remove +254712345678
   convers8-campaign optout list --json
 
-The list lives in the ledger: --ledger PATH, else CONVERS8_LEDGER, else
+The list lives in the ledger: --ledger PATH|URL, else CONVERS8_LEDGER, else
 $XDG_STATE_HOME/convers8-campaign/ledger.db (~/.local/state/... without it).
-A campaign with [ledger] path uses that file: pass the same path here.
+A campaign with [ledger] path uses that file: pass the same path here. A
+campaign kept in PostgreSQL (--state postgres://...) uses the ledger in that
+database unless a file is named: pass the same URL as --ledger. Copy a
+ledger file's list into it with: optout import --from-ledger FILE --ledger URL
 A rehearsal (run --sandbox) has its own ledger beside its state,
 <stem>.sandbox.ledger.db. Exit codes: 0 done, 1 error, 2 usage.";
 
@@ -46,22 +50,24 @@ pub enum OptoutCommand {
 /// Which ledger.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LedgerArgs {
-    /// The ledger file [default: CONVERS8_LEDGER, else the per-user ledger].
-    #[arg(long, value_name = "PATH")]
-    ledger: Option<PathBuf>,
+    /// The ledger: a file, or a postgres:// URL of a database's ledger
+    /// [default: CONVERS8_LEDGER, else the per-user ledger file].
+    #[arg(long, value_name = "PATH|URL")]
+    ledger: Option<OsString>,
 }
 
 impl LedgerArgs {
-    fn path(&self) -> anyhow::Result<PathBuf> {
+    fn location(&self) -> anyhow::Result<LedgerLocation> {
         Ok(self
             .ledger
-            .clone()
-            .or_else(location::account_path)
+            .as_deref()
+            .map(LedgerLocation::parse)
+            .or_else(location::account)
             .ok_or(LedgerError::NoLocation)?)
     }
 
     fn open(&self) -> anyhow::Result<Ledger> {
-        Ok(Ledger::open(&self.path()?)?)
+        Ok(ledger::open(&self.location()?)?)
     }
 }
 
@@ -82,8 +88,13 @@ pub struct AddArgs {
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
     /// The CSV: a header row, then one phone a row (other columns are ignored).
-    #[arg(value_name = "CSV")]
-    csv: PathBuf,
+    #[arg(value_name = "CSV", required_unless_present = "from_ledger")]
+    csv: Option<PathBuf>,
+
+    /// Copy the opt-out list of this ledger file instead of reading a CSV
+    /// (each phone keeps its date and source only in the ledger it came from).
+    #[arg(long, value_name = "FILE", conflicts_with = "csv")]
+    from_ledger: Option<PathBuf>,
 
     /// The column holding the phone number.
     #[arg(long, value_name = "COLUMN", default_value = "phone")]
@@ -157,29 +168,60 @@ fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
     out!(
         "opted out: {added} added, {} already on the list (ledger {})",
         phones.len() as u64 - added,
-        ledger.path().display()
+        ledger.shown()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let format = PhoneListFormat {
-        phone_column: args.phone_column.clone(),
-        default_country: args.default_country,
-        delimiter: args.delimiter,
+    let (phones, from) = match (&args.from_ledger, &args.csv) {
+        (Some(file), _) => (ledger_opt_outs(file)?, file),
+        (None, Some(csv)) => {
+            let format = PhoneListFormat {
+                phone_column: args.phone_column.clone(),
+                default_country: args.default_country,
+                delimiter: args.delimiter,
+            };
+            let phones = phone_list::read(csv, &format).map_err(|e| {
+                anyhow::anyhow!("{}; nothing was imported", phone_problem(&e.to_string()))
+            })?;
+            (phones, csv)
+        }
+        (None, None) => anyhow::bail!("name a CSV, or a ledger file with --from-ledger"),
     };
-    let phones = phone_list::read(&args.csv, &format)
-        .map_err(|e| anyhow::anyhow!("{}; nothing was imported", phone_problem(&e.to_string())))?;
     let mut ledger = args.ledger.open()?;
-    let added = ledger.add_opt_outs(&phones, &args.csv.display().to_string())?;
+    let added = ledger.add_opt_outs(&phones, &from.display().to_string())?;
     out!(
         "imported {} phones from {}: {added} added, {} already on the list (ledger {})",
         phones.len(),
-        args.csv.display(),
+        from.display(),
         phones.len() as u64 - added,
-        ledger.path().display()
+        ledger.shown()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The opt-out list of a ledger file, read without changing it.
+fn ledger_opt_outs(file: &std::path::Path) -> anyhow::Result<Vec<E164>> {
+    let Some(source) = ledger::open_existing(&LedgerLocation::File(file.to_owned()))? else {
+        anyhow::bail!(
+            "--from-ledger {}: no such ledger file; nothing was imported",
+            file.display()
+        );
+    };
+    source
+        .opt_outs()?
+        .into_iter()
+        .map(|o| {
+            E164::parse(&o.phone, None).map_err(|why| {
+                anyhow::anyhow!(
+                    "the ledger {} lists '{}', which is not a phone number ({why}); nothing was imported",
+                    file.display(),
+                    o.phone
+                )
+            })
+        })
+        .collect()
 }
 
 fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
@@ -188,21 +230,21 @@ fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     if ledger.remove_opt_out(&phone)? {
         out!(
             "{phone} is off the opt-out list (ledger {})",
-            ledger.path().display()
+            ledger.shown()
         );
     } else {
         out!(
             "{phone} was not on the opt-out list (ledger {})",
-            ledger.path().display()
+            ledger.shown()
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let path = args.ledger.path()?;
+    let at = args.ledger.location()?;
     // Listing never creates a ledger: none yet is an empty list.
-    let opt_outs = match Ledger::open_existing(&path)? {
+    let opt_outs = match ledger::open_existing(&at)? {
         Some(ledger) => ledger.opt_outs()?,
         None => Vec::new(),
     };

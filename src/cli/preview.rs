@@ -89,7 +89,7 @@ pub async fn run(args: PreviewArgs) -> anyhow::Result<ExitCode> {
         let source = format!("previewing from the {what} {location} (what a run will really send)");
         (db, kind, source, changed)
     } else {
-        let suppressions = super::common::suppressions(&campaign)?;
+        let suppressions = super::common::suppressions(&campaign, &location)?;
         scratch = ScratchPlan::screened(&campaign, &suppressions, |_| {})?;
         let source = format!(
             "previewing from a fresh plan of {} (no state file yet; nothing is written)",

@@ -82,7 +82,8 @@ pub async fn run(args: SendTestArgs) -> anyhow::Result<ExitCode> {
     let to = E164::parse(&args.to, campaign.recipients.default_country)
         .map_err(|why| anyhow!("--to: {why}"))?;
     // A phone that must not be messaged is not messaged by a test either.
-    if let Some(why) = super::common::suppressions(&campaign)?.check(to.as_str()) {
+    let state = super::common::implied_state(&campaign)?;
+    if let Some(why) = super::common::suppressions(&campaign, &state)?.check(to.as_str()) {
         bail!(
             "--to {to}: {}: a test is never sent to a phone that must not be messaged; test with another phone, or take it off the list first (`optout remove {to}`)",
             why.details

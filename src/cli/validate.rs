@@ -104,7 +104,7 @@ fn zone_fallback_warning(campaign: &Campaign, fell_back: u64) -> Option<String> 
 /// file (see "No second campaign by accident"): said here first, when the
 /// default state does not exist yet (a planned one is not planned again).
 fn other_state_warning(campaign: &Campaign, file: &Path) -> anyhow::Result<Option<String>> {
-    use convers8_campaign::ledger::{Ledger, location};
+    use convers8_campaign::ledger;
     let state = convers8_campaign::state::default_state_path(file);
     // A campaign kept in a database has no file state to warn about.
     let in_database = campaign.state.url.is_some()
@@ -113,20 +113,20 @@ fn other_state_warning(campaign: &Campaign, file: &Path) -> anyhow::Result<Optio
     if !campaign.ledger.enabled || state.exists() || in_database {
         return Ok(None);
     }
-    let Some(path) = location::for_campaign(campaign.ledger.path.as_deref()) else {
+    let here_state = convers8_campaign::state::StateLocation::File(state.clone());
+    let Some(at) = ledger::location::for_campaign(campaign.ledger.path.as_deref(), &here_state)
+    else {
         return Ok(None);
     };
-    let Some(ledger) = Ledger::open_existing(&path)? else {
+    let Some(ledger) = ledger::open_existing(&at)? else {
         return Ok(None);
     };
-    let here = convers8_campaign::engine::state_identity(
-        &convers8_campaign::state::StateLocation::File(state.clone()),
-    );
+    let here = convers8_campaign::engine::state_identity(&here_state);
     let others = ledger.other_state_files(&campaign.name, &here)?;
     Ok(others.first().map(|(other, count)| {
         format!(
             "the ledger {} holds {} of campaign {:?} sent from another state, {other}: `run` would refuse to plan in {}; resume with --state {other}, or plan here with --new-state-ok",
-            path.display(),
+            ledger.shown(),
             plural(*count, "message"),
             campaign.name,
             state.display()
@@ -136,7 +136,8 @@ fn other_state_warning(campaign: &Campaign, file: &Path) -> anyhow::Result<Optio
 
 pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let campaign = Campaign::load(&args.campaign)?;
-    let suppressions = super::common::suppressions(&campaign)?;
+    let state = super::common::implied_state(&campaign)?;
+    let suppressions = super::common::suppressions(&campaign, &state)?;
     let scratch = ScratchPlan::screened(&campaign, &suppressions, |_| {})?;
     let s = &scratch.summary;
     let bad_rows = s.invalid + s.duplicate;

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use crate::api::{Client, ClientConfig, ClientError};
 use crate::campaign::{Campaign, SendWindow};
 use crate::ledger::screen::{RunLedger, ScreenError, Suppressions};
-use crate::ledger::{Ledger, Sender, Settled};
+use crate::ledger::{self, LedgerLocation, Sender, Settled};
 use crate::state::{
     self, Claimed, Counts, FileGone, LockError, Outcome, RecipientState, RetrySelection,
     RowOutcome, StateError, StateLocation, StateRead, StateStore,
@@ -109,12 +109,20 @@ pub enum LedgerUse {
     /// No ledger: only the campaign's exclude files suppress rows.
     #[default]
     Off,
-    /// Honour the opt-outs of the ledger at this path and record every
-    /// message that leaves in it (created if missing).
-    Record(PathBuf),
-    /// `[ledger] enabled = false`: honour the opt-outs of the ledger at this
-    /// path if it exists, write nothing, create nothing.
-    HonourOnly(PathBuf),
+    /// Honour the opt-outs of the ledger there and record every message
+    /// that leaves in it (created if missing).
+    Record(LedgerLocation),
+    /// `[ledger] enabled = false`: honour the opt-outs of the ledger there
+    /// if it exists, write nothing, create nothing.
+    HonourOnly(LedgerLocation),
+}
+
+impl LedgerUse {
+    /// Whether the ledger this run records in is shared through a database
+    /// (by runners on every machine), not a file of this machine.
+    fn records_in_database(&self) -> bool {
+        matches!(self, LedgerUse::Record(l) if l.is_database())
+    }
 }
 
 impl RunOptions {
@@ -405,14 +413,15 @@ pub async fn run(
             campaign: campaign.file.display().to_string(),
         });
     }
-    // The ledger is still a file on this machine: runners elsewhere count
-    // in their own. Said once, where an operator relying on a cap sees it.
+    // A shared state with a ledger file on this machine: runners elsewhere
+    // count in their own. Said once, where an operator relying on a cap sees it.
     if matches!(options.state, StateLocation::Postgres(_))
         && run_ledger.records()
+        && !options.ledger.records_in_database()
         && (campaign.audience.is_some() || run_ledger.enforces_daily_limit())
     {
         progress.note(
-            "the [audience] cap and the daily limit count the messages in this machine's ledger: runners of this campaign on other machines count in their own",
+            "the [audience] cap and the daily limit count the messages in this machine's ledger file: runners of this campaign on other machines count in their own (a ledger in the database counts them all: leave CONVERS8_LEDGER and [ledger] path unset)",
         );
     }
     let (plan, replanned) = prepare_plan(
@@ -510,10 +519,10 @@ pub async fn run(
         }
     }
 
-    let daily_in_ledger = run_ledger
-        .ledger()
-        .filter(|_| run_ledger.enforces_daily_limit())
-        .map(|l| l.path().to_owned());
+    let daily_in_ledger = match &options.ledger {
+        LedgerUse::Record(location) if run_ledger.enforces_daily_limit() => Some(location),
+        _ => None,
+    };
     if let Some(daily) = options.daily_limit
         && let Some(next_at) =
             daily_limit_used_up(db.as_ref(), &run_ledger, daily, options.clock.now())?
@@ -569,7 +578,7 @@ pub async fn run(
         && let Some(daily) = options.daily_limit
     {
         *next_at = match &daily_in_ledger {
-            Some(path) => Ledger::open(path)
+            Some(location) => ledger::open(location)
                 .and_then(|l| l.next_daily_slot(daily, options.clock.now()))
                 .map_err(ScreenError::from)?,
             None => next_daily_slot(db.as_ref(), daily, options.clock.now())?,
@@ -706,6 +715,12 @@ fn settle_leftovers(ledger: &mut RunLedger, db: &dyn StateRead) -> Result<(), Ru
     if leftovers.is_empty() {
         return Ok(());
     }
+    // Runners of a shared state reserve under one sender, and another live
+    // runner's reservation may belong to a claim not committed yet (its row
+    // still reads pending here): only an answer that went out is settled
+    // then; a reservation kept a while longer only counts one message too
+    // many, never one too few.
+    let others_live = db.live_runners()?.is_some_and(|runners| runners.len() > 1);
     let parse = |t: Option<&String>| {
         t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map_or_else(Utc::now, |t| t.with_timezone(&Utc))
@@ -721,6 +736,7 @@ fn settle_leftovers(ledger: &mut RunLedger, db: &dyn StateRead) -> Result<(), Ru
             Some(r) if r.state == RecipientState::Uncertain => Settled::Uncertain {
                 at: parse(r.updated_at.as_ref()),
             },
+            _ if others_live => continue,
             _ => Settled::NotSent,
         };
         settled.push((phone, row, how));
@@ -739,13 +755,16 @@ fn open_ledger(
 ) -> Result<(RunLedger, Suppressions), RunError> {
     let (ledger, record) = match &options.ledger {
         LedgerUse::Off => (None, false),
-        LedgerUse::Record(path) => (Some(Ledger::open(path).map_err(ScreenError::from)?), true),
-        LedgerUse::HonourOnly(path) => (
-            Ledger::open_existing(path).map_err(ScreenError::from)?,
+        LedgerUse::Record(location) => (
+            Some(ledger::open(location).map_err(ScreenError::from)?),
+            true,
+        ),
+        LedgerUse::HonourOnly(location) => (
+            ledger::open_existing(location).map_err(ScreenError::from)?,
             false,
         ),
     };
-    let suppressions = Suppressions::load(campaign, ledger.as_ref())?;
+    let suppressions = Suppressions::load(campaign, ledger.as_deref())?;
     let run_ledger = RunLedger::new(ledger, record, suppressions.excluded().clone(), sender)
         .with_limits(campaign.audience.as_ref(), options.daily_limit)
         .with_clock(options.clock.clone());
@@ -850,7 +869,7 @@ fn earlier_messages(
         && !options.new_state_ok
     {
         return Err(RunError::OtherState(Box::new(OtherState {
-            ledger: l.path().display().to_string(),
+            ledger: l.shown(),
             campaign: campaign.name.clone(),
             state: options.state.to_string(),
             other: other.clone(),

@@ -7,16 +7,18 @@
 //! The reservation is what makes the limits exact across runs: two
 //! campaigns claiming at the same moment take the ledger's write lock one
 //! after the other, and the second counts the first one's reservations as
-//! messages. An answer then settles the entry ([`Ledger::settle`]): `sent`
+//! messages. An answer then settles the entry ([`FileLedger::settle`]): `sent`
 //! or `uncertain` stay and count, a message that did not go out is removed
 //! (or, for a resend, gets back what it replaced). A run that dies leaves
 //! its reservations; they count as messages (they may have gone) until the
-//! next run of that state settles them from the state ([`Ledger::sending_of`]).
+//! next run of that state settles them from the state ([`FileLedger::sending_of`]).
+//! The decision itself ([`decide`]) is the same for every store; each reads
+//! the facts it needs ([`Facts`]) and reserves in its own way.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
-use super::{Ledger, LedgerError};
+use super::{FileLedger, LedgerError};
 use crate::state::timestamp;
 
 /// Which campaign, from which state file, is sending: the key of its entries.
@@ -84,7 +86,71 @@ pub fn day_before(now: DateTime<Utc>) -> DateTime<Utc> {
     now - chrono::Duration::hours(24)
 }
 
-impl Ledger {
+/// What a ledger holds about one candidate, read inside the transaction
+/// that admits it: the same questions whichever store answers them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Facts {
+    /// On the opt-out list.
+    pub opted_out: bool,
+    /// This campaign messaged the phone from another state.
+    pub elsewhere: bool,
+    /// Messages to the phone from other senders in the cap's period.
+    pub messages: u64,
+    /// The phone was messaged in the last 24 hours (it is already one of
+    /// the day's unique recipients).
+    pub seen_today: bool,
+}
+
+/// Decides each candidate in claim order from its facts: opted out, then
+/// messaged elsewhere, then over the cap, then the daily limit, which once
+/// used up holds this row and every later one of the claim.
+/// `unique_today` counts the day's unique recipients, asked at most once
+/// (only when a new phone needs a slot) and then counted up as the claim
+/// admits. The same for every store, so both decide alike.
+pub(super) fn decide<E>(
+    facts: &[Facts],
+    limits: &Limits,
+    mut unique_today: impl FnMut() -> Result<u64, E>,
+) -> Result<Vec<Admission>, E> {
+    let mut answers = Vec::with_capacity(facts.len());
+    let mut used: Option<u64> = None;
+    let mut held = false;
+    for f in facts {
+        let answer = if held {
+            Admission::Held
+        } else if f.opted_out {
+            Admission::OptedOut
+        } else if f.elsewhere {
+            Admission::MessagedElsewhere
+        } else if let Some((max, _)) = limits.cap
+            && f.messages >= u64::from(max)
+        {
+            Admission::Capped {
+                messages: f.messages,
+            }
+        } else if let Some(daily) = limits.daily
+            && !f.seen_today
+        {
+            let today = match used {
+                Some(n) => n,
+                None => unique_today()?,
+            };
+            if today >= u64::from(daily) {
+                held = true;
+                Admission::Held
+            } else {
+                used = Some(today + 1);
+                Admission::Admitted
+            }
+        } else {
+            Admission::Admitted
+        };
+        answers.push(answer);
+    }
+    Ok(answers)
+}
+
+impl FileLedger {
     /// Decides each candidate in order and reserves those admitted, all in
     /// one transaction holding the ledger's write lock. `settle_first` are
     /// answers of this sender's earlier messages, settled in the same
@@ -99,7 +165,6 @@ impl Ledger {
         now: DateTime<Utc>,
     ) -> Result<Vec<Admission>, LedgerError> {
         self.write("reserving messages", |tx| {
-            let mut answers = Vec::with_capacity(candidates.len());
             let me = sender_id(tx, &sender.campaign, &sender.state_file)?;
             settle_in(tx, me, settle_first)?;
             // One lookup for the whole claim, not one per row.
@@ -111,7 +176,8 @@ impl Ledger {
                 params![sender.campaign, me],
                 |r| r.get(0),
             )?;
-            {
+            let day = timestamp(day_before(now));
+            let facts = {
                 // The row's own entry is the same message tried again, not another one.
                 let mut to_phone = tx.prepare_cached(
                     "SELECT count(*) FROM messages
@@ -124,63 +190,46 @@ impl Ledger {
                 let mut seen_today = tx.prepare_cached(
                     "SELECT 1 FROM messages WHERE phone = ?1 AND at >= ?2 LIMIT 1",
                 )?;
-                let mut reserve = tx.prepare_cached(
-                    "INSERT INTO messages (phone, sender, row, at, state)
-                     VALUES (?1, ?2, ?3, ?4, 'sending')
-                     ON CONFLICT(phone, sender) DO UPDATE SET
-                       row = excluded.row, at = excluded.at,
-                       state = 'sending',
-                       prior_state = CASE WHEN messages.state = 'sending'
-                                          THEN messages.prior_state ELSE messages.state END,
-                       prior_at = CASE WHEN messages.state = 'sending'
-                                       THEN messages.prior_at ELSE messages.at END",
-                )?;
-                let at = timestamp(now);
-                let day = timestamp(day_before(now));
-                // Read once per claim, then counted up as this claim admits.
-                let mut unique_today: Option<u64> = None;
-                let mut held = false;
+                let cap_since = limits.cap.map(|(_, per)| timestamp(now - per));
+                let mut facts = Vec::with_capacity(candidates.len());
                 for c in candidates {
-                    if held {
-                        answers.push(Admission::Held);
-                        continue;
-                    }
-                    if opted_out.contains(c.phone) {
-                        answers.push(Admission::OptedOut);
-                        continue;
-                    }
-                    if other_states
-                        && same_campaign_elsewhere.exists(params![c.phone, me, sender.campaign])?
-                    {
-                        answers.push(Admission::MessagedElsewhere);
-                        continue;
-                    }
-                    if let Some((max, per)) = limits.cap {
-                        let since = timestamp(now - per);
-                        let messages: i64 =
-                            to_phone.query_row(params![c.phone, since, me], |r| r.get(0))?;
-                        let messages = messages.max(0) as u64;
-                        if messages >= u64::from(max) {
-                            answers.push(Admission::Capped { messages });
-                            continue;
-                        }
-                    }
-                    if let Some(daily) = limits.daily
-                        && !seen_today.exists(params![c.phone, day])?
-                    {
-                        let used = match unique_today {
-                            Some(n) => n,
-                            None => unique_since(tx, &day)?,
-                        };
-                        if used >= u64::from(daily) {
-                            held = true;
-                            answers.push(Admission::Held);
-                            continue;
-                        }
-                        unique_today = Some(used + 1);
-                    }
+                    let messages = match &cap_since {
+                        Some(since) => to_phone
+                            .query_row(params![c.phone, since, me], |r| r.get::<_, i64>(0))?
+                            .max(0) as u64,
+                        None => 0,
+                    };
+                    facts.push(Facts {
+                        opted_out: opted_out.contains(c.phone),
+                        elsewhere: other_states
+                            && same_campaign_elsewhere.exists(params![
+                                c.phone,
+                                me,
+                                sender.campaign
+                            ])?,
+                        messages,
+                        seen_today: limits.daily.is_some()
+                            && seen_today.exists(params![c.phone, day])?,
+                    });
+                }
+                facts
+            };
+            let answers = decide(&facts, limits, || unique_since(tx, &day))?;
+            let mut reserve = tx.prepare_cached(
+                "INSERT INTO messages (phone, sender, row, at, state)
+                 VALUES (?1, ?2, ?3, ?4, 'sending')
+                 ON CONFLICT(phone, sender) DO UPDATE SET
+                   row = excluded.row, at = excluded.at,
+                   state = 'sending',
+                   prior_state = CASE WHEN messages.state = 'sending'
+                                      THEN messages.prior_state ELSE messages.state END,
+                   prior_at = CASE WHEN messages.state = 'sending'
+                                   THEN messages.prior_at ELSE messages.at END",
+            )?;
+            let at = timestamp(now);
+            for (c, answer) in candidates.iter().zip(&answers) {
+                if *answer == Admission::Admitted {
                     reserve.execute(params![c.phone, me, c.row as i64, at])?;
-                    answers.push(Admission::Admitted);
                 }
             }
             Ok(answers)

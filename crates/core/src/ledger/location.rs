@@ -1,13 +1,59 @@
 //! Where the ledger is: the one place that decides it.
 //!
 //! A campaign's `[ledger] path` (relative to the campaign file) wins, then
-//! the environment's `CONVERS8_LEDGER`, then the per-user default under the
-//! XDG state directory. Rehearsals (`run --sandbox`) never use any of these:
-//! their ledger sits beside the sandbox state, so a rehearsal never counts
-//! against the real account. Nothing here opens or creates a file.
+//! the environment's `CONVERS8_LEDGER` (a path, or a `postgres://` URL),
+//! then, for a campaign whose state is in PostgreSQL, the tables in that same
+//! database (so runners on every machine share one ledger), then the
+//! per-user file under the XDG state directory. Rehearsals (`run --sandbox`)
+//! never use any of these: their ledger sits beside the sandbox state, so a
+//! rehearsal never counts against the real account. Nothing here opens or
+//! creates anything.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
 use std::path::{Path, PathBuf};
+
+use crate::state::location::{PgTarget, StateLocation, is_postgres_url};
+
+/// Where a ledger is: a file, or the `convers8` schema of a database.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum LedgerLocation {
+    File(PathBuf),
+    Postgres(PgTarget),
+}
+
+impl LedgerLocation {
+    /// A `postgres://` (or `postgresql://`) URL names a database; anything
+    /// else a file.
+    pub fn parse(text: &OsStr) -> LedgerLocation {
+        match text.to_str().filter(|t| is_postgres_url(t)) {
+            Some(url) => LedgerLocation::Postgres(PgTarget::new(url, "")),
+            None => LedgerLocation::File(PathBuf::from(text)),
+        }
+    }
+
+    /// The file, for a ledger that is one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            LedgerLocation::File(path) => Some(path),
+            LedgerLocation::Postgres(_) => None,
+        }
+    }
+
+    pub fn is_database(&self) -> bool {
+        matches!(self, LedgerLocation::Postgres(_))
+    }
+}
+
+/// A file's path, or a database's URL without its password.
+impl fmt::Display for LedgerLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LedgerLocation::File(path) => write!(f, "{}", path.display()),
+            LedgerLocation::Postgres(target) => f.write_str(target.shown()),
+        }
+    }
+}
 
 /// The environment variable that names the ledger when the campaign does not.
 pub const LEDGER_ENV: &str = "CONVERS8_LEDGER";
@@ -30,19 +76,40 @@ pub fn default_path() -> Option<PathBuf> {
     default_path_from(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
 }
 
-/// The ledger without a campaign (the `optout` commands): `CONVERS8_LEDGER`,
-/// else the per-user default.
-pub fn account_path() -> Option<PathBuf> {
+/// The ledger the environment names: `CONVERS8_LEDGER` (a path or a URL).
+pub fn from_env() -> Option<LedgerLocation> {
     std::env::var_os(LEDGER_ENV)
         .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(default_path)
+        .map(|v| LedgerLocation::parse(&v))
+}
+
+/// The ledger without a campaign (the `optout` commands): `CONVERS8_LEDGER`,
+/// else the per-user file.
+pub fn account() -> Option<LedgerLocation> {
+    from_env().or_else(|| default_path().map(LedgerLocation::File))
 }
 
 /// A campaign's ledger: its `[ledger] path` when it has one, else
-/// [`account_path`].
-pub fn for_campaign(configured: Option<&Path>) -> Option<PathBuf> {
-    configured.map(Path::to_owned).or_else(account_path)
+/// `CONVERS8_LEDGER`, else the database of a state in PostgreSQL, else the
+/// per-user file.
+pub fn for_campaign(configured: Option<&Path>, state: &StateLocation) -> Option<LedgerLocation> {
+    if let Some(path) = configured {
+        return Some(LedgerLocation::File(path.to_owned()));
+    }
+    from_env()
+        .or_else(|| state_database(state))
+        .or_else(|| default_path().map(LedgerLocation::File))
+}
+
+/// The ledger in the database of a state in PostgreSQL.
+pub fn state_database(state: &StateLocation) -> Option<LedgerLocation> {
+    match state {
+        StateLocation::Postgres(target) => Some(LedgerLocation::Postgres(PgTarget::new(
+            target.connect_url(),
+            "",
+        ))),
+        StateLocation::File(_) => None,
+    }
 }
 
 /// A rehearsal's own ledger beside its sandbox state:

@@ -1,20 +1,23 @@
-//! The audience ledger: one SQLite file per account, shared by every
-//! campaign, that records each message that left or may have left (phone,
-//! campaign, the state file that sent it, when, `sent` or `uncertain`, the
-//! message id) and holds the account's opt-out list.
+//! The audience ledger: what the account's campaigns know about each other.
+//! It records each message that left or may have left (phone, campaign, the
+//! state that sent it, when, `sent` or `uncertain`, the message id) and
+//! holds the account's opt-out list.
 //!
-//! A campaign's state file stays the source of truth for that campaign; the
+//! A campaign's state stays the source of truth for that campaign; the
 //! ledger is what campaigns know about each other. It is what frequency caps
-//! per phone ([`Ledger::messages_to_since`]), an account-wide daily limit of
-//! unique recipients ([`Ledger::unique_recipients_since`]) and "this campaign
-//! name already sent from another state file" ([`Ledger::other_state_files`])
-//! read. Several runs of different campaigns write it at once: WAL, a busy
-//! timeout, and one short transaction per batch of outcomes. This module
-//! opens, migrates and queries the file; it does not decide what a run does
-//! with the answers (the engine does), nor where the file is ([`location`]).
+//! per phone, an account-wide daily limit of unique recipients and "this
+//! campaign name already sent from another state" read, at claim time
+//! ([`admit`]). It lives where [`LedgerLocation`] says, behind one seam,
+//! [`LedgerStore`]: one SQLite file per account ([`FileLedger`]; WAL, a busy
+//! timeout, one short transaction per batch of outcomes), shared by the
+//! runs of one machine, or tables in a PostgreSQL database ([`pg`]), shared
+//! by runners on every machine that reaches it. This module opens, migrates
+//! and queries it; it does not decide what a run does with the answers (the
+//! engine does), nor where it is ([`location`]).
 
 mod admit;
 pub mod location;
+pub mod pg;
 pub mod phone_list;
 mod schema;
 pub mod screen;
@@ -30,6 +33,7 @@ use crate::phone::E164;
 use crate::state::timestamp;
 
 pub use admit::{Admission, Candidate, Limits, Sender, Settled};
+pub use location::LedgerLocation;
 pub use schema::{APPLICATION_ID, latest_version};
 
 /// How long a write waits for another run's transaction on the same ledger.
@@ -78,6 +82,12 @@ pub enum LedgerError {
         path: String,
         found: i64,
         known: i64,
+    },
+    #[error("ledger {location}: {operation}: {reason}")]
+    Postgres {
+        location: String,
+        operation: &'static str,
+        reason: String,
     },
     #[error(
         "no ledger location: neither CONVERS8_LEDGER, XDG_STATE_HOME nor HOME is set; set one, or name the ledger with [ledger] path in the campaign (optout: --ledger PATH)"
@@ -139,23 +149,25 @@ pub struct OptOut {
     pub source: String,
 }
 
-/// An open ledger.
-pub struct Ledger {
+/// An open ledger file.
+pub struct FileLedger {
     conn: Connection,
     path: PathBuf,
 }
 
-impl std::fmt::Debug for Ledger {
+impl std::fmt::Debug for FileLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger").field("path", &self.path).finish()
+        f.debug_struct("FileLedger")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
-impl Ledger {
+impl FileLedger {
     /// Opens the ledger at `path`, creating it (owner-only, 0600, in a
     /// directory made 0700 when missing: it holds every phone the account
     /// ever messaged) if it does not exist.
-    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+    pub fn open(path: &Path) -> Result<FileLedger, LedgerError> {
         if !path.exists() {
             create_private(path)?;
         }
@@ -165,14 +177,14 @@ impl Ledger {
     /// Opens the ledger if the file exists; `Ok(None)` otherwise. For a
     /// campaign that does not record (`[ledger] enabled = false`) but still
     /// honours the account's opt-outs, without creating a file.
-    pub fn open_existing(path: &Path) -> Result<Option<Ledger>, LedgerError> {
+    pub fn open_existing(path: &Path) -> Result<Option<FileLedger>, LedgerError> {
         if !path.exists() {
             return Ok(None);
         }
         Self::open_file(path).map(Some)
     }
 
-    fn open_file(path: &Path) -> Result<Ledger, LedgerError> {
+    fn open_file(path: &Path) -> Result<FileLedger, LedgerError> {
         let shown = path.display().to_string();
         let sql = |operation, source| LedgerError::Sql {
             path: shown.clone(),
@@ -221,7 +233,7 @@ impl Ledger {
                 });
             }
         }
-        Ok(Ledger {
+        Ok(FileLedger {
             conn,
             path: path.to_owned(),
         })
@@ -451,11 +463,6 @@ impl Ledger {
             .map_err(|e| self.sql("reading opt-outs", e))
     }
 
-    /// Every opted-out phone, for a plan that checks each row.
-    pub fn opted_out_set(&self) -> Result<HashSet<String>, LedgerError> {
-        Ok(self.opt_outs()?.into_iter().map(|o| o.phone).collect())
-    }
-
     /// Whether each of `phones` is opted out, read now (a claim asks just
     /// before its rows are sent, so an opt-out added mid-run is honoured).
     pub fn opted_out(&self, phones: &[&str]) -> Result<Vec<bool>, LedgerError> {
@@ -470,6 +477,174 @@ impl Ledger {
                     .map_err(|e| self.sql("reading opt-outs", e))
             })
             .collect()
+    }
+}
+
+/// The seam every ledger store implements: what runs, plans and the
+/// opt-out commands ask of the account's ledger, wherever it is. The
+/// contract (`tests.rs` runs one suite on both stores): [`admit`] decides a
+/// claim's candidates and reserves those admitted atomically with respect
+/// to every other admission on the same ledger, so the cap and the daily
+/// limit are exact among all the runs that share it.
+///
+/// [`admit`]: LedgerStore::admit
+pub trait LedgerStore: Send + std::fmt::Debug {
+    /// Where it is, for messages (a file's path; a database's URL without
+    /// its password).
+    fn shown(&self) -> String;
+
+    /// Every message on record, oldest first (tests, debugging).
+    fn messages(&self) -> Result<Vec<LedgerEntry>, LedgerError>;
+
+    /// States other than `state_file` that sent messages under the campaign
+    /// name `campaign`, with how many each, oldest first.
+    fn other_state_files(
+        &self,
+        campaign: &str,
+        state_file: &str,
+    ) -> Result<Vec<(String, u64)>, LedgerError>;
+
+    /// The campaign's messages from any state, one per phone (a `sent` one
+    /// when there is one, else the latest).
+    fn campaign_messages(&self, campaign: &str) -> Result<Vec<LedgerEntry>, LedgerError>;
+
+    /// Puts phones on the opt-out list at once; how many were not on it.
+    fn add_opt_outs(&mut self, phones: &[E164], source: &str) -> Result<u64, LedgerError>;
+
+    /// Takes a phone off the list; whether it was on it.
+    fn remove_opt_out(&mut self, phone: &E164) -> Result<bool, LedgerError>;
+
+    /// The opt-out list, by phone.
+    fn opt_outs(&self) -> Result<Vec<OptOut>, LedgerError>;
+
+    /// Whether each of `phones` is opted out, read now.
+    fn opted_out(&self, phones: &[&str]) -> Result<Vec<bool>, LedgerError>;
+
+    /// Every opted-out phone, for a plan that checks each row.
+    fn opted_out_set(&self) -> Result<HashSet<String>, LedgerError> {
+        Ok(self.opt_outs()?.into_iter().map(|o| o.phone).collect())
+    }
+
+    /// Settles `settle_first`, then decides each candidate in order and
+    /// reserves those admitted, in one transaction (see [`admit`](self::admit)).
+    fn admit(
+        &mut self,
+        sender: &Sender,
+        settle_first: &[(String, u64, Settled)],
+        candidates: &[Candidate<'_>],
+        limits: &Limits,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Admission>, LedgerError>;
+
+    /// Settles reserved messages in one transaction.
+    fn settle(
+        &mut self,
+        sender: &Sender,
+        outcomes: &[(String, u64, Settled)],
+    ) -> Result<(), LedgerError>;
+
+    /// Phones and rows `sender` reserved and did not settle.
+    fn sending_of(&self, sender: &Sender) -> Result<Vec<(String, u64)>, LedgerError>;
+
+    /// When the account's daily limit frees its next slot, if it is used up now.
+    fn next_daily_slot(
+        &self,
+        daily: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, LedgerError>;
+}
+
+/// An open ledger, of either store.
+pub type Ledger = Box<dyn LedgerStore>;
+
+/// Opens the ledger at `location`, creating it (a file, owner-only; the
+/// tables in a database) if it does not exist yet.
+pub fn open(location: &LedgerLocation) -> Result<Ledger, LedgerError> {
+    Ok(match location {
+        LedgerLocation::File(path) => Box::new(FileLedger::open(path)?),
+        LedgerLocation::Postgres(target) => Box::new(pg::PgLedger::open(target)?),
+    })
+}
+
+/// Opens the ledger if it exists (`Ok(None)` otherwise), creating nothing:
+/// for a campaign that only honours opt-outs, and for readers.
+pub fn open_existing(location: &LedgerLocation) -> Result<Option<Ledger>, LedgerError> {
+    Ok(match location {
+        LedgerLocation::File(path) => {
+            FileLedger::open_existing(path)?.map(|l| Box::new(l) as Ledger)
+        }
+        LedgerLocation::Postgres(target) => {
+            pg::PgLedger::open_existing(target)?.map(|l| Box::new(l) as Ledger)
+        }
+    })
+}
+
+impl LedgerStore for FileLedger {
+    fn shown(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn messages(&self) -> Result<Vec<LedgerEntry>, LedgerError> {
+        FileLedger::messages(self)
+    }
+
+    fn other_state_files(
+        &self,
+        campaign: &str,
+        state_file: &str,
+    ) -> Result<Vec<(String, u64)>, LedgerError> {
+        FileLedger::other_state_files(self, campaign, state_file)
+    }
+
+    fn campaign_messages(&self, campaign: &str) -> Result<Vec<LedgerEntry>, LedgerError> {
+        FileLedger::campaign_messages(self, campaign)
+    }
+
+    fn add_opt_outs(&mut self, phones: &[E164], source: &str) -> Result<u64, LedgerError> {
+        FileLedger::add_opt_outs(self, phones, source)
+    }
+
+    fn remove_opt_out(&mut self, phone: &E164) -> Result<bool, LedgerError> {
+        FileLedger::remove_opt_out(self, phone)
+    }
+
+    fn opt_outs(&self) -> Result<Vec<OptOut>, LedgerError> {
+        FileLedger::opt_outs(self)
+    }
+
+    fn opted_out(&self, phones: &[&str]) -> Result<Vec<bool>, LedgerError> {
+        FileLedger::opted_out(self, phones)
+    }
+
+    fn admit(
+        &mut self,
+        sender: &Sender,
+        settle_first: &[(String, u64, Settled)],
+        candidates: &[Candidate<'_>],
+        limits: &Limits,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Admission>, LedgerError> {
+        FileLedger::admit(self, sender, settle_first, candidates, limits, now)
+    }
+
+    fn settle(
+        &mut self,
+        sender: &Sender,
+        outcomes: &[(String, u64, Settled)],
+    ) -> Result<(), LedgerError> {
+        FileLedger::settle(self, sender, outcomes)
+    }
+
+    fn sending_of(&self, sender: &Sender) -> Result<Vec<(String, u64)>, LedgerError> {
+        FileLedger::sending_of(self, sender)
+    }
+
+    fn next_daily_slot(
+        &self,
+        daily: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        FileLedger::next_daily_slot(self, daily, now)
     }
 }
 

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use super::phone_list::{self, PhoneListError, PhoneListFormat};
 use super::{
-    Admission, Candidate, Ledger, LedgerEntry, LedgerError, LedgerState, Limits, Sender, Settled,
+    Admission, Candidate, Ledger, LedgerEntry, LedgerError, LedgerState, LedgerStore, Limits,
+    Sender, Settled,
 };
 use crate::campaign::{AudienceSpec, Campaign};
 use crate::engine::clock::{Clock, SystemClock};
@@ -28,7 +29,7 @@ pub struct Suppressions {
     /// Phone → the exclude file it came from (the first one that lists it).
     excluded: HashMap<String, PathBuf>,
     /// The ledger the opt-outs came from, for the reason shown.
-    ledger: Option<PathBuf>,
+    ledger: Option<String>,
     /// Phones the ledger shows this campaign already messaged.
     messaged: Vec<EarlierMessage>,
 }
@@ -41,7 +42,10 @@ impl Suppressions {
 
     /// The opt-outs of `ledger` (when there is one) and the campaign's
     /// exclude files.
-    pub fn load(campaign: &Campaign, ledger: Option<&Ledger>) -> Result<Suppressions, ScreenError> {
+    pub fn load(
+        campaign: &Campaign,
+        ledger: Option<&dyn LedgerStore>,
+    ) -> Result<Suppressions, ScreenError> {
         let opted_out = match ledger {
             Some(l) => l.opted_out_set()?,
             None => HashSet::new(),
@@ -49,7 +53,7 @@ impl Suppressions {
         Ok(Suppressions {
             opted_out,
             excluded: load_excludes(campaign)?,
-            ledger: ledger.map(|l| l.path().to_owned()),
+            ledger: ledger.map(|l| l.shown()),
             messaged: Vec::new(),
         })
     }
@@ -111,11 +115,11 @@ pub enum ScreenError {
     List(#[from] PhoneListError),
 }
 
-fn opted_out(ledger: Option<&std::path::Path>) -> Suppression {
+fn opted_out(ledger: Option<&str>) -> Suppression {
     Suppression {
         code: ProblemCode::OptedOut,
         details: match ledger {
-            Some(p) => format!("on the opt-out list of the ledger {}", p.display()),
+            Some(l) => format!("on the opt-out list of the ledger {l}"),
             None => "on the opt-out list".to_owned(),
         },
     }
@@ -220,8 +224,8 @@ impl RunLedger {
     }
 
     /// The ledger, for reads beside the run (the daily limit's next slot).
-    pub fn ledger(&self) -> Option<&Ledger> {
-        self.ledger.as_ref()
+    pub fn ledger(&self) -> Option<&dyn LedgerStore> {
+        self.ledger.as_deref()
     }
 
     pub fn sender(&self) -> &Sender {
@@ -267,7 +271,7 @@ impl RunLedger {
                 )
             })
             .collect();
-        let path = self.ledger.as_ref().map(|l| l.path().to_owned());
+        let shown = self.ledger.as_ref().map(|l| l.shown());
         let answers: Vec<Admission> = match &mut self.ledger {
             None => vec![Admission::Admitted; asking.len()],
             Some(ledger) if self.record => {
@@ -311,7 +315,7 @@ impl RunLedger {
         for ((i, _), answer) in asking.iter().zip(answers) {
             verdicts[*i] = Some(match answer {
                 Admission::Admitted => Verdict::Send,
-                Admission::OptedOut => Verdict::Suppress(opted_out(path.as_deref())),
+                Admission::OptedOut => Verdict::Suppress(opted_out(shown.as_deref())),
                 Admission::MessagedElsewhere => Verdict::Suppress(Suppression {
                     code: ProblemCode::AlreadyMessaged,
                     details: format!(

@@ -16,7 +16,7 @@
 //! Each connection is owned by a thread of its own ([`link`]).
 
 mod lease;
-mod link;
+pub(crate) mod link;
 mod pace;
 mod reads;
 pub mod schema;
@@ -157,7 +157,7 @@ impl PgStore {
             location: shown.clone(),
             campaign: target.campaign.clone(),
         };
-        if version < schema::latest_version() {
+        if version < schema::STATE_TABLES_VERSION {
             return Err(missing());
         }
         let name = target.campaign.clone();

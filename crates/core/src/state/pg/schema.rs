@@ -108,7 +108,49 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE convers8.runners ADD COLUMN process_space text;
     "#,
+    // 4: the account's ledger, shared by every runner on every machine that
+    // reaches this database (see `ledger::pg`): each message that left or
+    // may have left, its sender (a campaign name and the state that sent
+    // it), and the opt-out list. The same shape as the ledger file's;
+    // times are the ledger's fixed-width RFC 3339 text, as in the file.
+    r#"
+    CREATE TABLE convers8.ledger_senders (
+        id              bigserial PRIMARY KEY,
+        campaign        text NOT NULL,
+        state_file      text NOT NULL,
+        UNIQUE (campaign, state_file)
+    );
+    CREATE TABLE convers8.ledger_messages (
+        id              bigserial PRIMARY KEY,
+        phone           text NOT NULL,
+        sender          bigint NOT NULL REFERENCES convers8.ledger_senders (id),
+        csv_row         bigint NOT NULL,
+        at              text NOT NULL,
+        state           text NOT NULL CHECK (state IN ('sending', 'sent', 'uncertain')),
+        message_id      text,
+        -- what a resend replaced, restored if the resend does not go out
+        prior_state     text CHECK (prior_state IN ('sent', 'uncertain')),
+        prior_at        text,
+        -- also the frequency cap's index: a phone's messages, by sender
+        UNIQUE (phone, sender)
+    );
+    -- the account's unique recipients over a moving 24 hours
+    CREATE INDEX ledger_messages_by_at ON convers8.ledger_messages (at, phone);
+    CREATE TABLE convers8.opt_outs (
+        phone           text PRIMARY KEY,
+        added_at        text NOT NULL,
+        -- "cli", or the imported file's path
+        source          text NOT NULL
+    );
+    "#,
 ];
+
+/// The version whose state tables this build reads: later migrations only
+/// add what a reader of a campaign does not need (the ledger's tables).
+pub const STATE_TABLES_VERSION: i64 = 3;
+
+/// The first version with the ledger's tables.
+pub const LEDGER_TABLES_VERSION: i64 = 4;
 
 /// The schema version this build writes.
 pub fn latest_version() -> i64 {
