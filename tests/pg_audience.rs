@@ -17,50 +17,15 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use common::pg::{TestDatabase, psql_path, test_pg_url};
+use common::pg::{Psql, TestDatabase, test_pg_url};
+use common::process::Proc;
 use common::*;
 
 // ---------------------------------------------------------------------------
-// psql: the test crate has no PostgreSQL driver.
-
-/// Rows of `sql` on `url`, each a vector of its columns as text (NULL is "").
-fn rows(url: &str, sql: &str) -> Vec<Vec<String>> {
-    let psql = psql_path().expect("psql is installed where a server is configured");
-    let out = Command::new(psql)
-        .args(["-X", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1"])
-        .args(["-d", url, "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| l.split('|').map(str::to_owned).collect())
-        .collect()
-}
-
-/// The one value of `sql` on `url`.
-fn value(url: &str, sql: &str) -> String {
-    rows(url, sql)
-        .first()
-        .and_then(|r| r.first())
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn count(url: &str, sql: &str) -> u64 {
-    let v = value(url, sql);
-    v.parse()
-        .unwrap_or_else(|_| panic!("{sql}: not a number: {v:?}"))
-}
+// the database, read with psql
 
 /// One recipient row of a campaign in the database.
 #[derive(Debug, Clone)]
@@ -73,17 +38,14 @@ struct Row {
     runner: Option<i64>,
 }
 
-fn recipients_of(url: &str, campaign: &str) -> Vec<Row> {
-    rows(
-        url,
-        &format!(
-            "SELECT r.csv_row, coalesce(r.phone, ''), r.state, coalesce(r.error_code, ''),
+fn recipients_of(sql: &Psql, campaign: &str) -> Vec<Row> {
+    sql.rows(&format!(
+        "SELECT r.csv_row, coalesce(r.phone, ''), r.state, coalesce(r.error_code, ''),
                     coalesce(r.message_id, ''), coalesce(r.runner_id::text, '')
                FROM convers8.recipients r JOIN convers8.campaigns c ON c.id = r.campaign_id
               WHERE c.name = '{campaign}'
               ORDER BY r.csv_row"
-        ),
-    )
+    ))
     .into_iter()
     .map(|r| Row {
         csv_row: r[0].parse().expect("csv_row"),
@@ -96,11 +58,26 @@ fn recipients_of(url: &str, campaign: &str) -> Vec<Row> {
     .collect()
 }
 
-fn ledger_messages_in(url: &str, state: &str) -> u64 {
-    count(
-        url,
-        &format!("SELECT count(*) FROM convers8.ledger_messages WHERE state = '{state}'"),
-    )
+fn ledger_messages_in(sql: &Psql, state: &str) -> u64 {
+    sql.count(&format!(
+        "SELECT count(*) FROM convers8.ledger_messages WHERE state = '{state}'"
+    ))
+}
+
+/// The database's ledger holds `n` messages, all sent.
+fn assert_ledger_holds_only_sent(sql: &Psql, n: u64) {
+    assert_eq!(ledger_messages_in(sql, "sent"), n);
+    assert_eq!(
+        sql.count("SELECT count(*) FROM convers8.ledger_messages"),
+        n
+    );
+}
+
+/// How many times the database's opt-out list holds `phone`.
+fn opt_outs_of(sql: &Psql, phone: &str) -> u64 {
+    sql.count(&format!(
+        "SELECT count(*) FROM convers8.opt_outs WHERE phone = '{phone}'"
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -158,110 +135,43 @@ impl Machine {
         self.on(bare_bin())
     }
 
+    /// `run CAMPAIGN --state URL` on this machine, aimed at the sandbox.
+    fn run(&self, sandbox: &TestSandbox, dir: &CampaignDir, state_url: &str) -> Command {
+        let mut cmd = self.bin(sandbox);
+        cmd.arg("run").arg(dir.toml()).args(["--state", state_url]);
+        cmd
+    }
+
     /// `run CAMPAIGN --state URL --json` started in the background.
     fn spawn_run(&self, sandbox: &TestSandbox, dir: &CampaignDir, state_url: &str) -> Proc {
-        let nonce = rand::random::<u32>();
-        let stdout = self.root.path().join(format!("run-{nonce:08x}.stdout"));
-        let stderr = self.root.path().join(format!("run-{nonce:08x}.stderr"));
-        let child = self
-            .bin(sandbox)
-            .arg("run")
-            .arg(dir.toml())
-            .args(["--state", state_url, "--json"])
-            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("the run starts");
-        Proc {
-            name: format!("runner on {}", self.name),
-            child,
-            stdout,
-            stderr,
-            status: None,
-        }
-    }
-}
-
-/// A process with its output in files; killed (by its pid) and reaped when
-/// dropped unless it already ended.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    status: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    fn wait(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.try_status() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} (pid {}) still running after {within:?}\n{}",
-                self.name,
-                self.pid(),
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stdout_text(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn output(&self) -> String {
-        format!(
-            "--- {} stdout:\n{}\n--- {} stderr:\n{}",
-            self.name,
-            self.stdout_text(),
-            self.name,
-            self.stderr_text()
+        Proc::spawn(
+            format!("runner on {}", self.name),
+            self.run(sandbox, dir, state_url).arg("--json"),
+            &self.root.path().join("run"),
         )
     }
 
-    /// The `--json` summary's `end`, if it printed one.
-    fn end(&self) -> Option<String> {
-        let text = self.stdout_text();
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))?;
-        let value: serde_json::Value = serde_json::from_str(line).ok()?;
-        value.get("end")?.as_str().map(str::to_owned)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+    /// `optout list` on this machine, of the ledger `CONVERS8_LEDGER` names
+    /// (its own per-user file when `None`): its stdout.
+    fn opt_out_list(&self, ledger: Option<&str>) -> String {
+        let mut cmd = self.bare();
+        if let Some(ledger) = ledger {
+            cmd.env("CONVERS8_LEDGER", ledger);
         }
+        stdout(&run_ok(cmd.args(["optout", "list"])))
     }
 }
 
 fn output_of(cmd: &mut Command) -> Output {
     cmd.output().expect("the binary runs")
+}
+
+/// What every test here starts from: a database of its own, psql on it, and
+/// an unlimited sandbox; `None` (the test is skipped) without a server.
+fn setup() -> Option<(TestDatabase, Psql, TestSandbox)> {
+    let db = TestDatabase::create(&test_pg_url()?);
+    let sql = Psql::new(&db.url);
+    Some((db, sql, TestSandbox::unlimited()))
 }
 
 /// Generous: a run here sends at most a few dozen messages.
@@ -295,6 +205,55 @@ fn campaign(name: &str, send: &str, extra: &str) -> String {
 
 const CAP_ONE_PER_WEEK: &str = "[audience]\nmax_messages = 1\nper = \"7d\"";
 
+/// The sandbox messaged `n` phones, each once: how many each got.
+fn assert_messaged_once_each(sandbox: &TestSandbox, n: usize) -> HashMap<String, usize> {
+    let per_phone = sandbox.per_phone();
+    assert_eq!(per_phone.len(), n, "{per_phone:?}");
+    assert!(per_phone.values().all(|&n| n == 1), "{per_phone:?}");
+    per_phone
+}
+
+/// After a run of `campaign` (of `n` rows) on the database: every phone but
+/// `out_of_it` was messaged once, and its row is sent; the row of
+/// `out_of_it` is suppressed as opted out; the database's ledger holds the
+/// `n - 1` sent.
+fn assert_all_sent_but_the_opted_out(
+    sandbox: &TestSandbox,
+    sql: &Psql,
+    campaign: &str,
+    n: usize,
+    out_of_it: &str,
+) {
+    let per_phone = assert_messaged_once_each(sandbox, n - 1);
+    assert!(!per_phone.contains_key(out_of_it), "{per_phone:?}");
+    let rows = recipients_of(sql, campaign);
+    assert_eq!(rows.len(), n);
+    for r in &rows {
+        if r.phone == out_of_it {
+            assert_eq!(
+                (r.state.as_str(), r.error_code.as_str()),
+                ("suppressed", "opted_out"),
+                "{r:?}"
+            );
+        } else {
+            assert_eq!(r.state, "sent", "{r:?}");
+        }
+    }
+    assert_eq!(ledger_messages_in(sql, "sent"), n as u64 - 1);
+}
+
+/// None of `machines` has a per-user ledger file: each used the database's.
+fn assert_no_ledger_file(machines: &[&Machine]) {
+    for m in machines {
+        assert!(
+            !m.ledger_file().exists(),
+            "{} created its per-user ledger file {}",
+            m.name,
+            m.ledger_file().display()
+        );
+    }
+}
+
 fn state_counts(rows: &[Row]) -> HashMap<String, usize> {
     let mut map = HashMap::new();
     for r in rows {
@@ -308,11 +267,9 @@ fn state_counts(rows: &[Row]) -> HashMap<String, usize> {
 
 #[test]
 fn two_machines_share_the_daily_limit_exactly() {
-    let Some(server) = test_pg_url() else {
+    let Some((db, sql, sandbox)) = setup() else {
         return;
     };
-    let db = TestDatabase::create(&server);
-    let sandbox = TestSandbox::unlimited();
     // 5 a second for the whole campaign (one pace in the database): the 20
     // messages the limit allows take about 4 s, long enough for both
     // runners to be sending at once.
@@ -352,36 +309,19 @@ fn two_machines_share_the_daily_limit_exactly() {
     }
 
     // The ledger in the database holds exactly those 20, all settled.
-    assert_eq!(ledger_messages_in(&db.url, "sent"), 20);
-    assert_eq!(
-        count(&db.url, "SELECT count(*) FROM convers8.ledger_messages"),
-        20
-    );
-    let rows = recipients_of(&db.url, "shared-limit");
+    assert_ledger_holds_only_sent(&sql, 20);
+    let rows = recipients_of(&sql, "shared-limit");
     let by_state = state_counts(&rows);
     assert_eq!(by_state.get("sent"), Some(&20), "{by_state:?}");
     assert_eq!(by_state.get("pending"), Some(&40), "{by_state:?}");
     // Neither machine used a ledger file of its own.
-    for m in [&one, &two] {
-        assert!(
-            !m.ledger_file().exists(),
-            "{} created its per-user ledger file {}",
-            m.name,
-            m.ledger_file().display()
-        );
-    }
+    assert_no_ledger_file(&[&one, &two]);
 
     // Evidence the two runners really overlapped: each sent some of the 20,
     // and each sent one before the other's last (both were past planning
     // while the other was still sending).
-    let runner_of_pid = |pid: u32| -> i64 {
-        value(
-            &db.url,
-            &format!("SELECT id FROM convers8.runners WHERE pid = {pid} ORDER BY id DESC LIMIT 1"),
-        )
-        .parse()
-        .unwrap_or_else(|_| panic!("process {pid} registered no runner"))
-    };
+    // Both have ended: a runner either registered or never will.
+    let runner_of_pid = |pid: u32| sql.runner_of(pid, Duration::ZERO);
     let (id1, id2) = (runner_of_pid(first.pid()), runner_of_pid(second.pid()));
     let runner_by_message: HashMap<&str, i64> = rows
         .iter()
@@ -405,7 +345,7 @@ fn two_machines_share_the_daily_limit_exactly() {
         span.1 = span.1.clone().max(m.received_at.clone());
         span.2 += 1;
     }
-    let runners = rows_of_runners(&db.url);
+    let runners = rows_of_runners(&sql);
     eprintln!("{}\n{}", first.output(), second.output());
     eprintln!("runners (id, pid, started_at, ended_at, state): {runners:?}");
     eprintln!(
@@ -435,9 +375,8 @@ fn two_machines_share_the_daily_limit_exactly() {
 }
 
 /// (id, pid, started_at, ended_at, state) of every runner.
-fn rows_of_runners(url: &str) -> Vec<Vec<String>> {
-    rows(
-        url,
+fn rows_of_runners(sql: &Psql) -> Vec<Vec<String>> {
+    sql.rows(
         "SELECT id, pid, started_at, coalesce(ended_at::text, ''), state
            FROM convers8.runners ORDER BY id",
     )
@@ -448,43 +387,29 @@ fn rows_of_runners(url: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn a_cap_holds_across_machines_and_campaigns() {
-    let Some(server) = test_pg_url() else {
+    let Some((db, sql, sandbox)) = setup() else {
         return;
     };
-    let db = TestDatabase::create(&server);
-    let sandbox = TestSandbox::unlimited();
     // Phones 0..15 and 5..20: the ten 5..15 are on both lists.
     let a = CampaignDir::new(&campaign("cap-a", "", CAP_ONE_PER_WEEK), &phones_csv(0, 15));
     let b = CampaignDir::new(&campaign("cap-b", "", CAP_ONE_PER_WEEK), &phones_csv(5, 15));
     let (one, two) = (Machine::new("machine 1"), Machine::new("machine 2"));
 
-    let out = run_ok(
-        one.bin(&sandbox)
-            .arg("run")
-            .arg(a.toml())
-            .args(["--state", &db.url]),
-    );
+    let out = run_ok(&mut one.run(&sandbox, &a, &db.url));
     eprintln!("campaign A on machine 1:\n{}", stdout(&out));
     assert_eq!(sandbox.messages().len(), 15);
-    assert_eq!(ledger_messages_in(&db.url, "sent"), 15);
+    assert_eq!(ledger_messages_in(&sql, "sent"), 15);
 
-    let out = run_ok(
-        two.bin(&sandbox)
-            .arg("run")
-            .arg(b.toml())
-            .args(["--state", &db.url]),
-    );
+    let out = run_ok(&mut two.run(&sandbox, &b, &db.url));
     eprintln!("campaign B on machine 2:\n{}", stdout(&out));
 
-    let per_phone = sandbox.per_phone();
-    assert_eq!(per_phone.len(), 20, "{per_phone:?}");
-    assert!(per_phone.values().all(|&n| n == 1), "{per_phone:?}");
+    assert_messaged_once_each(&sandbox, 20);
 
-    let rows_a = recipients_of(&db.url, "cap-a");
+    let rows_a = recipients_of(&sql, "cap-a");
     assert_eq!(rows_a.len(), 15);
     assert!(rows_a.iter().all(|r| r.state == "sent"), "{rows_a:?}");
 
-    let rows_b = recipients_of(&db.url, "cap-b");
+    let rows_b = recipients_of(&sql, "cap-b");
     assert_eq!(rows_b.len(), 15);
     for r in &rows_b {
         let shared = (5..15).map(phone).any(|p| p == r.phone);
@@ -516,18 +441,8 @@ fn a_cap_holds_across_machines_and_campaigns() {
 
     // The database's ledger holds every message of both campaigns, and
     // neither machine has a ledger file.
-    assert_eq!(ledger_messages_in(&db.url, "sent"), 20);
-    assert_eq!(
-        count(&db.url, "SELECT count(*) FROM convers8.ledger_messages"),
-        20
-    );
-    for m in [&one, &two] {
-        assert!(
-            !m.ledger_file().exists(),
-            "{} created its per-user ledger file",
-            m.name
-        );
-    }
+    assert_ledger_holds_only_sent(&sql, 20);
+    assert_no_ledger_file(&[&one, &two]);
 }
 
 // ---------------------------------------------------------------------------
@@ -535,11 +450,9 @@ fn a_cap_holds_across_machines_and_campaigns() {
 
 #[test]
 fn an_opt_out_in_the_database_is_honoured_by_every_machine() {
-    let Some(server) = test_pg_url() else {
+    let Some((db, sql, sandbox)) = setup() else {
         return;
     };
-    let db = TestDatabase::create(&server);
-    let sandbox = TestSandbox::unlimited();
     let dir = CampaignDir::new(&campaign("optout-db", "", ""), &phones_csv(0, 8));
     let (one, two) = (Machine::new("machine 1"), Machine::new("machine 2"));
     let out_of_it = phone(3);
@@ -550,51 +463,19 @@ fn an_opt_out_in_the_database_is_honoured_by_every_machine() {
             .args(["optout", "add", &out_of_it, "--ledger", &db.url]),
     );
     eprintln!("optout add: {}", stdout(&out));
-    assert_eq!(
-        count(
-            &db.url,
-            &format!("SELECT count(*) FROM convers8.opt_outs WHERE phone = '{out_of_it}'")
-        ),
-        1
-    );
+    assert_eq!(opt_outs_of(&sql, &out_of_it), 1);
     assert!(!one.ledger_file().exists(), "optout add wrote a file");
 
     // Machine 2 sees it through CONVERS8_LEDGER, not in its own file.
-    let listed = run_ok(
-        two.bare()
-            .env("CONVERS8_LEDGER", &db.url)
-            .args(["optout", "list"]),
-    );
-    assert!(stdout(&listed).contains(&out_of_it), "{}", stdout(&listed));
-    let own = run_ok(two.bare().args(["optout", "list"]));
-    assert!(!stdout(&own).contains(&out_of_it), "{}", stdout(&own));
+    let listed = two.opt_out_list(Some(&db.url));
+    assert!(listed.contains(&out_of_it), "{listed}");
+    let own = two.opt_out_list(None);
+    assert!(!own.contains(&out_of_it), "{own}");
 
     // Machine 2 runs the campaign on the database: the phone is never sent.
-    let out = run_ok(
-        two.bin(&sandbox)
-            .arg("run")
-            .arg(dir.toml())
-            .args(["--state", &db.url]),
-    );
+    let out = run_ok(&mut two.run(&sandbox, &dir, &db.url));
     eprintln!("run on machine 2:\n{}", stdout(&out));
-    let per_phone = sandbox.per_phone();
-    assert!(!per_phone.contains_key(&out_of_it), "{per_phone:?}");
-    assert_eq!(per_phone.len(), 7, "{per_phone:?}");
-    assert!(per_phone.values().all(|&n| n == 1), "{per_phone:?}");
-    let rows = recipients_of(&db.url, "optout-db");
-    assert_eq!(rows.len(), 8);
-    for r in &rows {
-        if r.phone == out_of_it {
-            assert_eq!(
-                (r.state.as_str(), r.error_code.as_str()),
-                ("suppressed", "opted_out"),
-                "{r:?}"
-            );
-        } else {
-            assert_eq!(r.state, "sent", "{r:?}");
-        }
-    }
-    assert_eq!(ledger_messages_in(&db.url, "sent"), 7);
+    assert_all_sent_but_the_opted_out(&sandbox, &sql, "optout-db", 8, &out_of_it);
     assert!(!two.ledger_file().exists(), "the run wrote a ledger file");
 
     // Taken off the list with the URL too.
@@ -607,13 +488,9 @@ fn an_opt_out_in_the_database_is_honoured_by_every_machine() {
         "{}",
         stdout(&out)
     );
-    assert_eq!(count(&db.url, "SELECT count(*) FROM convers8.opt_outs"), 0);
-    let listed = run_ok(
-        two.bare()
-            .env("CONVERS8_LEDGER", &db.url)
-            .args(["optout", "list"]),
-    );
-    assert!(stdout(&listed).trim().is_empty(), "{}", stdout(&listed));
+    assert_eq!(sql.count("SELECT count(*) FROM convers8.opt_outs"), 0);
+    let listed = two.opt_out_list(Some(&db.url));
+    assert!(listed.trim().is_empty(), "{listed}");
 }
 
 // ---------------------------------------------------------------------------
@@ -621,11 +498,9 @@ fn an_opt_out_in_the_database_is_honoured_by_every_machine() {
 
 #[test]
 fn a_machines_ledger_file_with_opt_outs_the_database_lacks_stops_the_run() {
-    let Some(server) = test_pg_url() else {
+    let Some((db, sql, sandbox)) = setup() else {
         return;
     };
-    let db = TestDatabase::create(&server);
-    let sandbox = TestSandbox::unlimited();
     let dir = CampaignDir::new(&campaign("file-vs-db", "", ""), &phones_csv(0, 6));
     let one = Machine::new("machine 1");
     let out_of_it = phone(2);
@@ -640,12 +515,7 @@ fn a_machines_ledger_file_with_opt_outs_the_database_lacks_stops_the_run() {
     assert!(file.exists(), "{}", file.display());
 
     // A run defaulting to the database's ledger refuses, naming the file.
-    let out = output_of(
-        one.bin(&sandbox)
-            .arg("run")
-            .arg(dir.toml())
-            .args(["--state", &db.url]),
-    );
+    let out = output_of(&mut one.run(&sandbox, &dir, &db.url));
     let err = stderr(&out);
     eprintln!("refused run: exit {:?}\n{err}", out.status.code());
     assert_eq!(out.status.code(), Some(1), "{}\n{err}", stdout(&out));
@@ -662,38 +532,10 @@ fn a_machines_ledger_file_with_opt_outs_the_database_lacks_stops_the_run() {
             .args(["--ledger", &db.url]),
     );
     eprintln!("import: {}", stdout(&out));
-    assert_eq!(
-        count(
-            &db.url,
-            &format!("SELECT count(*) FROM convers8.opt_outs WHERE phone = '{out_of_it}'")
-        ),
-        1
-    );
-    let out = run_ok(
-        one.bin(&sandbox)
-            .arg("run")
-            .arg(dir.toml())
-            .args(["--state", &db.url]),
-    );
+    assert_eq!(opt_outs_of(&sql, &out_of_it), 1);
+    let out = run_ok(&mut one.run(&sandbox, &dir, &db.url));
     eprintln!("run after the import:\n{}", stdout(&out));
-    let per_phone = sandbox.per_phone();
-    assert!(!per_phone.contains_key(&out_of_it), "{per_phone:?}");
-    assert_eq!(per_phone.len(), 5, "{per_phone:?}");
-    assert!(per_phone.values().all(|&n| n == 1), "{per_phone:?}");
-    let rows = recipients_of(&db.url, "file-vs-db");
-    assert_eq!(rows.len(), 6);
-    for r in &rows {
-        if r.phone == out_of_it {
-            assert_eq!(
-                (r.state.as_str(), r.error_code.as_str()),
-                ("suppressed", "opted_out"),
-                "{r:?}"
-            );
-        } else {
-            assert_eq!(r.state, "sent", "{r:?}");
-        }
-    }
-    assert_eq!(ledger_messages_in(&db.url, "sent"), 5);
+    assert_all_sent_but_the_opted_out(&sandbox, &sql, "file-vs-db", 6, &out_of_it);
 }
 
 /// Whether `text` names `path` (as given, or canonical).

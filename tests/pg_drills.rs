@@ -28,12 +28,13 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::pg::{TestDatabase, psql_path, test_pg_url};
+use common::pg::{Psql, TestDatabase, test_pg_url};
+use common::process::Proc;
 use common::*;
 use convers8_campaign::sandbox::{RecordedMessage, SandboxConfig};
 use rand::{Rng, SeedableRng};
@@ -57,75 +58,16 @@ fn seeded_rng(drill: &str) -> rand::rngs::StdRng {
 // ---------------------------------------------------------------------------
 // psql
 
-/// psql against one database: the test crate has no PostgreSQL driver.
-struct Sql {
-    url: String,
-    psql: PathBuf,
+/// The drills' questions to the database (psql: the test crate has no
+/// PostgreSQL driver).
+trait DrillQueries {
+    fn sending_of(&self, runner: i64) -> u64;
+    fn stranded_by(&self, runner: i64) -> u64;
+    fn states(&self) -> BTreeMap<String, u64>;
+    fn wait_leases_expired(&self, within: Duration);
 }
 
-impl Sql {
-    fn new(url: &str) -> Sql {
-        Sql {
-            url: url.to_owned(),
-            psql: psql_path().expect("psql is installed where a server is configured"),
-        }
-    }
-
-    fn try_rows(&self, sql: &str) -> Result<Vec<Vec<String>>, String> {
-        let out = Command::new(&self.psql)
-            .args(["-X", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1"])
-            .args(["-d", &self.url, "-c", sql])
-            .env("PGCONNECT_TIMEOUT", "10")
-            .output()
-            .map_err(|e| format!("cannot run psql: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split('|').map(str::to_owned).collect())
-            .collect())
-    }
-
-    /// Rows of `sql`, each a vector of its columns as text (NULL is "").
-    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
-        self.try_rows(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
-
-    /// The one value of `sql`.
-    fn value(&self, sql: &str) -> String {
-        let rows = self.rows(sql);
-        rows.first()
-            .and_then(|r| r.first())
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn count(&self, sql: &str) -> u64 {
-        let v = self.value(sql);
-        v.parse()
-            .unwrap_or_else(|_| panic!("{sql}: not a number: {v:?}"))
-    }
-
-    /// The runner id a process registered under (the newest for its pid).
-    fn runner_of(&self, pid: u32, within: Duration) -> i64 {
-        let deadline = Instant::now() + within;
-        loop {
-            let v = self.value(&format!(
-                "SELECT id FROM convers8.runners WHERE pid = {pid} ORDER BY id DESC LIMIT 1"
-            ));
-            if let Ok(id) = v.parse() {
-                return id;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process {pid} registered no runner in {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
+impl DrillQueries for Psql {
     fn sending_of(&self, runner: i64) -> u64 {
         self.count(&format!(
             "SELECT count(*) FROM convers8.recipients WHERE runner_id = {runner} AND state = 'sending'"
@@ -180,7 +122,7 @@ struct Row {
     attempts: u32,
 }
 
-fn recipients(sql: &Sql) -> Vec<Row> {
+fn recipients(sql: &Psql) -> Vec<Row> {
     sql.rows(
         "SELECT id, coalesce(phone, ''), state, coalesce(runner_id::text, ''),
                 coalesce(claim_token::text, ''), coalesce(message_id, ''),
@@ -205,154 +147,78 @@ fn recipients(sql: &Sql) -> Vec<Row> {
 // ---------------------------------------------------------------------------
 // processes
 
-/// A `run` process with its output in files; killed (by its pid) and reaped
-/// when dropped unless it already ended.
-struct Runner {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    status: Option<ExitStatus>,
+/// How a drill starts `run` processes: on one campaign and database, with
+/// one lease, each in the background (its output in files in the campaign's
+/// folder).
+struct Runners<'a> {
+    sandbox: &'a TestSandbox,
+    dir: &'a CampaignDir,
+    state_url: &'a str,
+    lease: &'a str,
 }
 
-impl Runner {
-    fn spawn(
-        name: &str,
-        sandbox: &TestSandbox,
-        dir: &CampaignDir,
-        state_url: &str,
-        lease: &str,
-        extra: &[&str],
-    ) -> Runner {
-        Runner::spawn_with_ledger(name, sandbox, dir, state_url, lease, extra, None)
+impl<'a> Runners<'a> {
+    fn new(
+        sandbox: &'a TestSandbox,
+        dir: &'a CampaignDir,
+        state_url: &'a str,
+        lease: &'a str,
+    ) -> Runners<'a> {
+        Runners {
+            sandbox,
+            dir,
+            state_url,
+            lease,
+        }
     }
 
-    /// [`Runner::spawn`] with a ledger of its own (a runner on a machine of
+    /// `run CAMPAIGN --state URL --lease LEASE --json`, as `name`.
+    fn spawn(&self, name: &str) -> Proc {
+        self.spawn_from(name, bin(self.sandbox))
+    }
+
+    /// [`Runners::spawn`] with a ledger of its own (a runner on a machine of
     /// its own) instead of the test's.
-    fn spawn_with_ledger(
-        name: &str,
-        sandbox: &TestSandbox,
-        dir: &CampaignDir,
-        state_url: &str,
-        lease: &str,
-        extra: &[&str],
-        ledger: Option<&Path>,
-    ) -> Runner {
-        let out_dir = dir.dir.path();
-        let nonce = rand::random::<u32>();
-        let stdout = out_dir.join(format!("{name}-{nonce:08x}.stdout"));
-        let stderr = out_dir.join(format!("{name}-{nonce:08x}.stderr"));
-        let mut cmd = bin(sandbox);
-        if let Some(ledger) = ledger {
-            cmd.env("CONVERS8_LEDGER", ledger);
-        }
-        let child = cmd
-            .env_remove("CONVERS8_STATE_URL")
+    fn spawn_with_ledger(&self, name: &str, ledger: &Path) -> Proc {
+        let mut cmd = bin(self.sandbox);
+        cmd.env("CONVERS8_LEDGER", ledger);
+        self.spawn_from(name, cmd)
+    }
+
+    fn spawn_from(&self, name: &str, mut cmd: Command) -> Proc {
+        cmd.env_remove("CONVERS8_STATE_URL")
             .arg("run")
-            .arg(dir.toml())
-            .args(["--state", state_url, "--lease", lease, "--json"])
-            .args(extra)
-            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("the run starts");
-        Runner {
-            name: name.to_owned(),
-            child,
-            stdout,
-            stderr,
-            status: None,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn sigkill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.status = Some(self.child.wait().expect("reap"));
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .expect("kill(1) runs")
-            .success();
-        assert!(ok, "kill -{sig} {} ({}) failed", self.pid(), self.name);
-    }
-
-    fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    fn wait(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.try_status() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} (pid {}) still running after {within:?}\n{}",
-                self.name,
-                self.pid(),
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stdout_text(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn output(&self) -> String {
-        format!(
-            "--- {} stdout:\n{}\n--- {} stderr:\n{}",
-            self.name,
-            self.stdout_text(),
-            self.name,
-            tail(&self.stderr_text(), 4000)
-        )
-    }
-
-    /// The `--json` summary's `end`, if it printed one.
-    fn end(&self) -> Option<String> {
-        let text = self.stdout_text();
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))?;
-        let value: serde_json::Value = serde_json::from_str(line).ok()?;
-        value.get("end")?.as_str().map(str::to_owned)
+            .arg(self.dir.toml())
+            .args(["--state", self.state_url, "--lease", self.lease, "--json"]);
+        Proc::spawn(name, &mut cmd, &self.dir.dir.path().join(name)).stderr_tail(4000)
     }
 }
 
-impl Drop for Runner {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            // SIGKILL ends a stopped process too.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// `kill -SIG PID`: a signal to the runner's own pid.
+fn signal(runner: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &runner.pid().to_string()])
+        .status()
+        .expect("kill(1) runs")
+        .success();
+    assert!(
+        ok,
+        "kill -{sig} {} ({}) failed",
+        runner.pid(),
+        runner.name()
+    );
 }
 
-fn tail(s: &str, n: usize) -> &str {
-    let mut start = s.len().saturating_sub(n);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
+/// A text campaign to `recipients` Kenyan numbers, at `concurrency` and
+/// `rate` a second.
+fn drill_campaign(concurrency: usize, rate: f64, recipients: usize) -> CampaignDir {
+    CampaignDir::new(
+        &text_campaign(
+            &format!("concurrency = {concurrency}\nrate_per_second = {rate}"),
+            "Hi {{name}}",
+        ),
+        &kenyan_csv(recipients),
+    )
 }
 
 /// Plans the campaign into the database (`run --dry-run`), so the sending
@@ -370,9 +236,9 @@ fn plan(sandbox: &TestSandbox, dir: &CampaignDir, state_url: &str) -> Duration {
 
 /// After every runner ended and every lease ran out: one more run must find
 /// nothing left to send (it rescues what dead runners left `sending`).
-fn final_rerun(sandbox: &TestSandbox, dir: &CampaignDir, sql: &Sql, lease: &str) {
+fn final_rerun(sandbox: &TestSandbox, dir: &CampaignDir, sql: &Psql, lease: &str) {
     sql.wait_leases_expired(Duration::from_secs(30));
-    let mut rerun = Runner::spawn("rerun", sandbox, dir, &sql.url, lease, &[]);
+    let mut rerun = Runners::new(sandbox, dir, &sql.url, lease).spawn("rerun");
     let status = rerun.wait(Duration::from_secs(60));
     assert_eq!(
         status.code(),
@@ -441,27 +307,22 @@ fn three_runners_one_killed_twice_nobody_twice_and_the_shared_rate_holds() {
     let started = Instant::now();
     let mut rng = seeded_rng("drill 1");
     let db = TestDatabase::create(&server);
-    let sql = Sql::new(&db.url);
+    let sql = Psql::new(&db.url);
     // The server's own limit is the campaign's: 300/s, a bucket of one second.
     let sandbox = TestSandbox::start(SandboxConfig {
         rate: D1_RATE,
         burst: 0,
         ..SandboxConfig::default()
     });
-    let dir = CampaignDir::new(
-        &text_campaign(
-            &format!("concurrency = {D1_CONCURRENCY}\nrate_per_second = {D1_RATE}"),
-            "Hi {{name}}",
-        ),
-        &kenyan_csv(D1_RECIPIENTS),
-    );
+    let dir = drill_campaign(D1_CONCURRENCY, D1_RATE, D1_RECIPIENTS);
     let claim_batch = convers8_campaign::engine::default_claim_batch(D1_CONCURRENCY) as u64;
     let planned_in = plan(&sandbox, &dir, &db.url);
     assert_eq!(sql.states().get("pending"), Some(&(D1_RECIPIENTS as u64)));
 
-    let mut a = Runner::spawn("A", &sandbox, &dir, &db.url, D1_LEASE, &[]);
-    let mut b = Runner::spawn("B", &sandbox, &dir, &db.url, D1_LEASE, &[]);
-    let mut c = Runner::spawn("C", &sandbox, &dir, &db.url, D1_LEASE, &[]);
+    let runners = Runners::new(&sandbox, &dir, &db.url, D1_LEASE);
+    let mut a = runners.spawn("A");
+    let mut b = runners.spawn("B");
+    let mut c = runners.spawn("C");
     let sending_from = Instant::now();
 
     // Each kill: a random moment 2–8 s into that instance's run, then at the
@@ -500,7 +361,7 @@ fn three_runners_one_killed_twice_nobody_twice_and_the_shared_rate_holds() {
             "kill {kill} landed while runner {c_id} held no row `sending`"
         );
         killed.push((c_id, stranded));
-        c = Runner::spawn("C", &sandbox, &dir, &db.url, D1_LEASE, &[]);
+        c = runners.spawn("C");
     }
     assert!(
         sql.states().get("pending").copied().unwrap_or(0) > 0,
@@ -650,7 +511,7 @@ fn a_runner_stopped_past_its_lease_sends_nothing_more_and_exits_lease_lost() {
     let started = Instant::now();
     let mut rng = seeded_rng("drill 2");
     let db = TestDatabase::create(&server);
-    let sql = Sql::new(&db.url);
+    let sql = Psql::new(&db.url);
     // Answers take 150 ms, so the stopped runner nearly always has requests
     // in flight whose answers it reads only after SIGCONT (late outcomes);
     // the drill checks that it had some. (This caps each runner at about
@@ -662,13 +523,7 @@ fn a_runner_stopped_past_its_lease_sends_nothing_more_and_exits_lease_lost() {
     });
     // The default 30 s request timeout: a shorter one would race the late
     // answers on SIGCONT (the monotonic clock ran on while it was stopped).
-    let dir = CampaignDir::new(
-        &text_campaign(
-            &format!("concurrency = {D2_CONCURRENCY}\nrate_per_second = {D2_RATE}"),
-            "Hi {{name}}",
-        ),
-        &kenyan_csv(D2_RECIPIENTS),
-    );
+    let dir = drill_campaign(D2_CONCURRENCY, D2_RATE, D2_RECIPIENTS);
     plan(&sandbox, &dir, &db.url);
 
     // Each runner with a ledger of its own, as on three machines: runners on
@@ -678,17 +533,8 @@ fn a_runner_stopped_past_its_lease_sends_nothing_more_and_exits_lease_lost() {
     // subject.
     let ledgers = tempfile::tempdir().expect("tempdir");
     let own = |name: &str| ledgers.path().join(format!("{name}.ledger.db"));
-    let spawn = |name: &str| {
-        Runner::spawn_with_ledger(
-            name,
-            &sandbox,
-            &dir,
-            &db.url,
-            D2_LEASE,
-            &[],
-            Some(&own(name)),
-        )
-    };
+    let runners = Runners::new(&sandbox, &dir, &db.url, D2_LEASE);
+    let spawn = |name: &str| runners.spawn_with_ledger(name, &own(name));
     let mut a = spawn("A");
     let mut b = spawn("B");
     let mut c = spawn("C");
@@ -702,7 +548,7 @@ fn a_runner_stopped_past_its_lease_sends_nothing_more_and_exits_lease_lost() {
             "C held no row `sending` for 20 s"
         );
     }
-    c.signal("STOP");
+    signal(&c, "STOP");
     let stopped_at = Utc::now();
     let holding = sql.sending_of(c_id);
     assert!(holding > 0, "C was stopped holding no row `sending`");
@@ -774,7 +620,7 @@ fn a_runner_stopped_past_its_lease_sends_nothing_more_and_exits_lease_lost() {
         .count();
 
     let continued_at = Utc::now();
-    c.signal("CONT");
+    signal(&c, "CONT");
     let status = c.wait(Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "C after SIGCONT\n{}", c.output());
     assert!(!c.stderr_text().contains("panicked"), "{}", c.output());
@@ -989,7 +835,7 @@ fn the_server_restarting_mid_run_stops_or_resumes_runners_cleanly_and_nobody_twi
     let Some(cluster) = Cluster::start() else {
         return;
     };
-    let sql = Sql::new(&cluster.url);
+    let sql = Psql::new(&cluster.url);
     // Diagnosis only (see the module's notes).
     if std::env::var("PG_DRILL_SYNC").is_ok() {
         sql.rows("ALTER SYSTEM SET synchronous_commit = on");
@@ -1004,21 +850,13 @@ fn the_server_restarting_mid_run_stops_or_resumes_runners_cleanly_and_nobody_twi
         latency: Duration::from_millis(10),
         ..SandboxConfig::default()
     });
-    let dir = CampaignDir::new(
-        &text_campaign(
-            &format!("concurrency = {D3_CONCURRENCY}\nrate_per_second = {D3_RATE}"),
-            "Hi {{name}}",
-        ),
-        &kenyan_csv(D3_RECIPIENTS),
-    );
+    let dir = drill_campaign(D3_CONCURRENCY, D3_RATE, D3_RECIPIENTS);
     let claim_batch = convers8_campaign::engine::default_claim_batch(D3_CONCURRENCY) as u64;
     plan(&sandbox, &dir, &cluster.url);
     let before_start = sql.value("SELECT pg_postmaster_start_time()");
 
-    let mut runners: Vec<Runner> = ["A", "B", "C"]
-        .iter()
-        .map(|n| Runner::spawn(n, &sandbox, &dir, &cluster.url, D3_LEASE, &[]))
-        .collect();
+    let spawner = Runners::new(&sandbox, &dir, &cluster.url, D3_LEASE);
+    let mut runners: Vec<Proc> = ["A", "B", "C"].iter().map(|n| spawner.spawn(n)).collect();
     std::thread::sleep(Duration::from_millis(rng.random_range(1_500..4_000)));
     let deadline = Instant::now() + Duration::from_secs(20);
     while sql.count("SELECT count(*) FROM convers8.recipients WHERE state = 'sending'") == 0 {
@@ -1048,7 +886,7 @@ fn the_server_restarting_mid_run_stops_or_resumes_runners_cleanly_and_nobody_twi
         assert!(
             code == Some(0) || code == Some(1),
             "{} exited {code:?}\n{}",
-            r.name,
+            r.name(),
             r.output()
         );
         // Exit 0 only when it completed; exit 1 only for a claim or commit
@@ -1060,12 +898,12 @@ fn the_server_restarting_mid_run_stops_or_resumes_runners_cleanly_and_nobody_twi
             _ => assert!(
                 matches!(end.as_deref(), Some("state_failed" | "error")),
                 "{} exited 1 with end {end:?}\n{}",
-                r.name,
+                r.name(),
                 r.output()
             ),
         }
-        eprintln!("drill 3: {} exited {code:?}\n{}", r.name, r.output());
-        ends.push((r.name.clone(), code, end));
+        eprintln!("drill 3: {} exited {code:?}\n{}", r.name(), r.output());
+        ends.push((r.name().to_owned(), code, end));
     }
     let runners_done_after = restarted_at.elapsed();
     let messages_after = sandbox.messages().len();

@@ -6,34 +6,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::pg::{TestDatabase, psql_path, test_pg_url};
-
-/// One value from `psql -Atc SQL` on `url`.
-fn query(url: &str, sql: &str) -> String {
-    let psql = psql_path().expect("psql is installed where a server is configured");
-    let out = Command::new(psql)
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+use common::pg::{Psql, TestDatabase, test_pg_url};
 
 #[test]
 fn each_test_gets_a_database_of_its_own_and_it_is_dropped_after() {
@@ -43,23 +16,15 @@ fn each_test_gets_a_database_of_its_own_and_it_is_dropped_after() {
     let first = TestDatabase::create(&server);
     let second = TestDatabase::create(&server);
     assert_ne!(first.name(), second.name());
-    assert_eq!(query(&first.url, "SELECT current_database()"), first.name());
-    assert_eq!(
-        query(&second.url, "SELECT current_database()"),
-        second.name()
-    );
+    let (in_first, in_second) = (Psql::new(&first.url), Psql::new(&second.url));
+    assert_eq!(in_first.value("SELECT current_database()"), first.name());
+    assert_eq!(in_second.value("SELECT current_database()"), second.name());
 
     // A table in one is not in the other.
-    query(
-        &first.url,
-        "CREATE TABLE t (x int); INSERT INTO t VALUES (1)",
-    );
-    assert_eq!(query(&first.url, "SELECT count(*) FROM t"), "1");
+    in_first.rows("CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    assert_eq!(in_first.value("SELECT count(*) FROM t"), "1");
     assert_eq!(
-        query(
-            &second.url,
-            "SELECT count(*) FROM pg_tables WHERE tablename = 't'"
-        ),
+        in_second.value("SELECT count(*) FROM pg_tables WHERE tablename = 't'"),
         "0"
     );
 
@@ -67,10 +32,9 @@ fn each_test_gets_a_database_of_its_own_and_it_is_dropped_after() {
     let name = first.name().to_owned();
     drop(first);
     assert_eq!(
-        query(
-            &second.url,
-            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'")
-        ),
+        in_second.value(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+        )),
         "0"
     );
 }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const PG_URL_ENV: &str = "CONVERS8_TEST_PG_URL";
 
@@ -123,16 +123,87 @@ pub fn psql_path() -> Option<PathBuf> {
 
 /// Runs one SQL command with psql, stopping at the first error.
 fn run_psql(url: &str, sql: &str) -> Result<(), String> {
-    let psql = psql_path().ok_or_else(|| NO_PSQL.to_string())?;
-    let output = Command::new(&psql)
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-        .args(["-d", url, "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", psql.display()))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    Psql::try_new(url)?.try_rows(sql).map(drop)
+}
+
+/// psql against one database: the test crate has no PostgreSQL driver.
+pub struct Psql {
+    /// The database's URL.
+    pub url: String,
+    psql: PathBuf,
+}
+
+impl Psql {
+    /// psql against `url`. Panics without psql (it is installed wherever a
+    /// server is configured).
+    pub fn new(url: &str) -> Psql {
+        Psql::try_new(url).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_new(url: &str) -> Result<Psql, String> {
+        Ok(Psql {
+            url: url.to_owned(),
+            psql: psql_path().ok_or_else(|| NO_PSQL.to_string())?,
+        })
+    }
+
+    /// Rows of `sql`, each a vector of its columns as text (NULL is ""), or
+    /// psql's error (it stops at the first).
+    pub fn try_rows(&self, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        let out = Command::new(&self.psql)
+            .args(["-X", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1"])
+            .args(["-d", &self.url, "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.psql.display()))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('|').map(str::to_owned).collect())
+            .collect())
+    }
+
+    /// Rows of `sql`, each a vector of its columns as text (NULL is "");
+    /// panics on an error.
+    pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        self.try_rows(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The one value of `sql` ("" when it returns no row).
+    pub fn value(&self, sql: &str) -> String {
+        self.rows(sql)
+            .first()
+            .and_then(|r| r.first())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The one value of `sql`, a number (`SELECT count(*) …`).
+    pub fn count(&self, sql: &str) -> u64 {
+        let v = self.value(sql);
+        v.parse()
+            .unwrap_or_else(|_| panic!("{sql}: not a number: {v:?}"))
+    }
+
+    /// The runner id a process registered under in `convers8.runners` (the
+    /// newest for its pid), waiting up to `within` for it to register.
+    pub fn runner_of(&self, pid: u32, within: Duration) -> i64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.value(&format!(
+                "SELECT id FROM convers8.runners WHERE pid = {pid} ORDER BY id DESC LIMIT 1"
+            ));
+            if let Ok(id) = v.parse() {
+                return id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} registered no runner in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
