@@ -550,13 +550,23 @@ fn check_machine_opt_outs(
         None => vec![false; phones.len()],
     };
     let missing = in_database.iter().filter(|on| !**on).count();
+    let has_password = matches!(
+        database,
+        LedgerLocation::Postgres(target) if target.has_password()
+    );
     if missing > 0 {
         anyhow::bail!(
-            "this machine's ledger file {} holds {} the ledger in the database {database} does not, and a campaign kept in a database records in its database's ledger: copy them first with `{} optout import --from-ledger {} --ledger {database}` (or keep using the file: CONVERS8_LEDGER={})",
+            "this machine's ledger file {} holds {} the ledger in the database {database} does not, and a campaign kept in a database records in its database's ledger: copy them first with `{} optout import --from-ledger {} --ledger {}`{} (or keep using the file: CONVERS8_LEDGER={})",
             file.display(),
             super::output::plural(missing as u64, "opt-out"),
             program(),
             shell_quote(&file),
+            shell_quote(Path::new(&database.to_string())),
+            if has_password {
+                " with the URL's password put back"
+            } else {
+                ""
+            },
             shell_quote(&file),
         );
     }
@@ -570,7 +580,13 @@ pub fn suppressions(
     state: &state::StateLocation,
 ) -> anyhow::Result<convers8_campaign::ledger::screen::Suppressions> {
     use convers8_campaign::ledger::{self, location, screen::Suppressions};
-    let ledger = match location::for_campaign(campaign.ledger.path.as_deref(), state) {
+    let chosen = location::for_campaign(campaign.ledger.path.as_deref(), state);
+    if let Some(at) = &chosen
+        && Some(at) == location::state_database(state).as_ref()
+    {
+        check_machine_opt_outs(at)?;
+    }
+    let ledger = match chosen {
         Some(at) => ledger::open_existing(&at)?,
         None => None,
     };

@@ -27,6 +27,7 @@ Examples:
   convers8-campaign optout list --json
 
 The list lives in the ledger: --ledger PATH|URL, else CONVERS8_LEDGER, else
+the database of CONVERS8_STATE_URL, else
 $XDG_STATE_HOME/convers8-campaign/ledger.db (~/.local/state/... without it).
 A campaign with [ledger] path uses that file: pass the same path here. A
 campaign kept in PostgreSQL (--state postgres://...) uses the ledger in that
@@ -51,17 +52,29 @@ pub enum OptoutCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct LedgerArgs {
     /// The ledger: a file, or a postgres:// URL of a database's ledger
-    /// [default: CONVERS8_LEDGER, else the per-user ledger file].
+    /// [default: CONVERS8_LEDGER, else the database of CONVERS8_STATE_URL,
+    /// else the per-user ledger file].
     #[arg(long, value_name = "PATH|URL")]
     ledger: Option<OsString>,
 }
 
 impl LedgerArgs {
+    /// `--ledger`, else `CONVERS8_LEDGER`, else the database of
+    /// `CONVERS8_STATE_URL` (where campaigns kept in it record), else the
+    /// per-user file.
     fn location(&self) -> anyhow::Result<LedgerLocation> {
+        let state_database = || {
+            std::env::var(super::common::STATE_URL_ENV)
+                .ok()
+                .filter(|url| convers8_campaign::state::location::is_postgres_url(url))
+                .map(|url| LedgerLocation::parse(std::ffi::OsStr::new(&url)))
+        };
         Ok(self
             .ledger
             .as_deref()
             .map(LedgerLocation::parse)
+            .or_else(location::from_env)
+            .or_else(state_database)
             .or_else(location::account)
             .ok_or(LedgerError::NoLocation)?)
     }

@@ -741,9 +741,11 @@ fn settle_leftovers(ledger: &mut RunLedger, db: &dyn StateRead) -> Result<(), Ru
         };
         settled.push((phone, row, how));
     }
-    ledger.settle(&settled).map_err(|e| RunError::LedgerFailed {
-        message: e.to_string(),
-    })
+    ledger
+        .settle_leftovers(&settled)
+        .map_err(|e| RunError::LedgerFailed {
+            message: e.to_string(),
+        })
 }
 
 /// Opens the ledger the options name and reads the campaign's exclude

@@ -164,9 +164,10 @@ impl FileLedger {
         limits: &Limits,
         now: DateTime<Utc>,
     ) -> Result<Vec<Admission>, LedgerError> {
+        let holder = self.holder.clone();
         self.write("reserving messages", |tx| {
             let me = sender_id(tx, &sender.campaign, &sender.state_file)?;
-            settle_in(tx, me, settle_first)?;
+            settle_in(tx, me, settle_first, Some(&holder))?;
             // One lookup for the whole claim, not one per row.
             let opted_out = opted_out_among(tx, candidates)?;
             // Only a campaign run from more than one state file can have
@@ -216,11 +217,11 @@ impl FileLedger {
             };
             let answers = decide(&facts, limits, || unique_since(tx, &day))?;
             let mut reserve = tx.prepare_cached(
-                "INSERT INTO messages (phone, sender, row, at, state)
-                 VALUES (?1, ?2, ?3, ?4, 'sending')
+                "INSERT INTO messages (phone, sender, row, at, state, reserved_by)
+                 VALUES (?1, ?2, ?3, ?4, 'sending', ?5)
                  ON CONFLICT(phone, sender) DO UPDATE SET
                    row = excluded.row, at = excluded.at,
-                   state = 'sending',
+                   state = 'sending', reserved_by = excluded.reserved_by,
                    prior_state = CASE WHEN messages.state = 'sending'
                                       THEN messages.prior_state ELSE messages.state END,
                    prior_at = CASE WHEN messages.state = 'sending'
@@ -229,25 +230,44 @@ impl FileLedger {
             let at = timestamp(now);
             for (c, answer) in candidates.iter().zip(&answers) {
                 if *answer == Admission::Admitted {
-                    reserve.execute(params![c.phone, me, c.row as i64, at])?;
+                    reserve.execute(params![c.phone, me, c.row as i64, at, holder])?;
                 }
             }
             Ok(answers)
         })
     }
 
-    /// Settles reserved messages in one transaction.
+    /// Settles this handle's reserved messages in one transaction.
     pub fn settle(
         &mut self,
         sender: &Sender,
         outcomes: &[(String, u64, Settled)],
+    ) -> Result<(), LedgerError> {
+        let holder = Some(self.holder.clone());
+        self.settle_as(sender, outcomes, holder)
+    }
+
+    /// Settles what a dead run of `sender` reserved, whichever run it was.
+    pub fn settle_leftovers(
+        &mut self,
+        sender: &Sender,
+        outcomes: &[(String, u64, Settled)],
+    ) -> Result<(), LedgerError> {
+        self.settle_as(sender, outcomes, None)
+    }
+
+    fn settle_as(
+        &mut self,
+        sender: &Sender,
+        outcomes: &[(String, u64, Settled)],
+        holder: Option<String>,
     ) -> Result<(), LedgerError> {
         if outcomes.is_empty() {
             return Ok(());
         }
         self.write("recording messages", |tx| {
             let me = sender_id(tx, &sender.campaign, &sender.state_file)?;
-            settle_in(tx, me, outcomes)?;
+            settle_in(tx, me, outcomes, holder.as_deref())?;
             Ok(())
         })
     }
@@ -319,11 +339,14 @@ fn opted_out_among(
     rows.collect()
 }
 
-/// Settles reserved messages of sender `me` inside the caller's write transaction.
+/// Settles reserved messages of sender `me` inside the caller's write
+/// transaction: a message that did not go out gives back `holder`'s
+/// reservation only (`None`: whoever's, for a dead run's leftovers).
 fn settle_in(
     tx: &rusqlite::Connection,
     me: i64,
     outcomes: &[(String, u64, Settled)],
+    holder: Option<&str>,
 ) -> rusqlite::Result<()> {
     let mut went = tx.prepare_cached(
         // The entry keeps the time of its reservation: seconds
@@ -336,23 +359,27 @@ fn settle_in(
                message_id = coalesce(excluded.message_id, messages.message_id),
                prior_state = NULL, prior_at = NULL",
     )?;
+    // Only this holder's reservation (another run of a shared state may
+    // hold the phone's entry by now), or any for leftovers (`holder` None).
     let mut drop_new = tx.prepare_cached(
         "DELETE FROM messages WHERE sender = ?1 AND phone = ?2
-               AND state = 'sending' AND prior_state IS NULL",
+               AND state = 'sending' AND prior_state IS NULL
+               AND (?3 IS NULL OR reserved_by = ?3)",
     )?;
     let mut restore = tx.prepare_cached(
         "UPDATE messages SET state = prior_state, at = coalesce(prior_at, at),
            prior_state = NULL, prior_at = NULL
              WHERE sender = ?1 AND phone = ?2
-               AND state = 'sending' AND prior_state IS NOT NULL",
+               AND state = 'sending' AND prior_state IS NOT NULL
+               AND (?3 IS NULL OR reserved_by = ?3)",
     )?;
     for (phone, row, settled) in outcomes {
         let (state, at, message_id) = match settled {
             Settled::Sent { message_id, at } => ("sent", at, message_id.as_deref()),
             Settled::Uncertain { at } => ("uncertain", at, None),
             Settled::NotSent => {
-                drop_new.execute(params![me, phone])?;
-                restore.execute(params![me, phone])?;
+                drop_new.execute(params![me, phone, holder])?;
+                restore.execute(params![me, phone, holder])?;
                 continue;
             }
         };

@@ -153,6 +153,15 @@ pub struct OptOut {
 pub struct FileLedger {
     conn: Connection,
     path: PathBuf,
+    /// Whose reservations this handle's are (see [`new_holder`]).
+    holder: String,
+}
+
+/// A name for one ledger handle's reservations, unique across processes
+/// and machines (128 random bits): a run of a shared state gives back only
+/// its own when a message does not go out.
+pub(crate) fn new_holder() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 impl std::fmt::Debug for FileLedger {
@@ -236,6 +245,7 @@ impl FileLedger {
         Ok(FileLedger {
             conn,
             path: path.to_owned(),
+            holder: new_holder(),
         })
     }
 
@@ -536,8 +546,17 @@ pub trait LedgerStore: Send + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<Vec<Admission>, LedgerError>;
 
-    /// Settles reserved messages in one transaction.
+    /// Settles this handle's reserved messages in one transaction.
     fn settle(
+        &mut self,
+        sender: &Sender,
+        outcomes: &[(String, u64, Settled)],
+    ) -> Result<(), LedgerError>;
+
+    /// Settles what a dead run of `sender` reserved and never settled,
+    /// whichever run (handle) it was; [`settle`](LedgerStore::settle) gives
+    /// back only this handle's own reservations.
+    fn settle_leftovers(
         &mut self,
         sender: &Sender,
         outcomes: &[(String, u64, Settled)],
@@ -633,6 +652,14 @@ impl LedgerStore for FileLedger {
         outcomes: &[(String, u64, Settled)],
     ) -> Result<(), LedgerError> {
         FileLedger::settle(self, sender, outcomes)
+    }
+
+    fn settle_leftovers(
+        &mut self,
+        sender: &Sender,
+        outcomes: &[(String, u64, Settled)],
+    ) -> Result<(), LedgerError> {
+        FileLedger::settle_leftovers(self, sender, outcomes)
     }
 
     fn sending_of(&self, sender: &Sender) -> Result<Vec<(String, u64)>, LedgerError> {

@@ -6,9 +6,12 @@
 //!
 //! What makes the cap and the daily limit exact across runners is the same
 //! as in the file: an admission reads the counts and reserves the messages
-//! it admits in one transaction, and admissions that count take one lock
-//! (a transaction-scoped advisory lock for the whole ledger, as the file's
-//! write lock is), so the second counts the first one's reservations. The
+//! it admits in one transaction, and every write of messages (admissions and
+//! settles alike) takes one lock, a transaction-scoped advisory lock for the
+//! whole ledger, as the file's write lock is. So the second admission counts
+//! the first one's reservations, and nothing is taken back between the
+//! statements of one admission (each statement of a READ COMMITTED
+//! transaction sees its own moment). The
 //! decision itself is the file's ([`super::admit::decide`]); here each
 //! question is asked for the whole claim at once (arrays, `unnest`), so an
 //! admission costs a handful of round trips whatever the claim's size.
@@ -35,17 +38,19 @@ use crate::state::{StateError, timestamp};
 /// file's application id): one per database, as one ledger is the account's.
 const ADMISSION_LOCK: i64 = 0x4338_4C47;
 
-/// How many times an admission or a settle is tried: once more after a
-/// connection that broke (the link connects again first). Both are
-/// idempotent: a retried settle writes the same, and a retried admission
-/// finds its own reservations (they are not counted against it) if the
-/// first attempt's COMMIT went through after all.
+/// How many times an admission or a settle is tried: once more after the
+/// connection broke (the link connects again first), never after an error
+/// the server answered. If the first attempt's COMMIT went through after
+/// all, the second finds its own reservations (not counted against it) and
+/// its own settled answers (settled again to the same).
 const TRIES: u32 = 2;
 
 /// The ledger's tables in a database.
 pub struct PgLedger {
     link: Link,
     shown: String,
+    /// Whose reservations this handle's are (see [`super::new_holder`]).
+    holder: String,
     /// Sender ids, once known (a sender is never deleted).
     senders: HashMap<(String, String), i64>,
 }
@@ -92,6 +97,7 @@ impl PgLedger {
         Ok(PgLedger {
             link,
             shown,
+            holder: super::new_holder(),
             senders: HashMap::new(),
         })
     }
@@ -114,9 +120,10 @@ impl PgLedger {
             .map_err(|e| ledger_error(&self.shown, e))
     }
 
-    /// [`PgLedger::call`] of a transaction, tried again once if it failed
-    /// (see [`TRIES`]): only for writes that may be repeated.
-    fn call_idempotent<T, F>(&self, operation: &'static str, f: F) -> Result<T, LedgerError>
+    /// A write of messages: [`PgLedger::call`] of a transaction that
+    /// holds [`ADMISSION_LOCK`], tried again once if the connection broke
+    /// (see [`TRIES`]).
+    fn write_messages<T, F>(&self, operation: &'static str, f: F) -> Result<T, LedgerError>
     where
         T: Send + 'static,
         F: for<'s> Fn(&mut Session<'s>) -> Result<T, postgres::Error> + Send + Sync + 'static,
@@ -126,8 +133,23 @@ impl PgLedger {
         loop {
             tries += 1;
             let attempt = f.clone();
-            match self.call(operation, move |c| in_transaction(c, |c| attempt(c))) {
-                Err(e) if tries < TRIES => {
+            let broke = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let noted = broke.clone();
+            let answer = self.call(operation, move |c| {
+                let result = in_transaction(c, |c| {
+                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&ADMISSION_LOCK])?;
+                    attempt(c)
+                });
+                // No answer from the server: the connection, not the write.
+                if let Err(e) = &result
+                    && e.as_db_error().is_none()
+                {
+                    noted.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                result
+            });
+            match answer {
+                Err(e) if tries < TRIES && broke.load(std::sync::atomic::Ordering::Relaxed) => {
                     tracing::warn!("{e}: trying once more");
                 }
                 other => return other,
@@ -272,13 +294,9 @@ impl LedgerStore for PgLedger {
         let phones: Vec<String> = candidates.iter().map(|c| c.phone.to_owned()).collect();
         let rows: Vec<i64> = candidates.iter().map(|c| c.row as i64).collect();
         let limits = *limits;
-        self.call_idempotent("reserving messages", move |c| {
-            // Only counting needs the others held off: an admission that
-            // checks opt-outs alone reserves without waiting for anyone.
-            if limits.cap.is_some() || limits.daily.is_some() {
-                c.execute("SELECT pg_advisory_xact_lock($1)", &[&ADMISSION_LOCK])?;
-            }
-            settle_in(c, me, &settle_first)?;
+        let holder = self.holder.clone();
+        self.write_messages("reserving messages", move |c| {
+            settle_in(c, me, &settle_first, Some(&holder))?;
             let day = timestamp(day_before(now));
             let cap_since = limits.cap.map(|(_, per)| timestamp(now - per));
             let daily_day = limits.daily.map(|_| day.clone());
@@ -326,13 +344,16 @@ impl LedgerStore for PgLedger {
             if !admitted.is_empty() {
                 // A resend keeps what it replaces, restored if it does not go out.
                 c.execute(
-                    "INSERT INTO convers8.ledger_messages AS m (phone, sender, csv_row, at, state)
-                     SELECT p, $2, r, $4, 'sending' FROM unnest($1::text[], $3::bigint[]) AS u(p, r)
+                    "INSERT INTO convers8.ledger_messages AS m
+                       (phone, sender, csv_row, at, state, reserved_by)
+                     SELECT p, $2, r, $4, 'sending', $5
+                     FROM unnest($1::text[], $3::bigint[]) AS u(p, r)
                      ON CONFLICT (phone, sender) DO UPDATE SET
                        csv_row = excluded.csv_row, at = excluded.at, state = 'sending',
+                       reserved_by = excluded.reserved_by,
                        prior_state = CASE WHEN m.state = 'sending' THEN m.prior_state ELSE m.state END,
                        prior_at = CASE WHEN m.state = 'sending' THEN m.prior_at ELSE m.at END",
-                    &[&admitted, &me, &admitted_rows, &timestamp(now)],
+                    &[&admitted, &me, &admitted_rows, &timestamp(now), &holder],
                 )?;
             }
             Ok(answers)
@@ -349,7 +370,25 @@ impl LedgerStore for PgLedger {
         }
         let me = self.sender_id(sender)?;
         let outcomes = outcomes.to_vec();
-        self.call_idempotent("recording messages", move |c| settle_in(c, me, &outcomes))
+        let holder = self.holder.clone();
+        self.write_messages("recording messages", move |c| {
+            settle_in(c, me, &outcomes, Some(&holder))
+        })
+    }
+
+    fn settle_leftovers(
+        &mut self,
+        sender: &Sender,
+        outcomes: &[(String, u64, Settled)],
+    ) -> Result<(), LedgerError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let me = self.sender_id(sender)?;
+        let outcomes = outcomes.to_vec();
+        self.write_messages("settling a dead run's messages", move |c| {
+            settle_in(c, me, &outcomes, None)
+        })
     }
 
     fn sending_of(&self, sender: &Sender) -> Result<Vec<(String, u64)>, LedgerError> {
@@ -437,12 +476,14 @@ fn opted_out_among(
 /// Settles reserved messages of sender `me` inside the caller's
 /// transaction, as the file does (see `admit::settle_in`): a message that
 /// went out keeps its reservation's time; one that did not is removed, or
-/// gets back what a resend replaced. Outcomes go in batches of distinct
-/// phones, in order (one statement may not change a row twice).
+/// gets back what a resend replaced, if `holder` reserved it (`None`:
+/// whoever did, for a dead run's leftovers). Outcomes go in batches of
+/// distinct phones, in order (one statement may not change a row twice).
 fn settle_in(
     c: &mut Session<'_>,
     me: i64,
     outcomes: &[(String, u64, Settled)],
+    holder: Option<&str>,
 ) -> Result<(), postgres::Error> {
     let mut start = 0;
     while start < outcomes.len() {
@@ -451,7 +492,7 @@ fn settle_in(
             .iter()
             .position(|(phone, _, _)| !seen.insert(phone.as_str()))
             .map_or(outcomes.len(), |n| start + n);
-        settle_batch(c, me, &outcomes[start..end])?;
+        settle_batch(c, me, &outcomes[start..end], holder)?;
         start = end;
     }
     Ok(())
@@ -461,6 +502,7 @@ fn settle_batch(
     c: &mut Session<'_>,
     me: i64,
     outcomes: &[(String, u64, Settled)],
+    holder: Option<&str>,
 ) -> Result<(), postgres::Error> {
     let mut went = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut not_sent: Vec<&str> = Vec::new();
@@ -494,15 +536,16 @@ fn settle_batch(
     if !not_sent.is_empty() {
         c.execute(
             "DELETE FROM convers8.ledger_messages
-             WHERE sender = $1 AND phone = ANY($2) AND state = 'sending' AND prior_state IS NULL",
-            &[&me, &not_sent],
+             WHERE sender = $1 AND phone = ANY($2) AND state = 'sending' AND prior_state IS NULL
+               AND ($3::text IS NULL OR reserved_by = $3)",
+            &[&me, &not_sent, &holder],
         )?;
         c.execute(
             "UPDATE convers8.ledger_messages SET state = prior_state, at = coalesce(prior_at, at),
                prior_state = NULL, prior_at = NULL
              WHERE sender = $1 AND phone = ANY($2) AND state = 'sending'
-               AND prior_state IS NOT NULL",
-            &[&me, &not_sent],
+               AND prior_state IS NOT NULL AND ($3::text IS NULL OR reserved_by = $3)",
+            &[&me, &not_sent, &holder],
         )?;
     }
     Ok(())

@@ -80,6 +80,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE messages_v2 RENAME TO messages;
     CREATE INDEX messages_by_at ON messages(at, phone);
     "#,
+    // 3: the ledger handle (one run) whose reservation an entry is: runs of
+    // one shared state reserve under one sender, and a late "not sent" of
+    // one must not take back another's reservation of the same phone.
+    r#"
+    ALTER TABLE messages ADD COLUMN reserved_by TEXT;
+    "#,
 ];
 
 /// `PRAGMA application_id` of a ledger ("C8LG"), so a state file or another

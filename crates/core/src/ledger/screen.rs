@@ -346,11 +346,22 @@ impl RunLedger {
             .collect())
     }
 
-    /// Settles a batch of reserved messages in one transaction (nothing
-    /// when this run does not record).
+    /// Settles a batch of this run's reserved messages in one transaction
+    /// (nothing when this run does not record).
     pub fn settle(&mut self, outcomes: &[(String, u64, Settled)]) -> Result<(), LedgerError> {
         match &mut self.ledger {
             Some(l) if self.record => l.settle(&self.sender, outcomes),
+            _ => Ok(()),
+        }
+    }
+
+    /// Settles what dead runs of this state reserved and never settled.
+    pub fn settle_leftovers(
+        &mut self,
+        outcomes: &[(String, u64, Settled)],
+    ) -> Result<(), LedgerError> {
+        match &mut self.ledger {
+            Some(l) if self.record => l.settle_leftovers(&self.sender, outcomes),
             _ => Ok(()),
         }
     }

@@ -224,6 +224,8 @@ contract!(
     concurrent_admissions_never_pass_the_daily_limit,
     concurrent_admissions_never_pass_the_cap,
     a_ledger_not_made_yet_is_none_and_opening_makes_it,
+    a_late_not_sent_keeps_another_runners_reservation,
+    a_reservation_given_back_meanwhile_never_lets_a_claim_pass_the_daily_limit,
 );
 
 fn opt_outs_are_added_once_listed_and_removed(ledger: &TestLedger) {
@@ -621,5 +623,119 @@ fn a_ledger_not_made_yet_is_none_and_opening_makes_it(ledger: &TestLedger) {
         .expect("reads")
         .expect("made by the first open");
     assert_eq!(again.opt_outs().expect("list").len(), 1);
-    assert!(!again.shown().contains("password"));
+}
+
+#[test]
+fn a_database_ledger_is_shown_without_its_password() {
+    let at = LedgerLocation::parse(std::ffi::OsStr::new(
+        "postgres://convers8:s3cret@db.internal/campaigns?sslmode=require",
+    ));
+    assert!(at.is_database());
+    let shown = at.to_string();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(!format!("{at:?}").contains("s3cret"));
+    assert!(shown.contains("db.internal/campaigns"), "{shown}");
+}
+
+/// Two runners of one shared state reserve under one sender. Runner X gave
+/// a row back (it never sent it) and runner Y claimed it and reserved the
+/// phone again before X's "not sent" reached the ledger: X's answer must
+/// not take back Y's reservation, which counts until Y settles it.
+fn a_late_not_sent_keeps_another_runners_reservation(ledger: &TestLedger) {
+    let mut x = ledger.open();
+    let mut y = ledger.open();
+    let shared = sender("c", "postgres://db/campaigns#c");
+    let now = Utc::now();
+    let p = candidates(&["+254712000001"]);
+    x.admit(&shared, &[], &p, &Limits::default(), now)
+        .expect("x reserves");
+    y.admit(&shared, &[], &p, &Limits::default(), now)
+        .expect("y reserves");
+    x.settle(&shared, &[("+254712000001".into(), 1, Settled::NotSent)])
+        .expect("x: not sent");
+    let m = y.messages().expect("read");
+    assert_eq!(m.len(), 1, "y's reservation is still there: {m:?}");
+    assert_eq!(m[0].state, LedgerState::Sending);
+    // Y's own answer settles it.
+    y.settle(&shared, &[("+254712000001".into(), 1, Settled::NotSent)])
+        .expect("y: not sent");
+    assert!(y.messages().expect("read").is_empty());
+    // A dead run's leftovers are settled whoever reserved them.
+    x.admit(&shared, &[], &p, &Limits::default(), now)
+        .expect("x reserves again");
+    y.settle_leftovers(&shared, &[("+254712000001".into(), 1, Settled::NotSent)])
+        .expect("leftovers");
+    assert!(y.messages().expect("read").is_empty());
+}
+
+/// One run keeps reserving a phone and giving it back (its messages do not
+/// go out), with no limits of its own; another campaign's claims ask for
+/// that phone and a new one under a daily limit that the two phones
+/// already on the ledger use up. Whatever the interleaving, the new phone
+/// is never admitted: a give-back between an admission's reading of "that
+/// phone is already counted today" and its count of the day would let it.
+fn a_reservation_given_back_meanwhile_never_lets_a_claim_pass_the_daily_limit(ledger: &TestLedger) {
+    let now = Utc::now();
+    let mut setup = ledger.open();
+    let old = sender("old", "/old.db");
+    setup
+        .admit(
+            &old,
+            &[],
+            &candidates(&["+254712000001"]),
+            &Limits::default(),
+            now,
+        )
+        .expect("admit");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let toggler = {
+        let mut l = ledger.open();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let a = sender("a", "/a.db");
+            let q = candidates(&["+254712000002"]);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                l.admit(&a, &[], &q, &Limits::default(), now)
+                    .expect("reserve");
+                l.settle(&a, &[("+254712000002".into(), 1, Settled::NotSent)])
+                    .expect("give back");
+            }
+        })
+    };
+    let mut b = ledger.open();
+    let me = sender("b", "/b.db");
+    let daily = Limits {
+        cap: None,
+        daily: Some(2),
+    };
+    let mut over = 0;
+    for i in 0..300 {
+        let fresh = format!("+2547130{i:05}");
+        let answers = b
+            .admit(
+                &me,
+                &[],
+                &candidates(&["+254712000002", &fresh]),
+                &daily,
+                now,
+            )
+            .expect("admit");
+        if answers[1] == Admission::Admitted {
+            over += 1;
+        }
+        // Give back what this claim reserved, for the next round.
+        let back: Vec<(String, u64, Settled)> = ["+254712000002".to_owned(), fresh]
+            .into_iter()
+            .zip(answers)
+            .filter(|(_, a)| *a == Admission::Admitted)
+            .map(|(p, _)| (p, 1, Settled::NotSent))
+            .collect();
+        b.settle(&me, &back).expect("give back");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    toggler.join().expect("toggler");
+    assert_eq!(
+        over, 0,
+        "claims admitted a third recipient under a limit of 2"
+    );
 }

@@ -125,6 +125,11 @@ impl PgTarget {
         &self.url
     }
 
+    /// Whether the URL carries a password (which [`PgTarget::shown`] leaves out).
+    pub fn has_password(&self) -> bool {
+        self.url != self.shown
+    }
+
     /// The URL without its password.
     pub fn shown(&self) -> &str {
         &self.shown

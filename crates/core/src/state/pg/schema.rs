@@ -131,6 +131,10 @@ const MIGRATIONS: &[&str] = &[
         -- what a resend replaced, restored if the resend does not go out
         prior_state     text CHECK (prior_state IN ('sent', 'uncertain')),
         prior_at        text,
+        -- the ledger handle (one run) whose reservation this is: runners of
+        -- one campaign share a sender, and a late "not sent" of one must
+        -- not take back another's reservation of the same phone
+        reserved_by     text,
         -- also the frequency cap's index: a phone's messages, by sender
         UNIQUE (phone, sender)
     );
