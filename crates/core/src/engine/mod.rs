@@ -313,7 +313,7 @@ pub enum RunError {
     LedgerFailed { message: String },
     /// The state writer failed for a reason other than a lost file.
     #[error(
-        "cannot record results in the state file {path}: {message} ({unrecorded} outcomes could not be recorded; rows left `sending` become `uncertain` on the next run)"
+        "cannot record results in the state {path}: {message} ({unrecorded} outcomes could not be recorded; rows left `sending` become `uncertain` on the next run)"
     )]
     RecordFailed {
         path: String,
