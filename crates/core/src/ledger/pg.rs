@@ -157,6 +157,25 @@ impl PgLedger {
         }
     }
 
+    /// Settles `sender`'s messages in one write (see [`settle_in`] for
+    /// `holder`).
+    fn settle_as(
+        &mut self,
+        sender: &Sender,
+        outcomes: &[(String, u64, Settled)],
+        holder: Option<String>,
+        operation: &'static str,
+    ) -> Result<(), LedgerError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let me = self.sender_id(sender)?;
+        let outcomes = outcomes.to_vec();
+        self.write_messages(operation, move |c| {
+            settle_in(c, me, &outcomes, holder.as_deref())
+        })
+    }
+
     /// The number of `sender`, given one the first time it is seen.
     fn sender_id(&mut self, sender: &Sender) -> Result<i64, LedgerError> {
         let key = (sender.campaign.clone(), sender.state_file.clone());
@@ -365,15 +384,8 @@ impl LedgerStore for PgLedger {
         sender: &Sender,
         outcomes: &[(String, u64, Settled)],
     ) -> Result<(), LedgerError> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let me = self.sender_id(sender)?;
-        let outcomes = outcomes.to_vec();
-        let holder = self.holder.clone();
-        self.write_messages("recording messages", move |c| {
-            settle_in(c, me, &outcomes, Some(&holder))
-        })
+        let holder = Some(self.holder.clone());
+        self.settle_as(sender, outcomes, holder, "recording messages")
     }
 
     fn settle_leftovers(
@@ -381,14 +393,7 @@ impl LedgerStore for PgLedger {
         sender: &Sender,
         outcomes: &[(String, u64, Settled)],
     ) -> Result<(), LedgerError> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let me = self.sender_id(sender)?;
-        let outcomes = outcomes.to_vec();
-        self.write_messages("settling a dead run's messages", move |c| {
-            settle_in(c, me, &outcomes, None)
-        })
+        self.settle_as(sender, outcomes, None, "settling a dead run's messages")
     }
 
     fn sending_of(&self, sender: &Sender) -> Result<Vec<(String, u64)>, LedgerError> {
